@@ -1,0 +1,105 @@
+package upstream
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Security says how the connection to the upstream is protected.
+type Security int
+
+const (
+	SecurityTLS      Security = iota // implicit TLS (port 993)
+	SecurityStartTLS                 // STARTTLS; never falls back to cleartext
+	SecurityNone                     // cleartext: loopback and sidecars only
+)
+
+// ParseSecurity parses "tls", "starttls" or "none".
+func ParseSecurity(s string) (Security, error) {
+	switch s {
+	case "tls":
+		return SecurityTLS, nil
+	case "starttls":
+		return SecurityStartTLS, nil
+	case "none":
+		return SecurityNone, nil
+	}
+	return 0, fmt.Errorf("unknown security %q (want tls, starttls or none)", s)
+}
+
+func (s Security) String() string {
+	switch s {
+	case SecurityTLS:
+		return "tls"
+	case SecurityStartTLS:
+		return "starttls"
+	case SecurityNone:
+		return "none"
+	}
+	return fmt.Sprintf("Security(%d)", int(s))
+}
+
+// Config says how to reach an upstream IMAP server.
+type Config struct {
+	Address   string      // host:port
+	Security  Security    //
+	TLSConfig *tls.Config // ServerName is filled in from Address when empty
+	// Timeout bounds dialing, the greeting and every command but the
+	// streaming of a message body. 0 means 30 seconds.
+	Timeout time.Duration
+	Logger  *zap.Logger // nil means no logs
+}
+
+// Status is what SELECT reports about the selected mailbox.
+type Status struct {
+	UIDValidity   uint32
+	UIDNext       uint32
+	NumMessages   uint32
+	HighestModSeq uint64 // 0 without CONDSTORE
+}
+
+// Msg is one message of a listing.
+type Msg struct {
+	UID          uint32
+	Size         int64     // RFC822.SIZE
+	InternalDate time.Time // INTERNALDATE
+	MessageID    string    // the Message-ID header field's value, trimmed; "" when absent
+	EmailID      string    // RFC 8474 EMAILID or Gmail X-GM-MSGID when offered; else ""
+}
+
+// Kind classifies an upstream failure for the POP3 client (RFC 3206).
+type Kind int
+
+const (
+	KindTemp Kind = iota // [SYS/TEMP]: I/O errors, timeouts, BYE, NO [UNAVAILABLE] ...
+	KindAuth             // [AUTH]: the server refused the credentials
+	KindPerm             // [SYS/PERM]: a missing capability, a mailbox that does not exist ...
+	KindGone             // the message is no longer in the mailbox
+)
+
+// Error is an upstream failure with its kind. Its text never holds secrets.
+type Error struct {
+	Kind Kind
+	Op   string // "login", "select", "fetch", "store", "expunge", "move" ...
+	Err  error
+}
+
+func (e *Error) Error() string { return "upstream " + e.Op + ": " + e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// KindOf returns the kind of err: that of the first *Error in its chain, or
+// KindTemp.
+func KindOf(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return KindTemp
+}
+
+// ErrGone is the cause of a KindGone error.
+var ErrGone = errors.New("message no longer exists")

@@ -1,0 +1,122 @@
+// Package state defines how popbridge remembers, per upstream mailbox, the
+// UIDL it gave each message, and per POP3 client (mailbox + device tag), the
+// messages that client hid and the UPDATE it has not finished yet.
+//
+// Two records exist:
+//
+//   - the mailbox record, one per upstream mailbox (account + mailbox name),
+//     shared by every client of that mailbox: the sync markers seen at the
+//     last login (UIDVALIDITY, UIDNEXT, message count, HIGHESTMODSEQ) and one
+//     Entry per message (UID, size, UIDL, fingerprint);
+//   - the client record, one per (mailbox, client): the UIDLs this client
+//     deleted with the flag or hide policies (its private view), and the
+//     pending UPDATE written before popbridge touches the upstream at QUIT.
+//
+// Store is implemented by state/boltstore (embedded, the default) and
+// state/pgstore (shared by several instances). state/storetest holds the
+// conformance suite both must pass. The pure logic that turns an upstream
+// listing and a stored record into a change lives here too (reconcile.go).
+package state
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+var (
+	// ErrConflict is returned by ApplyMailbox when the stored version is no
+	// longer the base the change was computed from.
+	ErrConflict = errors.New("state: concurrent update")
+	// ErrLocked is returned by Lock when another session holds the lock.
+	ErrLocked = errors.New("state: maildrop locked")
+)
+
+// Entry is one message of a mailbox record.
+type Entry struct {
+	UID         uint32 // in the record's UIDVALIDITY
+	UIDL        string // issued at first sight, never changed, never reused
+	Size        int64  // octets RETR sends (CRLF line ends)
+	Fingerprint string // identifies the message across UIDVALIDITY changes
+}
+
+// Markers are what the upstream said about the mailbox at the last sync.
+// A zero NumMessages or UIDNext means unknown: the next login checks in full.
+type Markers struct {
+	UIDValidity   uint32
+	UIDNext       uint32
+	NumMessages   uint32
+	HighestModSeq uint64 // 0 without CONDSTORE
+}
+
+// Mailbox is the record of one upstream mailbox.
+type Mailbox struct {
+	Version uint64 // 0 when never stored; grows by one with each ApplyMailbox
+	Markers
+	Entries []Entry // ascending UID, unique UIDs and unique UIDLs
+}
+
+// MailboxChange is applied atomically by ApplyMailbox.
+type MailboxChange struct {
+	Markers Markers  // always written
+	Reset   bool     // remove every entry before Put (UIDVALIDITY changed)
+	Delete  []uint32 // UIDs to remove; applied before Put
+	Put     []Entry  // entries to insert, or replace when their UID exists
+}
+
+// ClientKey names one POP3 client's view of one upstream mailbox.
+type ClientKey struct {
+	Mailbox string // the mailbox record's name
+	Client  string // the device tag of the login, "" when none
+}
+
+// Pending is an UPDATE that was decided at QUIT and may not have reached the
+// upstream yet. It is written before the upstream is touched and removed once
+// the upstream confirmed it, so a crash in between is finished at the
+// client's next login.
+type Pending struct {
+	Policy      string    // "move", "expunge", "flag" or "hide"
+	Target      string    // destination mailbox of "move"
+	Flags       []string  // flags of "flag"
+	UIDValidity uint32    // of UIDs
+	UIDs        []uint32  // ascending
+	UIDLs       []string  // UIDLs[i] belongs to UIDs[i]
+	Created     time.Time // when QUIT decided it
+}
+
+// Client is the record of one (mailbox, client).
+type Client struct {
+	Hidden  map[string]bool // UIDLs this client no longer sees
+	Pending *Pending        // nil when no UPDATE is outstanding
+}
+
+// ClientChange is applied atomically by ApplyClient. Unhide is applied
+// before Hide; ClearPending before SetPending.
+type ClientChange struct {
+	Hide         []string
+	Unhide       []string
+	SetPending   *Pending
+	ClearPending bool
+}
+
+// Store persists mailbox and client records and holds the maildrop locks.
+// Implementations are safe for concurrent use.
+type Store interface {
+	// LoadMailbox returns the record of mailbox, or a zero Mailbox (Version
+	// 0, no entries) when there is none.
+	LoadMailbox(ctx context.Context, mailbox string) (*Mailbox, error)
+	// ApplyMailbox applies ch if the stored version is still base (0 for a
+	// record not stored yet) and returns the new version; otherwise it
+	// changes nothing and returns ErrConflict.
+	ApplyMailbox(ctx context.Context, mailbox string, base uint64, ch MailboxChange) (uint64, error)
+	// LoadClient returns the record of k, or an empty Client when there is none.
+	LoadClient(ctx context.Context, k ClientKey) (*Client, error)
+	// ApplyClient applies ch to the record of k, creating it if needed.
+	ApplyClient(ctx context.Context, k ClientKey, ch ClientChange) error
+	// Lock takes the exclusive maildrop lock of k (RFC 1939 §8) for every
+	// session that shares this store, or returns ErrLocked at once when it is
+	// held. release frees it and may be called more than once.
+	Lock(ctx context.Context, k ClientKey) (release func(), err error)
+	// Close releases the store's resources.
+	Close() error
+}
