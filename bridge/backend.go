@@ -1,0 +1,200 @@
+package bridge
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/state"
+)
+
+// Bridge is the pop3.Backend of popbridge: it resolves a POP3 login to an
+// upstream account, logs in there, takes the maildrop lock, brings the
+// mailbox record up to date and opens the session's maildrop.
+type Bridge struct {
+	cfg   Config
+	log   *zap.Logger
+	store state.Store
+	up    upstream.Config
+	uidl  *state.UIDLFormatter
+	now   func() time.Time
+}
+
+// NewBridge returns the backend for cfg, which must be valid.
+func NewBridge(cfg Config, st state.Store, log *zap.Logger) (*Bridge, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	up, err := dialConfig(cfg.Upstream, log)
+	if err != nil {
+		return nil, err
+	}
+	f, err := state.NewUIDLFormatter(cfg.UIDL.Format)
+	if err != nil {
+		return nil, fmt.Errorf("config: uidl.format: %w", err)
+	}
+	return &Bridge{cfg: cfg, log: log, store: st, up: up, uidl: f, now: time.Now}, nil
+}
+
+// dialConfig turns the [upstream] table into an upstream.Config,
+// loading the CA file when one is named.
+func dialConfig(c UpstreamConfig, log *zap.Logger) (upstream.Config, error) {
+	sec, err := upstream.ParseSecurity(c.Security)
+	if err != nil {
+		return upstream.Config{}, fmt.Errorf("config: upstream.security: %w", err)
+	}
+	host, _, err := net.SplitHostPort(c.Address)
+	if err != nil {
+		return upstream.Config{}, fmt.Errorf("config: upstream.address: %w", err)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	if c.ServerName != "" {
+		tc.ServerName = c.ServerName
+	}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return upstream.Config{}, fmt.Errorf("config: upstream.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return upstream.Config{}, fmt.Errorf("config: upstream.ca_file: no PEM certificate in %s", c.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if c.InsecureSkipVerify {
+		tc.InsecureSkipVerify = true
+		if sec != upstream.SecurityNone {
+			log.Warn("upstream TLS certificates are NOT verified (upstream.insecure_skip_verify = true): anyone on the path can read the mail and the passwords")
+		}
+	}
+	return upstream.Config{Address: c.Address, Security: sec, TLSConfig: tc, Timeout: c.Timeout, Logger: log.Named("upstream")}, nil
+}
+
+// splitLogin splits a POP3 login name into the upstream account and the
+// device tag: "alice@example.com#laptop" → ("alice@example.com", "laptop").
+func (b *Bridge) splitLogin(login string) (account, device string) {
+	sep := b.cfg.Auth.DeviceSeparator
+	if sep == "" {
+		return login, ""
+	}
+	if i := strings.LastIndex(login, sep); i >= 0 {
+		return login[:i], login[i+len(sep):]
+	}
+	return login, ""
+}
+
+// validDevice reports whether a device tag is short and printable, so that
+// it is safe in logs and keys.
+func validDevice(d string) bool {
+	if len(d) > 64 {
+		return false
+	}
+	for i := 0; i < len(d); i++ {
+		c := d[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("._-+=@", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// mailboxKey names the mailbox record of account: every device of the
+// account shares it.
+func (b *Bridge) mailboxKey(account string) string {
+	return "imap://" + strings.ToLower(account) + "@" + strings.ToLower(b.cfg.Upstream.Address) + "/" + b.cfg.Upstream.Mailbox
+}
+
+// LogFields implements pop3.LogFielder: the account and the device tag.
+func (b *Bridge) LogFields(username string) []zap.Field {
+	account, device := b.splitLogin(username)
+	return []zap.Field{zap.String("account", account), zap.String("device", device)}
+}
+
+// Login implements pop3.Backend.
+func (b *Bridge) Login(ctx context.Context, ci *pop3.ConnInfo, username, password string) (pop3.Maildrop, error) {
+	account, device := b.splitLogin(username)
+	if account == "" || password == "" {
+		return nil, pop3.ErrAuthFailed
+	}
+	if !validDevice(device) {
+		return nil, &pop3.Error{Code: pop3.CodeAuth, Text: "invalid device tag (letters, digits and ._-+=@ only, at most 64)"}
+	}
+	log := b.log.With(zap.String("session", ci.ID), zap.String("account", account), zap.String("device", device))
+	conn, st, err := b.openUpstream(ctx, account, password)
+	if err != nil {
+		log.Info("upstream login failed", zap.Error(err))
+		return nil, toPOP3(err)
+	}
+	key := state.ClientKey{Mailbox: b.mailboxKey(account), Client: device}
+	release, err := b.store.Lock(ctx, key)
+	if err != nil {
+		conn.Close()
+		if errors.Is(err, state.ErrLocked) {
+			return nil, pop3.ErrInUse
+		}
+		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable, try again later", Err: err}
+	}
+	md := &maildrop{
+		b: b, log: log, key: key, account: account, password: password,
+		conn: conn, status: st, release: release, measured: map[string]int64{},
+	}
+	if err := md.open(ctx); err != nil {
+		md.Close()
+		log.Warn("opening the maildrop failed", zap.Error(err))
+		return nil, toPOP3(err)
+	}
+	return md, nil
+}
+
+// openUpstream dials the upstream, logs in with the POP3 credentials and
+// selects the configured mailbox.
+func (b *Bridge) openUpstream(ctx context.Context, account, password string) (*upstream.Conn, upstream.Status, error) {
+	conn, err := upstream.Dial(ctx, b.up)
+	if err != nil {
+		return nil, upstream.Status{}, err
+	}
+	if err := conn.Login(ctx, account, password); err != nil {
+		conn.Close()
+		return nil, upstream.Status{}, err
+	}
+	st, err := conn.Select(ctx, b.cfg.Upstream.Mailbox)
+	if err != nil {
+		conn.Close()
+		return nil, upstream.Status{}, err
+	}
+	return conn, st, nil
+}
+
+// toPOP3 maps an error to what the POP3 client is told (RFC 3206): a
+// *pop3.Error is passed on; upstream errors by their kind; anything else is
+// a temporary failure. The texts are generic: the cause goes to the logs.
+func toPOP3(err error) error {
+	var pe *pop3.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	var ue *upstream.Error
+	if !errors.As(err, &ue) {
+		return &pop3.Error{Code: pop3.CodeSysTemp, Text: "internal error, try again later", Err: err}
+	}
+	switch ue.Kind {
+	case upstream.KindAuth:
+		return &pop3.Error{Code: pop3.CodeAuth, Text: "authentication failed", Err: err}
+	case upstream.KindPerm:
+		return &pop3.Error{Code: pop3.CodeSysPerm, Text: "the upstream mailbox refused the operation", Err: err}
+	case upstream.KindGone:
+		return &pop3.Error{Text: "message no longer exists upstream", Err: err}
+	}
+	return &pop3.Error{Code: pop3.CodeSysTemp, Text: "upstream server unavailable, try again later", Err: err}
+}

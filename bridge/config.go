@@ -1,0 +1,259 @@
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/state"
+)
+
+// Config is popbridge's configuration, read from TOML by LoadConfig.
+// config.toml.example documents every key; the two must agree.
+type Config struct {
+	Server   ServerConfig   `toml:"server"`
+	TLS      TLSConfig      `toml:"tls"`
+	Upstream UpstreamConfig `toml:"upstream"`
+	Auth     AuthConfig     `toml:"auth"`
+	Delete   DeleteConfig   `toml:"delete"`
+	UIDL     UIDLConfig     `toml:"uidl"`
+	State    StateConfig    `toml:"state"`
+	Log      LogConfig      `toml:"log"`
+}
+
+// ServerConfig is the [server] table: the POP3 side.
+type ServerConfig struct {
+	Listen          string        `toml:"listen"`           // POP3 (STLS offered when [tls] is set)
+	ListenTLS       string        `toml:"listen_tls"`       // POP3 over implicit TLS (RFC 8314), "" for none
+	ShutdownTimeout time.Duration `toml:"shutdown_timeout"` // how long sessions may finish after SIGTERM
+	IdleTimeout     time.Duration `toml:"idle_timeout"`     // autologout in TRANSACTION (RFC 1939 §3: ≥ 10m)
+	AuthTimeout     time.Duration `toml:"auth_timeout"`     // idle time allowed before login
+}
+
+// TLSConfig is the [tls] table: the certificate shown to POP3 clients.
+type TLSConfig struct {
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
+}
+
+// UpstreamConfig is the [upstream] table: the IMAP server.
+type UpstreamConfig struct {
+	Address            string        `toml:"address"`              // host:port
+	Security           string        `toml:"security"`             // tls | starttls | none
+	Mailbox            string        `toml:"mailbox"`              // the mailbox served as the maildrop
+	CAFile             string        `toml:"ca_file"`              // PEM roots instead of the system's
+	ServerName         string        `toml:"server_name"`          // TLS name to verify; default: the host of address
+	InsecureSkipVerify bool          `toml:"insecure_skip_verify"` // never in production
+	Timeout            time.Duration `toml:"timeout"`              // dial and command timeout
+	MarkSeenOnRetr     bool          `toml:"mark_seen_on_retr"`    // set \Seen upstream after each RETR
+}
+
+// AuthConfig is the [auth] table: how POP3 logins are read.
+type AuthConfig struct {
+	DeviceSeparator   string `toml:"device_separator"`    // "alice#phone": account "alice", device "phone"
+	AllowInsecureAuth bool   `toml:"allow_insecure_auth"` // USER/PASS without TLS; loopback and sidecars only
+}
+
+// DeleteConfig is the [delete] table: what a POP3 DELE becomes at QUIT.
+type DeleteConfig struct {
+	Policy string   `toml:"policy"`  // move | expunge | flag | hide
+	MoveTo string   `toml:"move_to"` // for move: "" = the \Trash special-use mailbox
+	Flags  []string `toml:"flags"`   // for flag
+}
+
+// UIDLConfig is the [uidl] table.
+type UIDLConfig struct {
+	Format string `toml:"format"` // Dovecot-style template with %u and %v
+}
+
+// StateConfig is the [state] table.
+type StateConfig struct {
+	Driver string `toml:"driver"` // bolt
+	Path   string `toml:"path"`   // bolt: the database file
+}
+
+// LogConfig is the [log] table.
+type LogConfig struct {
+	Level  string `toml:"level"`  // debug | info | warn | error
+	Format string `toml:"format"` // json | console
+}
+
+// Delete policies (DESIGN.md, "Delete policies").
+const (
+	PolicyMove    = "move"
+	PolicyExpunge = "expunge"
+	PolicyFlag    = "flag"
+	PolicyHide    = "hide"
+)
+
+// DefaultConfig returns the configuration every key falls back to.
+func DefaultConfig() Config {
+	return Config{
+		Server: ServerConfig{
+			Listen:          "127.0.0.1:1110",
+			ShutdownTimeout: 30 * time.Second,
+			IdleTimeout:     10 * time.Minute,
+			AuthTimeout:     time.Minute,
+		},
+		Upstream: UpstreamConfig{
+			Security: "tls",
+			Mailbox:  "INBOX",
+			Timeout:  30 * time.Second,
+		},
+		Auth:   AuthConfig{DeviceSeparator: "#"},
+		Delete: DeleteConfig{Policy: PolicyMove, Flags: []string{`\Seen`, "$POP3Deleted"}},
+		UIDL:   UIDLConfig{Format: state.DefaultUIDLFormat},
+		State:  StateConfig{Driver: "bolt", Path: "popbridge.db"},
+		Log:    LogConfig{Level: "info", Format: "json"},
+	}
+}
+
+// LoadConfig reads the TOML file at path over DefaultConfig and validates
+// it. Unknown keys and bad values are errors that name the key.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return ParseConfig(string(data))
+}
+
+// ParseConfig is LoadConfig for a TOML text.
+func ParseConfig(text string) (Config, error) {
+	cfg := DefaultConfig()
+	md, err := toml.Decode(text, &cfg)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return Config{}, fmt.Errorf("config: line %d: %s", pe.Position.Line, pe.Message)
+		}
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return Config{}, fmt.Errorf("config: unknown key %s", strings.Join(keys, ", "))
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate checks every value and returns the first problem, naming its key.
+func (c *Config) Validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("config: %s: %s", key, fmt.Sprintf(format, args...))
+	}
+	if err := checkAddr(c.Server.Listen); err != nil {
+		return bad("server.listen", "%v", err)
+	}
+	if c.Server.ListenTLS != "" {
+		if err := checkAddr(c.Server.ListenTLS); err != nil {
+			return bad("server.listen_tls", "%v", err)
+		}
+		if c.TLS.CertFile == "" {
+			return bad("server.listen_tls", "needs tls.cert_file and tls.key_file")
+		}
+	}
+	if c.Server.ShutdownTimeout < 0 {
+		return bad("server.shutdown_timeout", "must not be negative")
+	}
+	if c.Server.IdleTimeout < 10*time.Minute {
+		return bad("server.idle_timeout", "%v is below the 10 minutes RFC 1939 §3 requires", c.Server.IdleTimeout)
+	}
+	if c.Server.AuthTimeout <= 0 {
+		return bad("server.auth_timeout", "must be positive")
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		return bad("tls", "cert_file and key_file go together")
+	}
+	if c.Upstream.Address == "" {
+		return bad("upstream.address", "is required (host:port of the IMAP server)")
+	}
+	if _, _, err := net.SplitHostPort(c.Upstream.Address); err != nil {
+		return bad("upstream.address", "%q is not host:port", c.Upstream.Address)
+	}
+	if _, err := upstream.ParseSecurity(c.Upstream.Security); err != nil {
+		return bad("upstream.security", "unknown value %q (want tls, starttls or none)", c.Upstream.Security)
+	}
+	if c.Upstream.Mailbox == "" {
+		return bad("upstream.mailbox", "must not be empty")
+	}
+	if c.Upstream.Timeout <= 0 {
+		return bad("upstream.timeout", "must be positive")
+	}
+	if len(c.Auth.DeviceSeparator) > 1 {
+		return bad("auth.device_separator", "must be one character, or empty for no device tags")
+	}
+	switch c.Delete.Policy {
+	case PolicyMove, PolicyExpunge, PolicyHide:
+	case PolicyFlag:
+		if len(c.Delete.Flags) == 0 {
+			return bad("delete.flags", "the flag policy needs at least one flag")
+		}
+	default:
+		return bad("delete.policy", "unknown value %q (want move, expunge, flag or hide)", c.Delete.Policy)
+	}
+	for _, f := range c.Delete.Flags {
+		if !validFlag(f) {
+			return bad("delete.flags", "%q is not an IMAP flag or keyword", f)
+		}
+	}
+	if err := state.CheckUIDLFormat(c.UIDL.Format); err != nil {
+		return bad("uidl.format", "%v", err)
+	}
+	switch c.State.Driver {
+	case "bolt":
+		if c.State.Path == "" {
+			return bad("state.path", "the bolt driver needs a file path")
+		}
+	default:
+		return bad("state.driver", "unknown value %q (want bolt)", c.State.Driver)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "unknown value %q (want debug, info, warn or error)", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		return bad("log.format", "unknown value %q (want json or console)", c.Log.Format)
+	}
+	return nil
+}
+
+func checkAddr(addr string) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	return nil
+}
+
+// validFlag reports whether f is a system flag (\Seen) or a keyword atom
+// (RFC 9051 §2.3.2, flag-keyword).
+func validFlag(f string) bool {
+	switch strings.ToLower(f) {
+	case `\seen`, `\answered`, `\flagged`, `\deleted`, `\draft`:
+		return true
+	}
+	if f == "" || strings.HasPrefix(f, `\`) {
+		return false
+	}
+	for i := 0; i < len(f); i++ {
+		c := f[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`(){%*"\]`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}

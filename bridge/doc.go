@@ -1,0 +1,37 @@
+// Package bridge is popbridge itself: a POP3 server (package pop3) whose
+// maildrops live in an upstream IMAP mailbox (package upstream), with a
+// per-client UIDL state map (package state).
+//
+// A POP3 login "alice@example.com#laptop" is passed through to the upstream
+// as "alice@example.com"; "laptop" is the device tag that names the client.
+// Every client of a mailbox sees the same UIDLs (the mailbox record); each
+// client has its own record of hidden messages and pending deletions.
+//
+// # Invariants
+//
+// Every change must keep these; each one has a test.
+//
+//  1. No message is deleted, moved or flagged upstream unless this client sent
+//     DELE for it and then QUIT in the TRANSACTION state. (The one exception
+//     is the operator's upstream.mark_seen_on_retr, which sets \Seen after a
+//     RETR.)
+//  2. Never a bare EXPUNGE or CLOSE: only UID EXPUNGE of our own UIDs
+//     (UIDPLUS or IMAP4rev2), or UID MOVE. Without them the expunge policy
+//     fails with a clear error; it never widens.
+//  3. A UIDL, once issued for a message, stays that message's UIDL across
+//     sessions, restarts, instances and UIDVALIDITY changes, and is never
+//     reused for another message.
+//  4. LIST and STAT sizes are the octets RETR sends (CRLF line ends, before
+//     dot-stuffing); where the upstream's RFC822.SIZE was wrong, the size
+//     measured by the first RETR is stored and used from then on.
+//  5. A RETR whose upstream fails midway ends the connection without the
+//     terminating dot: the client never stores a truncated message.
+//  6. Secrets (passwords, tokens, SASL payloads) never reach logs, metrics or
+//     error texts.
+//  7. One session per (mailbox, client) at a time, across all instances that
+//     share a store.
+//  8. At QUIT the intent (policy and UIDLs) is written to the store before the
+//     upstream is touched, and cleared only after the upstream confirmed it;
+//     an intent left by a crash is finished at that client's next login.
+//  9. POP3 message numbers are fixed at login for the whole session.
+package bridge

@@ -1,0 +1,389 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/state"
+)
+
+// maildrop is one POP3 session's view of an upstream mailbox. Its message
+// list is fixed at login (invariant 9). The pop3 package calls it from one
+// goroutine.
+type maildrop struct {
+	b        *Bridge
+	log      *zap.Logger
+	key      state.ClientKey
+	account  string
+	password string // kept for the session, to reconnect; never logged
+
+	conn   *upstream.Conn
+	status upstream.Status
+
+	msgs     []pop3.Message
+	uids     []uint32
+	measured map[string]int64 // UIDL → octets RETR really sent, where they differ from the record
+
+	target    string // the mailbox of the move policy, once known
+	closeOnce sync.Once
+	release   func()
+}
+
+// open finishes an UPDATE left pending by a crash, syncs the mailbox record
+// and builds the session's fixed message list.
+func (m *maildrop) open(ctx context.Context) error {
+	rec, err := m.b.sync(ctx, m.conn, m.key.Mailbox, m.status, m.log)
+	if err != nil {
+		return err
+	}
+	cl, err := m.b.store.LoadClient(ctx, m.key)
+	if err != nil {
+		return fmt.Errorf("loading the client record: %w", err)
+	}
+	if cl.Pending != nil {
+		if rec, err = m.replay(ctx, rec, cl.Pending); err != nil {
+			return err
+		}
+		if cl, err = m.b.store.LoadClient(ctx, m.key); err != nil {
+			return fmt.Errorf("loading the client record: %w", err)
+		}
+	}
+	present := make(map[string]bool, len(rec.Entries))
+	for _, e := range rec.Entries {
+		present[e.UIDL] = true
+		if cl.Hidden[e.UIDL] {
+			continue
+		}
+		m.msgs = append(m.msgs, pop3.Message{Size: e.Size, UIDL: e.UIDL})
+		m.uids = append(m.uids, e.UID)
+	}
+	// UIDLs are never reused, so a hidden UIDL that is gone from the
+	// mailbox will never be needed again.
+	var stale []string
+	for u := range cl.Hidden {
+		if !present[u] {
+			stale = append(stale, u)
+		}
+	}
+	if len(stale) > 0 {
+		if err := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{Unhide: stale}); err != nil {
+			m.log.Warn("pruning hidden UIDLs failed", zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// replay finishes a pending UPDATE: the UIDLs it names are looked up in the
+// current record (they survive a UIDVALIDITY change), the policy recorded
+// with it is applied upstream, and the intent is cleared.
+func (m *maildrop) replay(ctx context.Context, rec *state.Mailbox, p *state.Pending) (*state.Mailbox, error) {
+	want := make(map[string]bool, len(p.UIDLs))
+	for _, u := range p.UIDLs {
+		want[u] = true
+	}
+	var uids []uint32
+	for _, e := range rec.Entries {
+		if want[e.UIDL] {
+			uids = append(uids, e.UID)
+		}
+	}
+	m.log.Info("finishing an UPDATE left pending by an earlier session",
+		zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDLs)), zap.Int("still_present", len(uids)))
+	err := m.applyUpstream(ctx, p, uids)
+	if err != nil && upstream.KindOf(err) != upstream.KindPerm {
+		return nil, fmt.Errorf("finishing the pending UPDATE: %w", err)
+	}
+	if err != nil {
+		// It can never succeed (a mailbox or capability is missing): drop
+		// it. The messages stay, which loses nothing.
+		m.log.Error("dropping a pending UPDATE the upstream refuses; its messages were not deleted",
+			zap.String("policy", p.Policy), zap.Int("messages", len(uids)), zap.Error(err))
+		if err := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); err != nil {
+			return nil, err
+		}
+		return rec, nil
+	}
+	return m.finish(ctx, rec, p)
+}
+
+// finish records that p reached the upstream: the intent is cleared, hidden
+// UIDLs are added for the flag and hide policies, and for expunge and move
+// the messages leave the mailbox record. It returns the record as it now is.
+func (m *maildrop) finish(ctx context.Context, rec *state.Mailbox, p *state.Pending) (*state.Mailbox, error) {
+	ch := state.ClientChange{ClearPending: true}
+	if p.Policy == PolicyFlag || p.Policy == PolicyHide {
+		ch.Hide = p.UIDLs
+	}
+	if err := m.b.store.ApplyClient(ctx, m.key, ch); err != nil {
+		return nil, fmt.Errorf("clearing the pending UPDATE: %w", err)
+	}
+	if p.Policy == PolicyFlag || p.Policy == PolicyHide {
+		return rec, nil
+	}
+	gone := make(map[string]bool, len(p.UIDLs))
+	for _, u := range p.UIDLs {
+		gone[u] = true
+	}
+	// The next sync would find them gone too; removing them now keeps
+	// every client's view exact meanwhile.
+	for attempt := 0; ; attempt++ {
+		cur, err := m.b.store.LoadMailbox(ctx, m.key.Mailbox)
+		if err != nil {
+			return rec, nil
+		}
+		ch := state.MailboxChange{Markers: cur.Markers}
+		for _, e := range cur.Entries {
+			if gone[e.UIDL] {
+				ch.Delete = append(ch.Delete, e.UID)
+			}
+		}
+		if len(ch.Delete) == 0 {
+			return cur, nil
+		}
+		v, err := m.b.store.ApplyMailbox(ctx, m.key.Mailbox, cur.Version, ch)
+		if errors.Is(err, state.ErrConflict) && attempt < maxConflicts {
+			continue
+		}
+		if err != nil {
+			m.log.Warn("removing deleted messages from the mailbox record failed; the next sync will", zap.Error(err))
+			return cur, nil
+		}
+		return state.Apply(cur, v, ch), nil
+	}
+}
+
+// List implements pop3.Maildrop.
+func (m *maildrop) List() []pop3.Message { return m.msgs }
+
+// Retr implements pop3.Maildrop: it streams BODY.PEEK[] through a writer
+// that turns bare LFs into CRLF and ends the message with CRLF, so that the
+// octets sent are exact (invariant 4).
+func (m *maildrop) Retr(ctx context.Context, n int, w io.Writer) error {
+	uid, msg := m.uids[n-1], m.msgs[n-1]
+	cw := &crlfWriter{w: w}
+	err := m.withConn(ctx, func(c *upstream.Conn) error {
+		if cw.n > 0 {
+			return errMidway
+		}
+		_, err := c.WriteMessage(ctx, uid, cw)
+		return err
+	})
+	if err == nil {
+		err = cw.finish()
+	}
+	if err != nil {
+		if cw.n == 0 {
+			return toPOP3(err)
+		}
+		return err
+	}
+	if cw.n != msg.Size {
+		m.measured[msg.UIDL] = cw.n
+	}
+	if m.b.cfg.Upstream.MarkSeenOnRetr {
+		if err := m.conn.AddFlags(ctx, []uint32{uid}, []string{`\Seen`}); err != nil {
+			m.log.Warn("setting \\Seen after RETR failed", zap.Uint32("uid", uid), zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// errMidway stops a retry once part of a message has been written.
+var errMidway = errors.New("upstream failed in the middle of a message")
+
+// Top implements pop3.Maildrop.
+func (m *maildrop) Top(ctx context.Context, n, lines int, w io.Writer) error {
+	uid := m.uids[n-1]
+	cw := &crlfWriter{w: w}
+	err := m.withConn(ctx, func(c *upstream.Conn) error {
+		if cw.n > 0 {
+			return errMidway
+		}
+		return c.WriteTop(ctx, uid, lines, cw)
+	})
+	if err == nil {
+		err = cw.finish()
+	}
+	if err != nil && cw.n == 0 {
+		return toPOP3(err)
+	}
+	return err
+}
+
+// Commit implements pop3.Maildrop: the UPDATE state of RFC 1939 §6 with the
+// configured delete policy. The intent is stored first (invariant 8).
+func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
+	m.saveMeasured(ctx)
+	if len(deleted) == 0 {
+		return nil
+	}
+	cfg := m.b.cfg.Delete
+	p := &state.Pending{Policy: cfg.Policy, UIDValidity: m.status.UIDValidity, Created: m.b.now()}
+	for _, n := range deleted {
+		p.UIDs = append(p.UIDs, m.uids[n-1])
+		p.UIDLs = append(p.UIDLs, m.msgs[n-1].UIDL)
+	}
+	switch cfg.Policy {
+	case PolicyFlag:
+		p.Flags = slices.Clone(cfg.Flags)
+	case PolicyExpunge:
+		if !m.conn.HasUIDPlus() {
+			return &pop3.Error{Code: pop3.CodeSysPerm, Text: "the upstream server has no UID EXPUNGE (UIDPLUS); nothing was deleted"}
+		}
+	case PolicyMove:
+		if !m.conn.HasMove() && !m.conn.HasUIDPlus() {
+			return &pop3.Error{Code: pop3.CodeSysPerm, Text: "the upstream server has neither MOVE nor UIDPLUS; nothing was deleted"}
+		}
+		target, err := m.moveTarget(ctx)
+		if err != nil {
+			return err
+		}
+		p.Target = target
+	}
+	if err := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
+		return &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable; nothing was deleted", Err: err}
+	}
+	if err := m.applyUpstream(ctx, p, p.UIDs); err != nil {
+		if upstream.KindOf(err) == upstream.KindPerm {
+			if cerr := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
+				m.log.Warn("clearing a refused UPDATE failed", zap.Error(cerr))
+			}
+			m.log.Error("the upstream refused the UPDATE; nothing was deleted", zap.String("policy", p.Policy), zap.Error(err))
+			return &pop3.Error{Code: pop3.CodeSysPerm, Text: "the upstream refused the deletion; nothing was deleted", Err: err}
+		}
+		m.log.Warn("UPDATE failed upstream; it stays recorded and is finished at the next login",
+			zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDs)), zap.Error(err))
+		return &pop3.Error{Code: pop3.CodeSysTemp, Text: "some deleted messages not removed; they will be at the next login", Err: err}
+	}
+	if _, err := m.finish(ctx, &state.Mailbox{}, p); err != nil {
+		// The upstream has done it; the intent is replayed (idempotently)
+		// at the next login.
+		m.log.Warn("recording the finished UPDATE failed", zap.Error(err))
+	}
+	return nil
+}
+
+// moveTarget returns the mailbox the move policy moves to: delete.move_to,
+// or the upstream's \Trash special-use mailbox.
+func (m *maildrop) moveTarget(ctx context.Context) (string, error) {
+	if m.target != "" {
+		return m.target, nil
+	}
+	if t := m.b.cfg.Delete.MoveTo; t != "" {
+		m.target = t
+		return t, nil
+	}
+	var t string
+	err := m.withConn(ctx, func(c *upstream.Conn) (err error) {
+		t, err = c.SpecialUse(ctx, `\Trash`)
+		return err
+	})
+	if err != nil {
+		return "", toPOP3(err)
+	}
+	if t == "" {
+		m.log.Error("the move policy found no \\Trash mailbox upstream; set delete.move_to")
+		return "", &pop3.Error{Code: pop3.CodeSysPerm, Text: "no Trash mailbox upstream; nothing was deleted"}
+	}
+	m.target = t
+	return t, nil
+}
+
+// applyUpstream carries out p's policy on uids with UID commands only
+// (invariant 2). It is idempotent, so a replay after a crash is safe.
+func (m *maildrop) applyUpstream(ctx context.Context, p *state.Pending, uids []uint32) error {
+	if len(uids) == 0 || p.Policy == PolicyHide {
+		return nil
+	}
+	return m.withConn(ctx, func(c *upstream.Conn) error {
+		switch p.Policy {
+		case PolicyFlag:
+			return c.AddFlags(ctx, uids, p.Flags)
+		case PolicyExpunge:
+			return c.Expunge(ctx, uids)
+		case PolicyMove:
+			return c.Move(ctx, uids, p.Target)
+		}
+		return &upstream.Error{Kind: upstream.KindPerm, Op: "update", Err: fmt.Errorf("unknown policy %q", p.Policy)}
+	})
+}
+
+// withConn runs op on the upstream connection. When op fails with a
+// temporary error (the upstream restarted, a connection dropped), it
+// reconnects once and runs op again, provided the mailbox still has the
+// same UIDVALIDITY, so the UIDs of this session still mean the same
+// messages. op must be safe to run twice.
+func (m *maildrop) withConn(ctx context.Context, op func(*upstream.Conn) error) error {
+	err := op(m.conn)
+	if err == nil || errors.Is(err, errMidway) || upstream.KindOf(err) != upstream.KindTemp || ctx.Err() != nil {
+		return err
+	}
+	m.log.Info("upstream operation failed; reconnecting once", zap.Error(err))
+	conn, st, rerr := m.b.openUpstream(ctx, m.account, m.password)
+	if rerr != nil {
+		return err
+	}
+	if st.UIDValidity != m.status.UIDValidity {
+		conn.Close()
+		return &upstream.Error{Kind: upstream.KindTemp, Op: "reconnect", Err: errors.New("UIDVALIDITY changed during the session")}
+	}
+	m.conn.Close()
+	m.conn = conn
+	return op(conn)
+}
+
+// saveMeasured stores the sizes RETR measured where the upstream's
+// RFC822.SIZE was not what RETR sends, so later LISTs are exact.
+func (m *maildrop) saveMeasured(ctx context.Context) {
+	if len(m.measured) == 0 {
+		return
+	}
+	for attempt := 0; attempt < maxConflicts; attempt++ {
+		cur, err := m.b.store.LoadMailbox(ctx, m.key.Mailbox)
+		if err != nil {
+			break
+		}
+		ch := state.MailboxChange{Markers: cur.Markers}
+		for _, e := range cur.Entries {
+			if size, ok := m.measured[e.UIDL]; ok && size != e.Size {
+				e.Size = size
+				ch.Put = append(ch.Put, e)
+			}
+		}
+		if len(ch.Put) == 0 {
+			break
+		}
+		_, err = m.b.store.ApplyMailbox(ctx, m.key.Mailbox, cur.Version, ch)
+		if errors.Is(err, state.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			m.log.Warn("storing measured sizes failed", zap.Error(err))
+		}
+		break
+	}
+	clear(m.measured)
+}
+
+// Close implements pop3.Maildrop: it stores measured sizes, logs out
+// upstream and releases the lock. It never deletes anything.
+func (m *maildrop) Close() error {
+	m.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), m.b.cfg.Upstream.Timeout)
+		defer cancel()
+		m.saveMeasured(ctx)
+		if m.conn != nil {
+			m.conn.Close()
+		}
+		m.release()
+	})
+	return nil
+}

@@ -1,0 +1,292 @@
+package pop3
+
+import (
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"go.uber.org/zap"
+)
+
+// authAllowed reports whether USER/PASS and AUTH may be used: only over
+// TLS unless AllowInsecureAuth (RFC 8314 §2: cleartext should not carry
+// credentials).
+func (c *conn) authAllowed() bool {
+	return c.info.TLS != nil || c.srv.AllowInsecureAuth
+}
+
+// stlsOffered reports whether STLS may be used now.
+func (c *conn) stlsOffered() bool {
+	return c.srv.TLSConfig != nil && c.info.TLS == nil
+}
+
+// refuseCleartext answers a login attempt on a cleartext connection.
+func (c *conn) refuseCleartext() {
+	text := "[" + CodeAuth + "] plaintext authentication disallowed"
+	if c.stlsOffered() {
+		text += ", use STLS"
+	}
+	c.fail(text)
+}
+
+// cmdUser answers USER name (RFC 1939 §7). The name waits for PASS.
+func (c *conn) cmdUser(cmd command) error {
+	if !c.authAllowed() {
+		c.refuseCleartext()
+		return nil
+	}
+	if len(cmd.args) != 1 {
+		c.fail("syntax error: USER name")
+		return nil
+	}
+	c.user = cmd.args[0]
+	c.name = c.user
+	c.reply("+OK send PASS")
+	return nil
+}
+
+// cmdPass answers PASS string (RFC 1939 §7). The password is the rest of
+// the line, spaces included, as §7 allows.
+func (c *conn) cmdPass(cmd command) error {
+	if !c.authAllowed() {
+		c.refuseCleartext()
+		return nil
+	}
+	user := c.user
+	c.user = ""
+	if user == "" {
+		c.fail("USER first")
+		return nil
+	}
+	if cmd.rest == "" {
+		c.fail("syntax error: PASS string")
+		return nil
+	}
+	return c.login(user, cmd.rest)
+}
+
+// Mechanisms offered by AUTH (RFC 5034) and listed by CAPA SASL.
+const (
+	mechPlain = "PLAIN" // RFC 4616
+	mechLogin = "LOGIN" // draft-murchison-sasl-login
+)
+
+// errAuthzID refuses a PLAIN authorization identity other than the user.
+var errAuthzID = &Error{Code: CodeAuth, Text: "authorization identity not supported"}
+
+// cmdAuth answers AUTH (RFC 5034). Without arguments it lists the
+// mechanisms, as clients from before RFC 5034 expect.
+func (c *conn) cmdAuth(cmd command) error {
+	if !c.authAllowed() {
+		c.refuseCleartext()
+		return nil
+	}
+	if len(cmd.args) == 0 {
+		c.reply("+OK mechanisms follow")
+		c.reply(mechPlain)
+		c.reply(mechLogin)
+		c.reply(".")
+		return nil
+	}
+	if len(cmd.args) > 2 {
+		c.fail("syntax error: AUTH mechanism [initial-response]")
+		return nil
+	}
+	var user, pass string
+	var authzErr error
+	var srv sasl.Server
+	switch mech := strings.ToUpper(cmd.args[0]); mech {
+	case mechPlain:
+		srv = sasl.NewPlainServer(func(identity, username, password string) error {
+			user, pass = username, password
+			if identity != "" && identity != username {
+				authzErr = errAuthzID
+			}
+			return nil
+		})
+	case mechLogin:
+		srv = &loginServer{done: func(username, password string) {
+			user, pass = username, password
+		}}
+	default:
+		c.fail("unsupported authentication mechanism")
+		return nil
+	}
+	var ir []byte
+	if len(cmd.args) == 2 {
+		var ok bool
+		if ir, ok = decodeSASL(cmd.args[1]); !ok {
+			c.fail("invalid base64 in initial response")
+			return nil
+		}
+	}
+	if ok, err := c.saslExchange(srv, ir); !ok || err != nil {
+		return err
+	}
+	c.name = user
+	if authzErr != nil {
+		return c.loginFailed(authzErr)
+	}
+	return c.login(user, pass)
+}
+
+// saslExchange runs srv to its end (RFC 5034 §4): each challenge goes out
+// as "+ base64", each response comes back as one base64 line, and "*"
+// cancels. It returns ok when srv is done and has accepted the responses;
+// otherwise the client has been answered. A non-nil error ends the
+// session. Responses are never logged.
+func (c *conn) saslExchange(srv sasl.Server, resp []byte) (ok bool, err error) {
+	for {
+		challenge, done, err := srv.Next(resp)
+		if err != nil {
+			c.fail("malformed SASL response")
+			return false, nil
+		}
+		if done {
+			return true, nil
+		}
+		c.reply("+ " + base64.StdEncoding.EncodeToString(challenge))
+		if err := c.bw.Flush(); err != nil {
+			return false, err
+		}
+		if err := c.nc.SetReadDeadline(time.Now().Add(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout))); err != nil {
+			return false, err
+		}
+		line, err := c.readLine(maxSASLLineLength)
+		switch {
+		case errors.Is(err, errLineTooLong):
+			c.fail("line too long")
+			return false, nil
+		case err != nil:
+			return false, err
+		case line == "*":
+			c.fail("authentication cancelled")
+			return false, nil
+		}
+		var valid bool
+		if resp, valid = decodeSASL(line); !valid {
+			c.fail("invalid base64 in SASL response")
+			return false, nil
+		}
+	}
+}
+
+// decodeSASL decodes a base64 SASL response; "=" is the empty response
+// (RFC 5034 §4). The result is never nil.
+func decodeSASL(s string) ([]byte, bool) {
+	if s == "=" {
+		return []byte{}, true
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, false
+	}
+	if b == nil {
+		b = []byte{}
+	}
+	return b, true
+}
+
+// loginServer is the server side of the LOGIN mechanism
+// (draft-murchison-sasl-login): it asks for the user name, unless the
+// initial response holds it, then for the password.
+type loginServer struct {
+	step     int
+	username string
+	done     func(username, password string)
+}
+
+func (s *loginServer) Next(resp []byte) ([]byte, bool, error) {
+	switch {
+	case s.step == 0 && resp == nil:
+		s.step = 1
+		return []byte("Username:"), false, nil
+	case s.step <= 1:
+		s.username = string(resp)
+		s.step = 2
+		return []byte("Password:"), false, nil
+	case s.step == 2:
+		s.step = 3
+		s.done(s.username, string(resp))
+		return nil, true, nil
+	}
+	return nil, false, sasl.ErrUnexpectedClientResponse
+}
+
+// login hands the credentials to the Backend and, on success, enters the
+// TRANSACTION state with the maildrop's listing fixed for the session.
+func (c *conn) login(user, pass string) error {
+	md, err := c.srv.Backend.Login(c.ctx, &c.info, user, pass)
+	if err != nil {
+		return c.loginFailed(err)
+	}
+	if md == nil {
+		return c.loginFailed(errors.New("pop3: Backend.Login returned a nil Maildrop"))
+	}
+	c.md = md
+	c.msgs = md.List()
+	c.deleted = make([]bool, len(c.msgs))
+	c.state = stateTransaction
+	c.user = ""
+	n, size := c.stat()
+	c.replyf("+OK maildrop has %d messages (%d octets)", n, size)
+	c.log.Debug("logged in", zap.String("user", user), zap.Int("messages", n))
+	return nil
+}
+
+// loginFailed waits LoginFailDelay, then answers err and counts it.
+func (c *conn) loginFailed(err error) error {
+	c.authFail++
+	c.errs++
+	if d := c.srv.LoginFailDelay; d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+			t.Stop()
+			return c.ctx.Err()
+		}
+	}
+	c.replyErr("login", err)
+	return nil
+}
+
+// cmdStls answers STLS (RFC 2595 §4): after "+OK" the server discards
+// whatever the client sent after the command, runs the TLS handshake and
+// starts over in the AUTHORIZATION state, forgetting USER.
+func (c *conn) cmdStls(cmd command) error {
+	if !c.noArgs(cmd) {
+		return nil
+	}
+	if c.info.TLS != nil {
+		c.fail("TLS already active")
+		return nil
+	}
+	c.reply("+OK begin TLS negotiation")
+	if err := c.bw.Flush(); err != nil {
+		return err
+	}
+	if n := c.br.Buffered(); n > 0 {
+		// Command injection (CVE-2011-0411 and kin): anything sent
+		// before the handshake is not to be trusted.
+		c.log.Debug("discarding input sent before the TLS handshake", zap.Int("octets", n))
+		c.br.Discard(n)
+	}
+	tc := tls.Server(c.raw, c.srv.TLSConfig)
+	if err := c.raw.SetDeadline(time.Now().Add(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout))); err != nil {
+		return err
+	}
+	if err := tc.HandshakeContext(c.ctx); err != nil {
+		c.log.Debug("STLS handshake failed", zap.Error(err))
+		return fmt.Errorf("pop3: STLS handshake: %w", err)
+	}
+	cs := tc.ConnectionState()
+	c.info.TLS = &cs
+	c.user = ""
+	c.setConn(tc)
+	return nil
+}

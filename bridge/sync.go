@@ -1,0 +1,126 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/state"
+)
+
+// maxConflicts bounds the retries when another session updated the mailbox
+// record between our load and our write.
+const maxConflicts = 8
+
+// sync brings the mailbox record of mbox up to date with the selected
+// mailbox, asking the upstream as little as it can (DESIGN.md, "Sync at
+// login"), and returns the record.
+func (b *Bridge) sync(ctx context.Context, conn *upstream.Conn, mbox string, st upstream.Status, log *zap.Logger) (*state.Mailbox, error) {
+	now := state.Markers{UIDValidity: st.UIDValidity, UIDNext: st.UIDNext, NumMessages: st.NumMessages, HighestModSeq: st.HighestModSeq}
+	uidl := func(uid uint32) string { return b.uidl.Format(uid, st.UIDValidity) }
+	for attempt := 0; ; attempt++ {
+		m, err := b.store.LoadMailbox(ctx, mbox)
+		if err != nil {
+			return nil, fmt.Errorf("loading the mailbox record: %w", err)
+		}
+		plan := state.Decide(m, now)
+		var ch state.MailboxChange
+		switch plan {
+		case state.PlanNone:
+			if m.Markers == now {
+				return m, nil
+			}
+			ch = state.MailboxChange{Markers: now} // only HIGHESTMODSEQ moved (flags)
+		case state.PlanIncremental:
+			ch, err = b.syncIncremental(ctx, conn, m, now, uidl)
+		case state.PlanFull:
+			var stats state.RematchStats
+			ch, stats, err = b.syncFull(ctx, conn, m, now, uidl)
+			if err == nil && m.Version != 0 && m.UIDValidity != now.UIDValidity {
+				log.Warn("upstream UIDVALIDITY changed; messages re-matched by fingerprint",
+					zap.String("mailbox", mbox), zap.Uint32("old_uidvalidity", m.UIDValidity), zap.Uint32("new_uidvalidity", now.UIDValidity),
+					zap.Int("matched", stats.Matched), zap.Int("new", stats.New), zap.Int("gone", stats.Gone))
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		v, err := b.store.ApplyMailbox(ctx, mbox, m.Version, ch)
+		if errors.Is(err, state.ErrConflict) && attempt < maxConflicts {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("storing the mailbox record: %w", err)
+		}
+		log.Debug("mailbox synced", zap.Stringer("plan", plan), zap.Int("added", len(ch.Put)), zap.Int("removed", len(ch.Delete)))
+		return state.Apply(m, v, ch), nil
+	}
+}
+
+func listed(msg upstream.Msg) state.Listed {
+	return state.Listed{UID: msg.UID, Size: msg.Size, Fingerprint: state.Fingerprint(msg.EmailID, msg.MessageID, msg.InternalDate, msg.Size)}
+}
+
+// syncIncremental fetches only the UIDs from the stored UIDNEXT on, and
+// searches for expunged UIDs only when the count says some are gone.
+func (b *Bridge) syncIncremental(ctx context.Context, conn *upstream.Conn, m *state.Mailbox, now state.Markers, uidl func(uint32) string) (state.MailboxChange, error) {
+	known := make(map[uint32]bool, len(m.Entries))
+	for _, e := range m.Entries {
+		known[e.UID] = true
+	}
+	from := max(m.UIDNext, 1)
+	var news []state.Listed
+	err := conn.List(ctx, from, true, func(msg upstream.Msg) error {
+		if !known[msg.UID] {
+			news = append(news, listed(msg))
+		}
+		return nil
+	})
+	if err != nil {
+		return state.MailboxChange{}, err
+	}
+	var present []uint32
+	if uint32(len(m.Entries)+len(news)) != now.NumMessages {
+		present, err = conn.SearchAll(ctx)
+		if err != nil {
+			return state.MailboxChange{}, err
+		}
+		seen := make(map[uint32]bool, len(news))
+		for _, l := range news {
+			seen[l.UID] = true
+		}
+		var holes []uint32
+		for _, u := range present {
+			if !known[u] && !seen[u] {
+				holes = append(holes, u)
+			}
+		}
+		if len(holes) > 0 {
+			err = conn.FetchInfo(ctx, holes, func(msg upstream.Msg) error {
+				news = append(news, listed(msg))
+				return nil
+			})
+			if err != nil {
+				return state.MailboxChange{}, err
+			}
+		}
+	}
+	return state.Incremental(m, now, news, present, uidl), nil
+}
+
+// syncFull lists the whole mailbox and re-matches it against the record.
+func (b *Bridge) syncFull(ctx context.Context, conn *upstream.Conn, m *state.Mailbox, now state.Markers, uidl func(uint32) string) (state.MailboxChange, state.RematchStats, error) {
+	all := make([]state.Listed, 0, now.NumMessages)
+	err := conn.List(ctx, 1, true, func(msg upstream.Msg) error {
+		all = append(all, listed(msg))
+		return nil
+	})
+	if err != nil {
+		return state.MailboxChange{}, state.RematchStats{}, err
+	}
+	ch, stats := state.Rematch(m, now, all, uidl)
+	return ch, stats, nil
+}

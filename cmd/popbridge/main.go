@@ -1,0 +1,221 @@
+// Command popbridge serves POP3 clients from an upstream IMAP mailbox.
+//
+//	popbridge serve -config FILE   run the server
+//	popbridge demo                 run against an in-process IMAP server with sample mail
+//	popbridge check -config FILE   validate the configuration, then try the upstream
+//	popbridge version              print the version
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/popbridge/popbridge/bridge"
+	"github.com/popbridge/popbridge/state/boltstore"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "0.1.0-dev"
+
+const usage = `usage:
+  popbridge serve -config FILE     serve POP3 from the upstream IMAP server
+  popbridge demo [-listen ADDR]    serve sample mail from an in-process IMAP server
+  popbridge check -config FILE [-user NAME]
+                                   validate the configuration; with -user, log in
+                                   upstream (password from POPBRIDGE_PASSWORD or stdin)
+  popbridge version                print the version
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serve(os.Args[2:])
+	case "demo":
+		err = demo(os.Args[2:])
+	case "check":
+		err = check(os.Args[2:], os.Stdin, os.Stdout)
+	case "version", "-version", "--version":
+		fmt.Println("popbridge", version)
+	case "help", "-h", "-help", "--help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "popbridge: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "popbridge:", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(c bridge.LogConfig) (*zap.Logger, error) {
+	var zc zap.Config
+	if c.Format == "console" {
+		zc = zap.NewDevelopmentConfig()
+		zc.Development = false
+	} else {
+		zc = zap.NewProductionConfig()
+		zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	}
+	lvl, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, err
+	}
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.Sampling = nil
+	return zc.Build()
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	path := fs.String("config", "", "configuration file (TOML)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return errors.New("serve needs -config FILE (see config.toml.example)")
+	}
+	cfg, err := bridge.LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	st, err := boltstore.Open(cfg.State.Path, nil)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	srv, err := bridge.NewServer(cfg, st, log)
+	if err != nil {
+		return err
+	}
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+	fields := []zap.Field{zap.String("pop3", srv.Addr().String()), zap.String("upstream", cfg.Upstream.Address),
+		zap.String("delete_policy", cfg.Delete.Policy), zap.String("version", version)}
+	if a := srv.TLSAddr(); a != nil {
+		fields = append(fields, zap.String("pop3s", a.String()))
+	}
+	log.Info("popbridge started", fields...)
+	return runUntilSignal(srv.Server, cfg.Server.ShutdownTimeout, log)
+}
+
+// runUntilSignal serves until SIGTERM or SIGINT, then shuts down gracefully
+// within timeout.
+func runUntilSignal(srv interface {
+	Serve() error
+	Shutdown(context.Context) error
+}, timeout time.Duration, log *zap.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve() }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	stop()
+	log.Info("shutting down; waiting for sessions", zap.Duration("timeout", timeout))
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	<-errc
+	log.Info("stopped")
+	return err
+}
+
+func demo(args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:1110", "POP3 address (loopback)")
+	level := fs.String("log-level", "info", "log level")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(bridge.LogConfig{Level: *level, Format: "console"})
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	d, err := bridge.StartDemo(*listen, log)
+	if err != nil {
+		return err
+	}
+	addr := d.Addr().String()
+	fmt.Printf(`popbridge demo: POP3 on %[1]s, upstream IMAP (in-process) on %[2]s
+  user:      %[3]s      (or %[3]s#laptop, %[3]s#phone: one view per device)
+  password:  %[4]s
+  list:      curl -s pop3://%[1]s/ -u %[3]s:%[4]s
+  retrieve:  curl -s pop3://%[1]s/1 -u %[3]s:%[4]s
+  uidl:      curl -s pop3://%[1]s/ -u %[3]s:%[4]s -X UIDL
+Delete policy: move (DELE + QUIT moves the message to Trash). Ctrl-C stops.
+`, addr, d.IMAPAddr, bridge.DemoUser, bridge.DemoPassword)
+	os.Stdout.Sync()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- d.Serve() }()
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err = d.Close(sctx)
+		<-errc
+	}
+	return err
+}
+
+func check(args []string, stdin io.Reader, stdout io.Writer) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	path := fs.String("config", "", "configuration file (TOML)")
+	user := fs.String("user", "", "upstream account to log in with (optional)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return errors.New("check needs -config FILE")
+	}
+	cfg, err := bridge.LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: configuration ok\n", *path)
+	if *user == "" {
+		return nil
+	}
+	pass := os.Getenv("POPBRIDGE_PASSWORD")
+	if pass == "" {
+		fmt.Fprintf(os.Stderr, "password for %s: ", *user)
+		line, err := bufio.NewReader(stdin).ReadString('\n')
+		if err != nil && line == "" {
+			return errors.New("no password given (set POPBRIDGE_PASSWORD or type it on stdin)")
+		}
+		pass = strings.TrimRight(line, "\r\n")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.Upstream.Timeout)
+	defer cancel()
+	return bridge.Check(ctx, cfg, *user, pass, stdout, nil)
+}

@@ -1,0 +1,465 @@
+package boltstore
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/popbridge/popbridge/state"
+)
+
+// DefaultTimeout is how long Open waits for the file lock when Options do not
+// say otherwise.
+const DefaultTimeout = time.Second
+
+// Options tune Open. A nil *Options is equivalent to a zero Options value.
+type Options struct {
+	// Timeout is how long Open waits for another holder of the file to let
+	// go of it before failing; zero or less means DefaultTimeout.
+	Timeout time.Duration
+}
+
+// Store is a state.Store kept in one bbolt file. Its methods are safe for
+// concurrent use. The Hidden map of a Client it loads is never nil.
+type Store struct {
+	db   *bolt.DB
+	path string
+
+	mu     sync.Mutex
+	locks  map[state.ClientKey]struct{} // maildrop locks held now
+	closed bool
+}
+
+var _ state.Store = (*Store)(nil)
+
+// errClosed is returned by Lock after Close.
+var errClosed = errors.New("store closed")
+
+// Open opens the state file at path, creating it (mode 0600) if it does not
+// exist. It fails if another Store, in this process or another, holds the
+// file and does not close it within the timeout, or if the file is not a
+// popbridge state file of a format this build reads.
+func Open(path string, opts *Options) (s *Store, err error) {
+	timeout := DefaultTimeout
+	if opts != nil && opts.Timeout > 0 {
+		timeout = opts.Timeout
+	}
+	db, err := openDB(path, timeout)
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("boltstore: %s is held by another Store, in this process or another (file lock not obtained within %v): %w", path, timeout, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
+	}
+	s = &Store{db: db, path: path, locks: make(map[state.ClientKey]struct{})}
+	if err := s.init(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// openDB is bolt.Open, turning a panic on a damaged file into an error.
+func openDB(path string, timeout time.Duration) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("damaged file: %v", r)
+		}
+	}()
+	return bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+}
+
+// init checks the format version of the file, and lays out a new file.
+func (s *Store) init() error {
+	fresh := false
+	err := s.view(func(tx *bolt.Tx) error {
+		var err error
+		fresh, err = s.checkFormat(tx)
+		return err
+	})
+	if err != nil || !fresh {
+		return s.wrap(err)
+	}
+	return s.wrap(s.update(func(tx *bolt.Tx) error {
+		// Check again: another Open may not have run in between (the
+		// file is locked), but this keeps init correct on its own.
+		if fresh, err := s.checkFormat(tx); err != nil || !fresh {
+			return err
+		}
+		meta, err := tx.CreateBucket(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if err := meta.Put(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion)); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucket(bucketMailboxes); err != nil {
+			return err
+		}
+		_, err = tx.CreateBucket(bucketClients)
+		return err
+	}))
+}
+
+// checkFormat reports whether the file is empty, and fails if it is neither
+// empty nor a state file of formatVersion.
+func (s *Store) checkFormat(tx *bolt.Tx) (fresh bool, err error) {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		if k, _ := tx.Cursor().First(); k != nil {
+			return false, errors.New("not a popbridge state file (no format version)")
+		}
+		return true, nil
+	}
+	v := meta.Get(keyFormat)
+	if len(v) != 4 {
+		return false, fmt.Errorf("format version is missing or malformed (%d bytes)", len(v))
+	}
+	if f := binary.BigEndian.Uint32(v); f != formatVersion {
+		return false, fmt.Errorf("format version %d; this popbridge reads version %d", f, formatVersion)
+	}
+	if tx.Bucket(bucketMailboxes) == nil || tx.Bucket(bucketClients) == nil {
+		return false, s.corrupt("top-level buckets missing")
+	}
+	return false, nil
+}
+
+// view and update run a bbolt transaction. bbolt can panic on a damaged
+// page; that becomes an error (the transaction is rolled back by bbolt on
+// the way out) rather than the end of the process.
+func (s *Store) view(fn func(*bolt.Tx) error) (err error) {
+	defer s.recoverDamage(&err)
+	return s.db.View(fn)
+}
+
+func (s *Store) update(fn func(*bolt.Tx) error) (err error) {
+	defer s.recoverDamage(&err)
+	return s.db.Update(fn)
+}
+
+func (s *Store) recoverDamage(err *error) {
+	if r := recover(); r != nil {
+		*err = s.corrupt("%v", r)
+	}
+}
+
+// corrupt reports damaged data.
+func (s *Store) corrupt(format string, args ...any) error {
+	return fmt.Errorf("damaged: %s", fmt.Sprintf(format, args...))
+}
+
+// wrap prefixes an error from a transaction with the package and the path.
+// state.ErrConflict is returned as it is.
+func (s *Store) wrap(err error) error {
+	if err == nil || err == state.ErrConflict {
+		return err
+	}
+	return fmt.Errorf("boltstore: %s: %w", s.path, err)
+}
+
+// loadMeta reads the "meta" value of a mailbox bucket.
+func (s *Store) loadMeta(mb *bolt.Bucket, mailbox string) (mailboxMeta, error) {
+	meta, err := decodeMailboxMeta(mb.Get(keyMailboxMeta))
+	if err != nil {
+		return meta, s.corrupt("mailbox %q: %v", mailbox, err)
+	}
+	return meta, nil
+}
+
+// minEntryLen is the fewest bytes an entry takes in the file: its page
+// element header, key and value. It bounds how many entries a file can hold.
+const minEntryLen = 16 + 4 + 3
+
+// LoadMailbox returns the record of mailbox, or a zero Mailbox when there is
+// none.
+func (s *Store) LoadMailbox(ctx context.Context, mailbox string) (*state.Mailbox, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m := &state.Mailbox{}
+	err := s.view(func(tx *bolt.Tx) error {
+		mb := tx.Bucket(bucketMailboxes).Bucket(mailboxKey(mailbox))
+		if mb == nil {
+			return nil
+		}
+		meta, err := s.loadMeta(mb, mailbox)
+		if err != nil {
+			return err
+		}
+		uids := mb.Bucket(bucketUID)
+		if uids == nil {
+			return s.corrupt("mailbox %q: no uid bucket", mailbox)
+		}
+		// The count sizes the slice; a damaged count must not make it
+		// larger than the file can hold.
+		entries := make([]state.Entry, 0, min(int64(meta.count), tx.Size()/minEntryLen))
+		c := uids.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if len(k) != 4 || v == nil {
+				return s.corrupt("mailbox %q: bad key %x in uid bucket", mailbox, k)
+			}
+			uid := binary.BigEndian.Uint32(k)
+			e, err := decodeEntry(uid, v)
+			if err != nil {
+				return s.corrupt("mailbox %q: UID %d: %v", mailbox, uid, err)
+			}
+			entries = append(entries, e)
+		}
+		m.Version = meta.version
+		m.Markers = meta.markers
+		m.Entries = entries
+		return nil
+	})
+	if err != nil {
+		return nil, s.wrap(err)
+	}
+	return m, nil
+}
+
+// uidFillPercent packs pages of the uid buckets tighter than bbolt's default
+// of one half: new UIDs are larger than the old ones, so inserts go to the
+// end and pages seldom split again.
+const uidFillPercent = 0.9
+
+func compareUID(a, b state.Entry) int { return cmp.Compare(a.UID, b.UID) }
+
+// ApplyMailbox applies ch to the record of mailbox if its version is still
+// base, in one transaction, and returns the new version; otherwise it
+// returns state.ErrConflict.
+func (s *Store) ApplyMailbox(ctx context.Context, mailbox string, base uint64, ch state.MailboxChange) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	// bbolt inserts keys in order fastest. A stable sort keeps the last of
+	// two entries with the same UID last, so it still wins.
+	put := ch.Put
+	if !slices.IsSortedFunc(put, compareUID) {
+		put = slices.Clone(put)
+		slices.SortStableFunc(put, compareUID)
+	}
+	var version uint64
+	err := s.update(func(tx *bolt.Tx) error {
+		mbs := tx.Bucket(bucketMailboxes)
+		key := mailboxKey(mailbox)
+		mb := mbs.Bucket(key)
+		var meta mailboxMeta
+		if mb != nil {
+			var err error
+			if meta, err = s.loadMeta(mb, mailbox); err != nil {
+				return err
+			}
+		}
+		if meta.version != base {
+			return state.ErrConflict
+		}
+		if mb == nil {
+			var err error
+			if mb, err = mbs.CreateBucket(key); err != nil {
+				return fmt.Errorf("mailbox %q: %w", mailbox, err)
+			}
+		}
+		uids := mb.Bucket(bucketUID)
+		if ch.Reset && uids != nil {
+			if err := mb.DeleteBucket(bucketUID); err != nil {
+				return err
+			}
+			uids = nil
+			meta.count = 0
+		}
+		if uids == nil {
+			var err error
+			if uids, err = mb.CreateBucket(bucketUID); err != nil {
+				return err
+			}
+		}
+		uids.FillPercent = uidFillPercent
+
+		c := uids.Cursor()
+		for _, uid := range ch.Delete {
+			k := uidKey(uid)
+			if found, _ := c.Seek(k[:]); bytes.Equal(found, k[:]) {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				meta.count--
+			}
+		}
+
+		// bbolt keeps the values until the commit, so each needs bytes of
+		// its own: carve them out of large buffers.
+		var buf []byte
+		for i := range put {
+			e := &put[i]
+			k := uidKey(e.UID)
+			if uids.Get(k[:]) == nil {
+				meta.count++
+			}
+			n := 3*binary.MaxVarintLen64 + len(e.UIDL) + len(e.Fingerprint)
+			if cap(buf)-len(buf) < n {
+				buf = make([]byte, 0, max(n, 64<<10))
+			}
+			v := appendEntry(buf[len(buf):len(buf)], e)
+			buf = buf[:len(buf)+len(v)]
+			if err := uids.Put(k[:], v); err != nil {
+				return fmt.Errorf("mailbox %q: UID %d: %w", mailbox, e.UID, err)
+			}
+		}
+
+		meta.version++
+		meta.markers = ch.Markers
+		version = meta.version
+		return mb.Put(keyMailboxMeta, meta.encode())
+	})
+	if err != nil {
+		return 0, s.wrap(err)
+	}
+	return version, nil
+}
+
+// LoadClient returns the record of k, or an empty Client when there is none.
+// Hidden is never nil.
+func (s *Store) LoadClient(ctx context.Context, k state.ClientKey) (*state.Client, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c := &state.Client{Hidden: make(map[string]bool)}
+	err := s.view(func(tx *bolt.Tx) error {
+		cb := tx.Bucket(bucketClients).Bucket(clientKey(k))
+		if cb == nil {
+			return nil
+		}
+		if hidden := cb.Bucket(bucketHidden); hidden != nil {
+			cur := hidden.Cursor()
+			for uidl, _ := cur.First(); uidl != nil; uidl, _ = cur.Next() {
+				c.Hidden[string(uidl)] = true
+			}
+		}
+		if v := cb.Get(keyPending); v != nil {
+			p, err := decodePending(v)
+			if err != nil {
+				return s.corrupt("client %q of mailbox %q: pending: %v", k.Client, k.Mailbox, err)
+			}
+			c.Pending = p
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.wrap(err)
+	}
+	return c, nil
+}
+
+// ApplyClient applies ch to the record of k in one transaction, creating the
+// record if needed and deleting it when it ends up empty. A UIDL to hide
+// must not be empty (RFC 1939 UIDLs have 1 to 70 characters).
+func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.ClientChange) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for _, uidl := range ch.Hide {
+		if uidl == "" {
+			return s.wrap(fmt.Errorf("client %q of mailbox %q: cannot hide an empty UIDL", k.Client, k.Mailbox))
+		}
+	}
+	err := s.update(func(tx *bolt.Tx) error {
+		clients := tx.Bucket(bucketClients)
+		key := clientKey(k)
+		cb := clients.Bucket(key)
+		if cb == nil {
+			if len(ch.Hide) == 0 && ch.SetPending == nil {
+				return nil // nothing to remove from a record that does not exist
+			}
+			var err error
+			if cb, err = clients.CreateBucket(key); err != nil {
+				return fmt.Errorf("client %q of mailbox %q: %w", k.Client, k.Mailbox, err)
+			}
+		}
+
+		hidden := cb.Bucket(bucketHidden)
+		if hidden != nil {
+			for _, uidl := range ch.Unhide {
+				if err := hidden.Delete([]byte(uidl)); err != nil {
+					return err
+				}
+			}
+		}
+		if len(ch.Hide) > 0 && hidden == nil {
+			var err error
+			if hidden, err = cb.CreateBucket(bucketHidden); err != nil {
+				return err
+			}
+		}
+		for _, uidl := range ch.Hide {
+			if err := hidden.Put([]byte(uidl), nil); err != nil {
+				return fmt.Errorf("client %q of mailbox %q: hide %q: %w", k.Client, k.Mailbox, uidl, err)
+			}
+		}
+
+		if ch.ClearPending {
+			if err := cb.Delete(keyPending); err != nil {
+				return err
+			}
+		}
+		if ch.SetPending != nil {
+			if err := cb.Put(keyPending, encodePending(ch.SetPending)); err != nil {
+				return err
+			}
+		}
+
+		// Drop a record left empty.
+		if cb.Get(keyPending) != nil {
+			return nil
+		}
+		if hidden != nil {
+			if first, _ := hidden.Cursor().First(); first != nil {
+				return nil
+			}
+		}
+		return clients.DeleteBucket(key)
+	})
+	return s.wrap(err)
+}
+
+// Lock takes the maildrop lock of k, or returns state.ErrLocked at once when
+// a session of this Store holds it. The locks live in the Store: no other
+// process can open the file while it is open.
+func (s *Store) Lock(ctx context.Context, k state.ClientKey) (release func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, s.wrap(errClosed)
+	}
+	if _, held := s.locks[k]; held {
+		return nil, state.ErrLocked
+	}
+	s.locks[k] = struct{}{}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			delete(s.locks, k) // a no-op after Close, which empties locks
+			s.mu.Unlock()
+		})
+	}, nil
+}
+
+// Close frees every lock and closes the file. The Store must not be used
+// afterwards, except that release functions may still be called.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.locks = nil
+	s.mu.Unlock()
+	return s.wrap(s.db.Close())
+}

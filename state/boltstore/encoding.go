@@ -1,0 +1,257 @@
+package boltstore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/popbridge/popbridge/state"
+)
+
+// formatVersion is the layout this build reads and writes; see the package
+// documentation.
+const formatVersion = 1
+
+// Names of buckets and keys.
+var (
+	bucketMeta      = []byte("meta")
+	keyFormat       = []byte("format")
+	bucketMailboxes = []byte("mailboxes")
+	bucketClients   = []byte("clients")
+	keyMailboxMeta  = []byte("meta")
+	bucketUID       = []byte("uid")
+	bucketHidden    = []byte("hidden")
+	keyPending      = []byte("pending")
+)
+
+// errShort reports a value that ends before its fields do.
+var errShort = errors.New("truncated")
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// mailboxKey is the key of mailbox's bucket in "mailboxes".
+func mailboxKey(mailbox string) []byte {
+	return appendString(make([]byte, 0, binary.MaxVarintLen64+len(mailbox)), mailbox)
+}
+
+// clientKey is the key of k's bucket in "clients".
+func clientKey(k state.ClientKey) []byte {
+	b := make([]byte, 0, 2*binary.MaxVarintLen64+len(k.Mailbox)+len(k.Client))
+	return appendString(appendString(b, k.Mailbox), k.Client)
+}
+
+func uidKey(uid uint32) [4]byte {
+	var k [4]byte
+	binary.BigEndian.PutUint32(k[:], uid)
+	return k
+}
+
+// mailboxMeta is the "meta" value of a mailbox bucket.
+type mailboxMeta struct {
+	version uint64
+	markers state.Markers
+	count   uint32 // keys in the "uid" bucket
+}
+
+const mailboxMetaLen = 8 + 4 + 4 + 4 + 8 + 4
+
+func (m *mailboxMeta) encode() []byte {
+	b := make([]byte, 0, mailboxMetaLen)
+	b = binary.BigEndian.AppendUint64(b, m.version)
+	b = binary.BigEndian.AppendUint32(b, m.markers.UIDValidity)
+	b = binary.BigEndian.AppendUint32(b, m.markers.UIDNext)
+	b = binary.BigEndian.AppendUint32(b, m.markers.NumMessages)
+	b = binary.BigEndian.AppendUint64(b, m.markers.HighestModSeq)
+	return binary.BigEndian.AppendUint32(b, m.count)
+}
+
+func decodeMailboxMeta(b []byte) (mailboxMeta, error) {
+	if len(b) != mailboxMetaLen {
+		return mailboxMeta{}, fmt.Errorf("mailbox meta is %d bytes, want %d", len(b), mailboxMetaLen)
+	}
+	return mailboxMeta{
+		version: binary.BigEndian.Uint64(b[0:]),
+		markers: state.Markers{
+			UIDValidity:   binary.BigEndian.Uint32(b[8:]),
+			UIDNext:       binary.BigEndian.Uint32(b[12:]),
+			NumMessages:   binary.BigEndian.Uint32(b[16:]),
+			HighestModSeq: binary.BigEndian.Uint64(b[20:]),
+		},
+		count: binary.BigEndian.Uint32(b[28:]),
+	}, nil
+}
+
+// appendEntry appends the value of e's key in a "uid" bucket.
+func appendEntry(b []byte, e *state.Entry) []byte {
+	b = binary.AppendVarint(b, e.Size)
+	b = appendString(b, e.UIDL)
+	return appendString(b, e.Fingerprint)
+}
+
+// decoder reads the fields of one value. The first error sticks; later reads
+// return zero values.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(err error) {
+	if d.err == nil {
+		d.err = err
+	}
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail(errShort)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail(errShort)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) u32() uint32 {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b) < 4 {
+		d.fail(errShort)
+		return 0
+	}
+	v := binary.BigEndian.Uint32(d.b)
+	d.b = d.b[4:]
+	return v
+}
+
+// bytes returns the bytes of a string field, still pointing into the value.
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.fail(errShort)
+		return nil
+	}
+	s := d.b[:n]
+	d.b = d.b[n:]
+	return s
+}
+
+func (d *decoder) string() string { return string(d.bytes()) }
+
+// count reads a list length and checks that the rest of the value can hold
+// that many items of at least itemLen bytes each, so a bad count cannot make
+// the caller allocate more than the value's size.
+func (d *decoder) count(itemLen int) int {
+	n := d.uvarint()
+	if d.err != nil {
+		return 0
+	}
+	if n > uint64(len(d.b)/itemLen) {
+		d.fail(fmt.Errorf("count %d exceeds the %d bytes left", n, len(d.b)))
+		return 0
+	}
+	return int(n)
+}
+
+// end returns the first error, or one for bytes left over.
+func (d *decoder) end() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%d bytes of trailing garbage", len(d.b))
+	}
+	return d.err
+}
+
+// decodeEntry decodes the value of uid's key in a "uid" bucket.
+func decodeEntry(uid uint32, v []byte) (state.Entry, error) {
+	d := decoder{b: v}
+	e := state.Entry{UID: uid}
+	e.Size = d.varint()
+	e.UIDL = d.string()
+	e.Fingerprint = d.string()
+	return e, d.end()
+}
+
+func encodePending(p *state.Pending) []byte {
+	b := make([]byte, 0, 64+len(p.Target)+8*len(p.UIDs)+20*len(p.UIDLs))
+	b = appendString(b, p.Policy)
+	b = appendString(b, p.Target)
+	b = binary.AppendUvarint(b, uint64(len(p.Flags)))
+	for _, f := range p.Flags {
+		b = appendString(b, f)
+	}
+	b = binary.BigEndian.AppendUint32(b, p.UIDValidity)
+	b = binary.AppendUvarint(b, uint64(len(p.UIDs)))
+	for _, uid := range p.UIDs {
+		b = binary.AppendUvarint(b, uint64(uid))
+	}
+	b = binary.AppendUvarint(b, uint64(len(p.UIDLs)))
+	for _, u := range p.UIDLs {
+		b = appendString(b, u)
+	}
+	b = binary.AppendVarint(b, p.Created.Unix())
+	return binary.AppendUvarint(b, uint64(p.Created.Nanosecond()))
+}
+
+func decodePending(v []byte) (*state.Pending, error) {
+	d := decoder{b: v}
+	p := &state.Pending{}
+	p.Policy = d.string()
+	p.Target = d.string()
+	if n := d.count(1); n > 0 {
+		p.Flags = make([]string, n)
+		for i := range p.Flags {
+			p.Flags[i] = d.string()
+		}
+	}
+	p.UIDValidity = d.u32()
+	if n := d.count(1); n > 0 {
+		p.UIDs = make([]uint32, n)
+		for i := range p.UIDs {
+			uid := d.uvarint()
+			if uid > math.MaxUint32 {
+				d.fail(fmt.Errorf("UID %d out of range", uid))
+			}
+			p.UIDs[i] = uint32(uid)
+		}
+	}
+	if n := d.count(1); n > 0 {
+		p.UIDLs = make([]string, n)
+		for i := range p.UIDLs {
+			p.UIDLs[i] = d.string()
+		}
+	}
+	sec := d.varint()
+	nsec := d.uvarint()
+	if nsec >= uint64(time.Second) {
+		d.fail(fmt.Errorf("nanoseconds %d out of range", nsec))
+	}
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	p.Created = time.Unix(sec, int64(nsec)).UTC()
+	return p, nil
+}

@@ -1,0 +1,352 @@
+package state
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultUIDLFormat is what Dovecot 2.3 uses by default (pop3_uidl_format):
+// the UID and then the UIDVALIDITY, each as 8 lowercase hex digits. A site
+// that moves from Dovecot pop3+imapc to popbridge keeps its UIDLs.
+const DefaultUIDLFormat = "%08Xu%08Xv"
+
+// CheckUIDLFormat reports whether format is a UIDL template popbridge can
+// expand: literal characters in 0x21–0x7E except '%', and the variables %u
+// (UID) and %v (UIDVALIDITY), each optionally with a zero-padded width and X
+// (hex) as in Dovecot: %u, %08Xu, %Xv. It must hold %u, so that two messages
+// never share a UIDL.
+func CheckUIDLFormat(format string) error {
+	_, err := parseUIDLFormat(format)
+	return err
+}
+
+type uidlPart struct {
+	lit   string
+	vr    byte // 'u', 'v' or 0 for a literal
+	width int
+	hex   bool
+}
+
+func parseUIDLFormat(format string) ([]uidlPart, error) {
+	var parts []uidlPart
+	hasUID := false
+	for i := 0; i < len(format); {
+		c := format[i]
+		if c != '%' {
+			if c < 0x21 || c > 0x7e {
+				return nil, fmt.Errorf("uidl format %q: character %q not allowed (RFC 1939 §7: 0x21–0x7E)", format, c)
+			}
+			j := strings.IndexByte(format[i:], '%')
+			if j < 0 {
+				j = len(format) - i
+			}
+			lit := format[i : i+j]
+			for k := 0; k < len(lit); k++ {
+				if lit[k] < 0x21 || lit[k] > 0x7e {
+					return nil, fmt.Errorf("uidl format %q: character %q not allowed (RFC 1939 §7: 0x21–0x7E)", format, lit[k])
+				}
+			}
+			parts = append(parts, uidlPart{lit: lit})
+			i += j
+			continue
+		}
+		i++
+		var p uidlPart
+		start := i
+		for i < len(format) && format[i] >= '0' && format[i] <= '9' {
+			i++
+		}
+		if i > start {
+			w, _ := strconv.Atoi(format[start:i])
+			if w > 10 {
+				return nil, fmt.Errorf("uidl format %q: width %d too large", format, w)
+			}
+			p.width = w
+		}
+		if i < len(format) && (format[i] == 'X' || format[i] == 'x') {
+			p.hex = true
+			i++
+		}
+		if i >= len(format) || (format[i] != 'u' && format[i] != 'v') {
+			return nil, fmt.Errorf("uidl format %q: only %%u and %%v are known", format)
+		}
+		p.vr = format[i]
+		if p.vr == 'u' {
+			hasUID = true
+		}
+		i++
+		parts = append(parts, p)
+	}
+	if !hasUID {
+		return nil, fmt.Errorf("uidl format %q: must contain %%u", format)
+	}
+	return parts, nil
+}
+
+// UIDLFormatter expands a checked UIDL format.
+type UIDLFormatter struct{ parts []uidlPart }
+
+// NewUIDLFormatter parses format (see CheckUIDLFormat).
+func NewUIDLFormatter(format string) (*UIDLFormatter, error) {
+	parts, err := parseUIDLFormat(format)
+	if err != nil {
+		return nil, err
+	}
+	return &UIDLFormatter{parts: parts}, nil
+}
+
+// Format returns the UIDL for uid in uidValidity.
+func (f *UIDLFormatter) Format(uid, uidValidity uint32) string {
+	var b strings.Builder
+	for _, p := range f.parts {
+		if p.vr == 0 {
+			b.WriteString(p.lit)
+			continue
+		}
+		n := uid
+		if p.vr == 'v' {
+			n = uidValidity
+		}
+		base := 10
+		if p.hex {
+			base = 16
+		}
+		s := strconv.FormatUint(uint64(n), base)
+		for i := len(s); i < p.width; i++ {
+			b.WriteByte('0')
+		}
+		b.WriteString(s)
+	}
+	return b.String()
+}
+
+// Fingerprint identifies a message across UIDVALIDITY changes: the server's
+// stable id (RFC 8474 EMAILID, Gmail X-GM-MSGID) where one exists, else a
+// hash of Message-ID, INTERNALDATE and RFC822.SIZE.
+func Fingerprint(emailID, messageID string, internalDate time.Time, size int64) string {
+	if emailID != "" {
+		return "id:" + emailID
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00%d", messageID, internalDate.Unix(), size)
+	return "h:" + base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:15])
+}
+
+// Plan is what a login must ask the upstream to bring a mailbox record up
+// to date.
+type Plan int
+
+const (
+	// PlanNone: nothing changed upstream; no FETCH at all.
+	PlanNone Plan = iota
+	// PlanIncremental: same UIDVALIDITY; fetch the UIDs from the stored
+	// UIDNEXT on, and search for expunged ones when the count disagrees.
+	PlanIncremental
+	// PlanFull: no record yet or a new UIDVALIDITY; list every message and
+	// re-match by fingerprint.
+	PlanFull
+)
+
+func (p Plan) String() string {
+	switch p {
+	case PlanNone:
+		return "none"
+	case PlanIncremental:
+		return "incremental"
+	case PlanFull:
+		return "full"
+	}
+	return "Plan(" + strconv.Itoa(int(p)) + ")"
+}
+
+// Decide chooses the cheapest plan that is still exact, from the stored
+// record m and the markers the upstream reports now (DESIGN.md, "Sync at
+// login"). Nothing changed when UIDVALIDITY is the same, the record holds as
+// many messages as the upstream, and either HIGHESTMODSEQ is the same
+// (CONDSTORE: any expunge or append raises it) or UIDNEXT and the message
+// count are both the same (an append raises UIDNEXT; an expunge alone lowers
+// the count).
+func Decide(m *Mailbox, now Markers) Plan {
+	if m.Version == 0 || m.UIDValidity != now.UIDValidity || now.UIDValidity == 0 {
+		return PlanFull
+	}
+	if uint32(len(m.Entries)) != now.NumMessages {
+		return PlanIncremental
+	}
+	if m.HighestModSeq != 0 && m.HighestModSeq == now.HighestModSeq {
+		return PlanNone
+	}
+	if m.UIDNext != 0 && m.UIDNext == now.UIDNext && m.NumMessages == now.NumMessages {
+		return PlanNone
+	}
+	return PlanIncremental
+}
+
+// Listed is one message as the upstream lists it.
+type Listed struct {
+	UID         uint32
+	Size        int64
+	Fingerprint string
+}
+
+// uidlIssuer gives out UIDLs that are unique within a record.
+type uidlIssuer struct {
+	format func(uid uint32) string
+	used   map[string]bool
+}
+
+func newIssuer(entries []Entry, format func(uid uint32) string) *uidlIssuer {
+	used := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		used[e.UIDL] = true
+	}
+	return &uidlIssuer{format: format, used: used}
+}
+
+// issue returns format(uid), with a suffix when that UIDL is taken, so that a
+// UIDL is never given to two messages.
+func (is *uidlIssuer) issue(uid uint32) string {
+	base := is.format(uid)
+	u := base
+	for n := 2; is.used[u]; n++ {
+		u = base + "-" + strconv.Itoa(n)
+	}
+	is.used[u] = true
+	return u
+}
+
+// Incremental computes the change for a record whose UIDVALIDITY still holds.
+// listed are the messages the upstream listed from the stored UIDNEXT on,
+// plus any older UIDs present upstream but missing from the record. present,
+// when not nil, is the complete set of UIDs in the mailbox now (UID SEARCH
+// ALL): entries not in it are removed. uidl formats the UIDL of a new UID.
+func Incremental(m *Mailbox, now Markers, listed []Listed, present []uint32, uidl func(uid uint32) string) MailboxChange {
+	ch := MailboxChange{Markers: now}
+	known := make(map[uint32]bool, len(m.Entries))
+	for _, e := range m.Entries {
+		known[e.UID] = true
+	}
+	is := newIssuer(m.Entries, uidl)
+	var added map[uint32]bool
+	for _, l := range listed {
+		if known[l.UID] || added[l.UID] {
+			continue
+		}
+		if added == nil {
+			added = make(map[uint32]bool)
+		}
+		added[l.UID] = true
+		ch.Put = append(ch.Put, Entry{UID: l.UID, UIDL: is.issue(l.UID), Size: l.Size, Fingerprint: l.Fingerprint})
+	}
+	if present != nil {
+		in := make(map[uint32]bool, len(present))
+		for _, u := range present {
+			in[u] = true
+		}
+		for _, e := range m.Entries {
+			if !in[e.UID] {
+				ch.Delete = append(ch.Delete, e.UID)
+			}
+		}
+		kept := ch.Put[:0]
+		for _, e := range ch.Put {
+			if in[e.UID] {
+				kept = append(kept, e)
+			}
+		}
+		ch.Put = kept
+	}
+	slices.SortFunc(ch.Put, func(a, b Entry) int { return cmpUID(a.UID, b.UID) })
+	return ch
+}
+
+// RematchStats counts what a full re-listing found.
+type RematchStats struct {
+	Matched int // messages that kept their UIDL
+	New     int // messages that got a new UIDL
+	Gone    int // entries whose message is no longer upstream
+}
+
+// Rematch computes the change that replaces the record with a complete
+// listing after a UIDVALIDITY change (or for a record seen for the first
+// time). A listed message whose fingerprint matches a stored entry keeps that
+// entry's UIDL and size; messages sharing a fingerprint are paired in UID
+// order. Every other message gets a new UIDL, distinct from every UIDL of
+// the old record, so that no UIDL is ever reused for another message.
+func Rematch(m *Mailbox, now Markers, listed []Listed, uidl func(uid uint32) string) (MailboxChange, RematchStats) {
+	ch := MailboxChange{Markers: now, Reset: true, Put: make([]Entry, 0, len(listed))}
+	var st RematchStats
+	byFP := make(map[string][]Entry)
+	old := slices.Clone(m.Entries)
+	slices.SortFunc(old, func(a, b Entry) int { return cmpUID(a.UID, b.UID) })
+	for _, e := range old {
+		if e.Fingerprint != "" {
+			byFP[e.Fingerprint] = append(byFP[e.Fingerprint], e)
+		}
+	}
+	sorted := slices.Clone(listed)
+	slices.SortFunc(sorted, func(a, b Listed) int { return cmpUID(a.UID, b.UID) })
+	sorted = slices.CompactFunc(sorted, func(a, b Listed) bool { return a.UID == b.UID })
+	is := newIssuer(m.Entries, uidl)
+	for _, l := range sorted {
+		if cands := byFP[l.Fingerprint]; l.Fingerprint != "" && len(cands) > 0 {
+			byFP[l.Fingerprint] = cands[1:]
+			ch.Put = append(ch.Put, Entry{UID: l.UID, UIDL: cands[0].UIDL, Size: cands[0].Size, Fingerprint: l.Fingerprint})
+			st.Matched++
+			continue
+		}
+		ch.Put = append(ch.Put, Entry{UID: l.UID, UIDL: is.issue(l.UID), Size: l.Size, Fingerprint: l.Fingerprint})
+		st.New++
+	}
+	st.Gone = len(m.Entries) - st.Matched
+	return ch, st
+}
+
+// Apply returns the record m becomes after ch, with the given version. It
+// does not modify m. Stores must give the same result (state/storetest
+// checks it).
+func Apply(m *Mailbox, version uint64, ch MailboxChange) *Mailbox {
+	out := &Mailbox{Version: version, Markers: ch.Markers}
+	var entries []Entry
+	if !ch.Reset {
+		del := make(map[uint32]bool, len(ch.Delete)+len(ch.Put))
+		for _, u := range ch.Delete {
+			del[u] = true
+		}
+		for _, e := range ch.Put {
+			del[e.UID] = true
+		}
+		entries = make([]Entry, 0, len(m.Entries)+len(ch.Put))
+		for _, e := range m.Entries {
+			if !del[e.UID] {
+				entries = append(entries, e)
+			}
+		}
+	}
+	entries = append(entries, ch.Put...)
+	slices.SortStableFunc(entries, func(a, b Entry) int { return cmpUID(a.UID, b.UID) })
+	// A later Put of the same UID wins.
+	out.Entries = entries[:0]
+	for i, e := range entries {
+		if i+1 < len(entries) && entries[i+1].UID == e.UID {
+			continue
+		}
+		out.Entries = append(out.Entries, e)
+	}
+	return out
+}
+
+func cmpUID(a, b uint32) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
