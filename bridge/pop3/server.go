@@ -122,6 +122,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		if ln != nil {
+			ln.Close()
+		}
 		return ErrServerClosed
 	}
 	if s.listeners == nil {
@@ -161,9 +164,14 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // ServeConn serves one accepted connection and returns when its session
-// ends. A *tls.Conn is served as implicit TLS. After Close or Shutdown it
-// closes nc at once.
+// ends. A *tls.Conn is served as implicit TLS. After Close or Shutdown, or
+// without a Backend, it closes nc at once.
 func (s *Server) ServeConn(nc net.Conn) {
+	if s.Backend == nil {
+		s.logger().Error("pop3: Server.Backend is nil")
+		nc.Close()
+		return
+	}
 	if c := s.track(nc); c != nil {
 		c.serve()
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"go.uber.org/zap"
@@ -52,6 +53,11 @@ type Config struct {
 	// streaming of a message body. 0 means 30 seconds.
 	Timeout time.Duration
 	Logger  *zap.Logger // nil means no logs
+	// Trace, when set, receives a protocol trace: one "C: " line per line
+	// sent and one "S: " line per line received. LOGIN arguments and
+	// AUTHENTICATE payloads are replaced with "[redacted]". Message bodies
+	// are traced as they are; enable it for debugging only.
+	Trace io.Writer
 }
 
 // Status is what SELECT reports about the selected mailbox.

@@ -119,7 +119,7 @@ func serve(args []string) error {
 		fields = append(fields, zap.String("pop3s", a.String()))
 	}
 	log.Info("popbridge started", fields...)
-	return runUntilSignal(srv.Server, cfg.Server.ShutdownTimeout, log)
+	return runUntilSignal(srv, cfg.Server.ShutdownTimeout, log)
 }
 
 // runUntilSignal serves until SIGTERM or SIGINT, then shuts down gracefully

@@ -261,6 +261,9 @@ func (s *Store) ApplyMailbox(ctx context.Context, mailbox string, base uint64, c
 			return state.ErrConflict
 		}
 		if mb == nil {
+			if len(key) > bolt.MaxKeySize {
+				return fmt.Errorf("mailbox name of %d bytes is too long", len(mailbox))
+			}
 			var err error
 			if mb, err = mbs.CreateBucket(key); err != nil {
 				return fmt.Errorf("mailbox %q: %w", mailbox, err)
@@ -294,7 +297,11 @@ func (s *Store) ApplyMailbox(ctx context.Context, mailbox string, base uint64, c
 		}
 
 		// bbolt keeps the values until the commit, so each needs bytes of
-		// its own: carve them out of large buffers.
+		// its own: carve them out of buffers of up to 64 KiB.
+		left := 0 // bytes the values not written yet may take
+		for i := range put {
+			left += maxEntryLen(&put[i])
+		}
 		var buf []byte
 		for i := range put {
 			e := &put[i]
@@ -302,10 +309,11 @@ func (s *Store) ApplyMailbox(ctx context.Context, mailbox string, base uint64, c
 			if uids.Get(k[:]) == nil {
 				meta.count++
 			}
-			n := 3*binary.MaxVarintLen64 + len(e.UIDL) + len(e.Fingerprint)
+			n := maxEntryLen(e)
 			if cap(buf)-len(buf) < n {
-				buf = make([]byte, 0, max(n, 64<<10))
+				buf = make([]byte, 0, max(n, min(left, 64<<10)))
 			}
+			left -= n
 			v := appendEntry(buf[len(buf):len(buf)], e)
 			buf = buf[:len(buf)+len(v)]
 			if err := uids.Put(k[:], v); err != nil {
@@ -376,6 +384,9 @@ func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.Cli
 		if cb == nil {
 			if len(ch.Hide) == 0 && ch.SetPending == nil {
 				return nil // nothing to remove from a record that does not exist
+			}
+			if len(key) > bolt.MaxKeySize {
+				return fmt.Errorf("mailbox and client names of %d bytes are too long", len(k.Mailbox)+len(k.Client))
 			}
 			var err error
 			if cb, err = clients.CreateBucket(key); err != nil {

@@ -262,7 +262,8 @@ func TestDamagedRecords(t *testing.T) {
 			return mbBucket(tx).Bucket(bucketUID).Put(uid1[:], []byte{2, 1, 'a', 0, 99})
 		}, false},
 		{"uid sub-bucket", func(tx *bolt.Tx) error {
-			_, err := mbBucket(tx).Bucket(bucketUID).CreateBucket(uid1[:])
+			uid3 := uidKey(3)
+			_, err := mbBucket(tx).Bucket(bucketUID).CreateBucket(uid3[:])
 			return err
 		}, false},
 		{"huge count", func(tx *bolt.Tx) error {
@@ -380,7 +381,7 @@ func TestAnyBytes(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(c.Hidden) != 1 || !c.Hidden[fmt.Sprint("\x00", i)] {
-			t.Errorf("LoadClient(%+v).Hidden = %q", k, c.Hidden)
+			t.Errorf("LoadClient(%+v).Hidden = %v", k, c.Hidden)
 		}
 		if p := c.Pending; p == nil || p.Target != "\xffTrash\x00" || !slices.Equal(p.Flags, []string{"\x00"}) || !slices.Equal(p.UIDLs, []string{fmt.Sprint("\xfe", i)}) {
 			t.Errorf("LoadClient(%+v).Pending = %+v", k, p)

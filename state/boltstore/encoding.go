@@ -86,6 +86,11 @@ func decodeMailboxMeta(b []byte) (mailboxMeta, error) {
 	}, nil
 }
 
+// maxEntryLen is the most bytes appendEntry appends for e.
+func maxEntryLen(e *state.Entry) int {
+	return 3*binary.MaxVarintLen64 + len(e.UIDL) + len(e.Fingerprint)
+}
+
 // appendEntry appends the value of e's key in a "uid" bucket.
 func appendEntry(b []byte, e *state.Entry) []byte {
 	b = binary.AppendVarint(b, e.Size)

@@ -79,6 +79,7 @@ func Run(t *testing.T, b Backend, opts *Options) {
 	t.Run("Mailbox/Race", s.mailboxRace)
 	t.Run("Mailbox/Independent", s.mailboxIndependent)
 	t.Run("Mailbox/Big", s.mailboxBig)
+	t.Run("Mailbox/Model", s.mailboxModel)
 	t.Run("Client/LoadUnknown", s.clientLoadUnknown)
 	t.Run("Client/HideUnhide", s.clientHideUnhide)
 	t.Run("Client/Pending", s.clientPending)
@@ -522,6 +523,46 @@ func (s *suite) mailboxBig(t *testing.T) {
 	want = slices.Delete(want, n/2, n/2+1)
 	want = append(want[1:], add...)
 	checkMailbox(t, load(t, st, "INBOX"), v, m2, want)
+}
+
+// mailboxModel applies random changes, stale ones among them, and checks
+// the store against state.Apply, the reference semantics of a change.
+func (s *suite) mailboxModel(t *testing.T) {
+	st := s.newStore(t)
+	ctx := t.Context()
+	rng := rand.New(rand.NewPCG(7, 11))
+	const maxUID = 60 // small, so that changes hit stored UIDs often
+	want := &state.Mailbox{}
+	for step := range 300 {
+		ch := state.MailboxChange{
+			Markers: state.Markers{UIDValidity: rng.Uint32N(3), UIDNext: rng.Uint32(), NumMessages: rng.Uint32N(100), HighestModSeq: rng.Uint64()},
+			Reset:   rng.IntN(25) == 0,
+		}
+		for range rng.IntN(6) {
+			ch.Delete = append(ch.Delete, 1+rng.Uint32N(maxUID))
+		}
+		for i := range rng.IntN(30) {
+			ch.Put = append(ch.Put, entry(1+rng.Uint32N(maxUID), fmt.Sprint(step, ".", i)))
+		}
+		if rng.IntN(8) == 0 {
+			// A stale or future base: a conflict, and nothing changes.
+			base := want.Version + 1 + rng.Uint64N(3)
+			if want.Version > 0 && rng.IntN(2) == 0 {
+				base = rng.Uint64N(want.Version)
+			}
+			if _, err := st.ApplyMailbox(ctx, "INBOX", base, ch); !errors.Is(err, state.ErrConflict) {
+				t.Fatalf("step %d: ApplyMailbox with base %d, stored version %d: %v, want ErrConflict", step, base, want.Version, err)
+			}
+		} else {
+			v := apply(t, st, "INBOX", want.Version, ch)
+			want = state.Apply(want, v, ch)
+		}
+		got := load(t, st, "INBOX")
+		checkMailbox(t, got, want.Version, want.Markers, want.Entries)
+		if t.Failed() {
+			t.Fatalf("step %d: change %+v", step, ch)
+		}
+	}
 }
 
 func (s *suite) clientLoadUnknown(t *testing.T) {

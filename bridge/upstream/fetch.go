@@ -1,0 +1,392 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+)
+
+const (
+	// maxMessageIDHeader bounds what is read of the Message-ID header field
+	// section of one message; the rest is discarded.
+	maxMessageIDHeader = 16 << 10
+	// maxPartial bounds one BODY.PEEK[TEXT]<offset.size> of WriteTop.
+	maxPartial = 1 << 20
+	// copyBufSize is the buffer of a body copy.
+	copyBufSize = 32 << 10
+)
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// messageIDSection is BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)].
+var messageIDSection = &imap.FetchItemBodySection{
+	Specifier:    imap.PartSpecifierHeader,
+	HeaderFields: []string{"MESSAGE-ID"},
+	Peek:         true,
+}
+
+func fetchOptions(details bool) *imap.FetchOptions {
+	opts := &imap.FetchOptions{UID: true, RFC822Size: true}
+	if details {
+		opts.InternalDate = true
+		opts.BodySection = []*imap.FetchItemBodySection{messageIDSection}
+		// EMAILID (RFC 8474) and X-GM-MSGID cannot be asked for: imapclient
+		// beta.8 has no fetch item for them and fails the whole connection
+		// on an unknown one ("unsupported msg-att name"). Msg.EmailID stays
+		// empty until it can.
+	}
+	return opts
+}
+
+// List sends UID FETCH from:* (UID RFC822.SIZE), adding INTERNALDATE and
+// BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)] when withDetails is set, and calls
+// fn for every message with UID >= from, in ascending UID order. The
+// response streams: memory does not grow with the mailbox. A message with a
+// UID below from (which "n:*" returns when n is above the highest UID) is
+// skipped. fn must be quick: the connection waits while it runs. An error
+// of fn stops the listing: the rest of the response is drained and fn's
+// error is returned as it is.
+func (c *Conn) List(ctx context.Context, from uint32, withDetails bool, fn func(Msg) error) error {
+	if from == 0 {
+		from = 1
+	}
+	set := imap.UIDSet{{Start: imap.UID(from), Stop: 0}} // from:*
+	return c.fetchMsgs(ctx, []imap.UIDSet{set}, from, withDetails, fn)
+}
+
+// FetchInfo sends UID FETCH uids (UID RFC822.SIZE INTERNALDATE
+// BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]), split into commands of at most
+// 8 KB, and calls fn, in ascending UID order, for each of those messages
+// that still exist. fn and its errors are handled as in List.
+func (c *Conn) FetchInfo(ctx context.Context, uids []uint32, fn func(Msg) error) error {
+	sets := uidChunks(uids, setBudget(len("UID FETCH  (UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")))
+	if len(sets) == 0 {
+		return nil
+	}
+	return c.fetchMsgs(ctx, sets, 1, true, fn)
+}
+
+// fnError marks an error returned by the caller's function.
+type fnError struct{ err error }
+
+func (e fnError) Error() string { return e.err.Error() }
+
+func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, details bool, fn func(Msg) error) error {
+	const op = "fetch"
+	if err := c.alive(op); err != nil {
+		return err
+	}
+	w := c.watch(ctx)
+	opts := fetchOptions(details)
+	var last uint32
+	var err error
+	for _, set := range sets {
+		w.touch()
+		cmd := c.client.Fetch(set, opts)
+		for msg := cmd.Next(); msg != nil && err == nil; msg = cmd.Next() {
+			w.touch()
+			var m Msg
+			var ok bool
+			m, ok, err = readMsg(msg, details)
+			switch {
+			case err != nil:
+			case !ok:
+				// Without a UID it cannot be an answer to UID FETCH.
+			case m.UID < from:
+			case m.UID == last:
+				// A duplicate FETCH response for the same message.
+			case m.UID < last:
+				err = tempError(op, "server sent UID %d after UID %d", m.UID, last)
+			default:
+				last = m.UID
+				if ferr := fn(m); ferr != nil {
+					err = fnError{ferr}
+				}
+			}
+		}
+		// Close drains what is left of the response.
+		if cerr := cmd.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			break
+		}
+	}
+	if fe, ok := err.(fnError); ok {
+		w.done()
+		return fe.err
+	}
+	return w.end(op, err, phaseCommand)
+}
+
+// readMsg reads the items of one FETCH response. ok is false when the
+// response carries no UID.
+func readMsg(msg *imapclient.FetchMessageData, details bool) (m Msg, ok bool, err error) {
+	var haveUID, haveSize, haveDate bool
+	for item := msg.Next(); item != nil; item = msg.Next() {
+		switch it := item.(type) {
+		case imapclient.FetchItemDataUID:
+			m.UID, haveUID = uint32(it.UID), true
+		case imapclient.FetchItemDataRFC822Size:
+			m.Size, haveSize = it.Size, true
+		case imapclient.FetchItemDataInternalDate:
+			m.InternalDate, haveDate = it.Time, true
+		case imapclient.FetchItemDataBodySection:
+			if it.Literal == nil || !it.MatchCommand(messageIDSection) {
+				continue
+			}
+			b, rerr := io.ReadAll(io.LimitReader(it.Literal, maxMessageIDHeader))
+			if rerr != nil {
+				return m, false, rerr
+			}
+			m.MessageID = parseMessageID(b)
+		}
+	}
+	if !haveUID || m.UID == 0 {
+		return m, false, nil
+	}
+	if !haveSize || (details && !haveDate) {
+		// Most likely an unsolicited FETCH (a flag change by another
+		// session) that imapclient took for the answer; the answer itself
+		// was then dropped. Report it rather than lose the message.
+		return m, false, tempError("fetch", "incomplete FETCH response for UID %d", m.UID)
+	}
+	return m, true, nil
+}
+
+// parseMessageID returns the unfolded, trimmed value of the first
+// Message-ID field in a header section; "" when there is none.
+func parseMessageID(h []byte) string {
+	lines := bytes.Split(h, []byte("\n"))
+	for i := 0; i < len(lines); i++ {
+		name, value, ok := bytes.Cut(bytes.TrimSuffix(lines[i], []byte("\r")), []byte(":"))
+		if !ok || !strings.EqualFold(string(bytes.TrimRight(name, " \t")), "Message-ID") {
+			continue
+		}
+		v := append([]byte{}, value...)
+		for i+1 < len(lines) && len(lines[i+1]) > 0 && (lines[i+1][0] == ' ' || lines[i+1][0] == '\t') {
+			i++
+			v = append(v, bytes.TrimSuffix(lines[i], []byte("\r"))...)
+		}
+		return strings.TrimSpace(string(v))
+	}
+	return ""
+}
+
+// SearchAll sends UID SEARCH ALL (UID SEARCH RETURN (ALL) ALL when the
+// server has ESEARCH, whose answer is a compact set) and returns the UIDs of
+// every message in the selected mailbox, ascending.
+func (c *Conn) SearchAll(ctx context.Context) ([]uint32, error) {
+	const op = "search"
+	if err := c.alive(op); err != nil {
+		return nil, err
+	}
+	var opts *imap.SearchOptions
+	if c.Caps().Has(imap.CapESearch) {
+		opts = &imap.SearchOptions{ReturnAll: true}
+	}
+	w := c.watch(ctx)
+	data, err := c.client.UIDSearch(&imap.SearchCriteria{}, opts).Wait()
+	if err := w.end(op, err, phaseCommand); err != nil {
+		return nil, err
+	}
+	all := data.AllUIDs()
+	uids := make([]uint32, len(all))
+	for i, u := range all {
+		uids[i] = uint32(u)
+	}
+	slices.Sort(uids)
+	return slices.Compact(uids), nil
+}
+
+// WriteMessage sends UID FETCH uid (BODY.PEEK[]) and copies the message
+// literal to w as it arrives: memory does not depend on the message size.
+// It returns the octets written. Line ends are not touched. A UID that no
+// longer exists (OK without FETCH data) is KindGone with ErrGone. NIL, a
+// literal shorter than announced, or an I/O error (reading upstream or
+// writing w) is an error after which the caller must drop what it wrote;
+// a body that stopped midway also closes the upstream connection.
+// Config.Timeout bounds the wait for the body to start, not its streaming.
+func (c *Conn) WriteMessage(ctx context.Context, uid uint32, w io.Writer) (int64, error) {
+	const op = "fetch"
+	if err := c.alive(op); err != nil {
+		return 0, err
+	}
+	wt := c.watch(ctx)
+	var n int64
+	err := c.fetchSection(wt, op, uid, &imap.FetchItemBodySection{Peek: true}, false, func(lit imap.LiteralReader) error {
+		var err error
+		n, err = copyLiteral(op, w, lit)
+		return err
+	})
+	return n, wt.end(op, err, phaseCommand)
+}
+
+// WriteTop writes the header of message uid (UID FETCH uid
+// (BODY.PEEK[HEADER]), which ends with the blank line) and then the first
+// lines lines of its body: UID FETCH uid (BODY.PEEK[TEXT]<0.K>) with
+// K = lines*100+1024, continued at the next offset with twice the size until
+// lines line ends were seen or the body ended. The body is written up to
+// and including the LF (of a CRLF or a bare LF) that ends line lines, or
+// whole if it is shorter; lines <= 0 writes the header only. Gone and
+// errors are as in WriteMessage.
+func (c *Conn) WriteTop(ctx context.Context, uid uint32, lines int, w io.Writer) error {
+	const op = "fetch"
+	if err := c.alive(op); err != nil {
+		return err
+	}
+	wt := c.watch(ctx)
+	hdr := &imap.FetchItemBodySection{Specifier: imap.PartSpecifierHeader, Peek: true}
+	err := c.fetchSection(wt, op, uid, hdr, false, func(lit imap.LiteralReader) error {
+		_, err := copyLiteral(op, w, lit)
+		return err
+	})
+	if err != nil || lines <= 0 {
+		return wt.end(op, err, phaseCommand)
+	}
+	tw := &topWriter{w: w, left: lines}
+	offset := int64(0)
+	size := min(int64(lines)*100+1024, maxPartial)
+	for tw.left > 0 {
+		wt.touch()
+		sec := &imap.FetchItemBodySection{
+			Specifier: imap.PartSpecifierText,
+			Peek:      true,
+			Partial:   &imap.SectionPartial{Offset: offset, Size: size},
+		}
+		var got int64
+		err = c.fetchSection(wt, op, uid, sec, true, func(lit imap.LiteralReader) error {
+			var err error
+			got, err = copyLiteral(op, tw, lit)
+			return err
+		})
+		if err != nil || got < size {
+			break // an error, or the end of the body
+		}
+		offset += got
+		size = min(size*2, maxPartial)
+	}
+	return wt.end(op, err, phaseCommand)
+}
+
+// topWriter passes on its input up to and including the LF that ends
+// line number left, and swallows the rest.
+type topWriter struct {
+	w    io.Writer
+	left int // line ends still to pass on
+}
+
+func (t *topWriter) Write(p []byte) (int, error) {
+	q := p
+	end := 0
+	for t.left > 0 {
+		i := bytes.IndexByte(q[end:], '\n')
+		if i < 0 {
+			end = len(q)
+			break
+		}
+		end += i + 1
+		t.left--
+	}
+	if end > 0 {
+		if _, err := t.w.Write(q[:end]); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+// fetchSection sends UID FETCH uid (UID BODY.PEEK[section]) and calls use
+// with the literal of that section. Without FETCH data the message is gone
+// (KindGone). A NIL section is an error unless allowNil (then use is not
+// called). Once the literal starts, the timeout is paused: only ctx bounds
+// the copy. An error of use closes the connection: the literal may be
+// half read.
+func (c *Conn) fetchSection(wt *watch, op string, uid uint32, sec *imap.FetchItemBodySection, allowNil bool, use func(imap.LiteralReader) error) error {
+	cmd := c.client.Fetch(imap.UIDSetNum(imap.UID(uid)), &imap.FetchOptions{
+		UID:         true,
+		BodySection: []*imap.FetchItemBodySection{sec},
+	})
+	var (
+		gotMsg, found bool
+		useErr        error
+	)
+	for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
+		gotMsg = true
+		for item := msg.Next(); item != nil; item = msg.Next() {
+			bs, ok := item.(imapclient.FetchItemDataBodySection)
+			if !ok || found || !bs.MatchCommand(sec) {
+				continue
+			}
+			found = true
+			if bs.Literal == nil {
+				if !allowNil {
+					useErr = tempError(op, "server returned NIL for the body of UID %d", uid)
+				}
+				continue
+			}
+			wt.pause()
+			if useErr = use(bs.Literal); useErr != nil {
+				// Do not drain a body nobody reads: drop the connection.
+				// Close waits for the reader, which waits for the literal to
+				// be consumed; the discard in msg.Next does that once the
+				// socket is closed.
+				go c.client.Close()
+			}
+		}
+	}
+	err := cmd.Close()
+	switch {
+	case useErr != nil:
+		return useErr
+	case err != nil && isExpungeIssued(err):
+		return &Error{Kind: KindGone, Op: op, Err: fmt.Errorf("%w (%v)", ErrGone, err)}
+	case err != nil:
+		return err
+	case !gotMsg:
+		return &Error{Kind: KindGone, Op: op, Err: ErrGone}
+	case !found:
+		return tempError(op, "FETCH response for UID %d without the requested section", uid)
+	}
+	return nil
+}
+
+// copyLiteral copies lit to w and checks that all of it arrived. It
+// returns the octets read from lit.
+func copyLiteral(op string, w io.Writer, lit imap.LiteralReader) (int64, error) {
+	bufp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bufp)
+	cw := &countWriter{w: w}
+	n, err := io.CopyBuffer(cw, lit, *bufp)
+	switch {
+	case cw.err != nil:
+		return n, &Error{Kind: KindTemp, Op: op, Err: fmt.Errorf("writing to the client: %w", cw.err)}
+	case err != nil:
+		return n, err
+	case n != lit.Size():
+		return n, tempError(op, "body ended after %d of %d octets: %v", n, lit.Size(), io.ErrUnexpectedEOF)
+	}
+	return n, nil
+}
+
+// countWriter remembers the error of w. It hides any ReadFrom of w, so
+// that io.CopyBuffer uses the pooled buffer.
+type countWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil {
+		c.err = err
+	}
+	return n, err
+}

@@ -1,0 +1,262 @@
+package upstream
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/emersion/go-imap/v2"
+)
+
+// maxCommandLine is the longest command line popbridge sends, in octets
+// (RFC 2683 §3.2.1.5 and RFC 7162 §4 advise servers to accept 8000). The
+// tag and the command name are counted in cmdOverhead.
+const (
+	maxCommandLine = 8000
+	cmdOverhead    = 64
+	minSetBudget   = 1000
+)
+
+// setBudget is how many octets a UID set may take in a command whose other
+// arguments take tail octets.
+func setBudget(tail int) int {
+	return maxCommandLine - cmdOverhead - tail
+}
+
+// uidChunks sorts uids, drops duplicates and zeros, compresses runs into
+// ranges and splits the result into UID sets whose text ("1:5,9,12:20") is
+// at most budget octets each.
+func uidChunks(uids []uint32, budget int) []imap.UIDSet {
+	sorted := slices.Clone(uids)
+	slices.Sort(sorted)
+	sorted = slices.Compact(sorted)
+	if len(sorted) > 0 && sorted[0] == 0 {
+		sorted = sorted[1:]
+	}
+	var (
+		chunks []imap.UIDSet
+		cur    imap.UIDSet
+		curLen int
+	)
+	for i := 0; i < len(sorted); {
+		start := sorted[i]
+		j := i
+		for j+1 < len(sorted) && sorted[j+1] == sorted[j]+1 {
+			j++
+		}
+		stop := sorted[j]
+		i = j + 1
+		n := decLen(start)
+		if stop != start {
+			n += 1 + decLen(stop)
+		}
+		if len(cur) > 0 {
+			n++ // the comma
+		}
+		if len(cur) > 0 && curLen+n > budget {
+			chunks = append(chunks, cur)
+			cur, curLen = nil, 0
+			n-- // no comma at the start of a set
+		}
+		cur = append(cur, imap.UIDRange{Start: imap.UID(start), Stop: imap.UID(stop)})
+		curLen += n
+	}
+	if len(cur) > 0 {
+		chunks = append(chunks, cur)
+	}
+	return chunks
+}
+
+func decLen(n uint32) int { return len(strconv.FormatUint(uint64(n), 10)) }
+
+// checkFlags checks that flags are system flags or keywords that can be
+// sent as atoms, and returns their wire length.
+func checkFlags(op string, flags []string) ([]imap.Flag, int, error) {
+	out := make([]imap.Flag, 0, len(flags))
+	n := 0
+	for _, f := range flags {
+		if !validFlag(f) {
+			return nil, 0, permError(op, "invalid flag %q", truncate(f, 40))
+		}
+		out = append(out, imap.Flag(f))
+		n += len(f) + 1
+	}
+	return out, n, nil
+}
+
+func validFlag(f string) bool {
+	kw := strings.TrimPrefix(f, `\`)
+	if kw == "" || len(f) > 200 {
+		return false
+	}
+	for i := 0; i < len(kw); i++ {
+		ch := kw[i]
+		if ch <= ' ' || ch >= 0x7f || strings.IndexByte(`(){%*"\]`, ch) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+var deletedFlag = []imap.Flag{imap.FlagDeleted}
+
+// storeAdd sends UID STORE set +FLAGS.SILENT (flags) and consumes the
+// answer (a server may still send FETCH responses).
+func (c *Conn) storeAdd(set imap.UIDSet, flags []imap.Flag) error {
+	return c.client.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: flags}, nil).Close()
+}
+
+// AddFlags sends UID STORE uids +FLAGS.SILENT (flags), split into commands
+// of at most 8 KB. Flags must be system flags ("\Seen") or atoms
+// ("$POP3Deleted"); anything else is KindPerm and nothing is sent.
+func (c *Conn) AddFlags(ctx context.Context, uids []uint32, flags []string) error {
+	const op = "store"
+	fl, flen, err := checkFlags(op, flags)
+	if err != nil {
+		return err
+	}
+	budget := setBudget(len(" +FLAGS.SILENT ()") + flen)
+	if budget < minSetBudget {
+		return permError(op, "too many flags")
+	}
+	sets := uidChunks(uids, budget)
+	if len(sets) == 0 || len(fl) == 0 {
+		return nil
+	}
+	if err := c.alive(op); err != nil {
+		return err
+	}
+	w := c.watch(ctx)
+	for _, set := range sets {
+		w.touch()
+		if err = c.storeAdd(set, fl); err != nil {
+			break
+		}
+	}
+	return w.end(op, err, phaseCommand)
+}
+
+// Expunge sends UID STORE uids +FLAGS.SILENT (\Deleted) and then
+// UID EXPUNGE uids, in chunks of at most 8 KB, so that exactly these
+// messages go: a message another client marked \Deleted stays. Without
+// UIDPLUS or IMAP4rev2 it returns KindPerm and sends nothing. It never
+// sends a bare EXPUNGE or CLOSE.
+func (c *Conn) Expunge(ctx context.Context, uids []uint32) error {
+	const op = "expunge"
+	if err := c.alive(op); err != nil {
+		return err
+	}
+	if !c.HasUIDPlus() {
+		return permError(op, "server has neither UIDPLUS nor IMAP4rev2: no UID EXPUNGE, and a bare EXPUNGE would remove other clients' deleted mail")
+	}
+	sets := uidChunks(uids, setBudget(len(" +FLAGS.SILENT (\\Deleted)")))
+	if len(sets) == 0 {
+		return nil
+	}
+	w := c.watch(ctx)
+	var err error
+	for _, set := range sets {
+		w.touch()
+		if err = c.deleteSet(set); err != nil {
+			break
+		}
+	}
+	return w.end(op, err, phaseCommand)
+}
+
+// deleteSet sends UID STORE set +FLAGS.SILENT (\Deleted) and UID EXPUNGE set.
+func (c *Conn) deleteSet(set imap.UIDSet) error {
+	if err := c.storeAdd(set, deletedFlag); err != nil {
+		return err
+	}
+	return c.client.UIDExpunge(set).Close()
+}
+
+// Move sends UID MOVE uids dest when the server has MOVE (or IMAP4rev2).
+// Otherwise, when it has UIDPLUS, it sends UID COPY uids dest, then
+// UID STORE uids +FLAGS.SILENT (\Deleted) and UID EXPUNGE uids, so that only
+// these messages leave the mailbox. With neither it returns KindPerm and
+// sends nothing. UID sets are split into commands of at most 8 KB. A dest
+// that does not exist is KindPerm (NO [TRYCREATE]).
+//
+// A failure midway leaves the earlier chunks moved; in the COPY fallback, a
+// failure after the COPY of a chunk leaves copies in dest.
+func (c *Conn) Move(ctx context.Context, uids []uint32, dest string) error {
+	const op = "move"
+	if err := c.alive(op); err != nil {
+		return err
+	}
+	useMove := c.HasMove()
+	if !useMove && !c.HasUIDPlus() {
+		return permError(op, "server has neither MOVE nor UIDPLUS: refusing COPY + bare EXPUNGE")
+	}
+	if len(dest) > 1000 {
+		return permError(op, "mailbox name too long")
+	}
+	// A mailbox name may grow when encoded (quoting, modified UTF-7).
+	sets := uidChunks(uids, setBudget(3*len(dest)+len(" +FLAGS.SILENT (\\Deleted)")))
+	if len(sets) == 0 {
+		return nil
+	}
+	w := c.watch(ctx)
+	var err error
+	if useMove && !c.client.Caps().Has(imap.CapMove) {
+		// imapclient's Move decides on its own copy of the capabilities
+		// and would fall back to COPY + EXPUNGE without UIDPLUS: never let
+		// it.
+		err = tempError(op, "capabilities changed")
+	}
+	for _, set := range sets {
+		if err != nil {
+			break
+		}
+		w.touch()
+		if useMove {
+			_, err = c.client.Move(set, dest).Wait()
+			continue
+		}
+		if _, err = c.client.Copy(set, dest).Wait(); err == nil {
+			err = c.deleteSet(set)
+		}
+	}
+	return w.end(op, err, phaseCommand)
+}
+
+// SpecialUse sends LIST "" "*" (with RETURN (SPECIAL-USE) when the server
+// has SPECIAL-USE and LIST-EXTENDED) and returns the name of the first
+// selectable mailbox with attribute attr (e.g. imap.MailboxAttrTrash), or ""
+// when there is none.
+func (c *Conn) SpecialUse(ctx context.Context, attr imap.MailboxAttr) (string, error) {
+	const op = "list"
+	if err := c.alive(op); err != nil {
+		return "", err
+	}
+	var opts *imap.ListOptions
+	if caps := c.Caps(); caps.Has(imap.CapSpecialUse) && caps.Has(imap.CapListExtended) {
+		opts = &imap.ListOptions{ReturnSpecialUse: true}
+	}
+	w := c.watch(ctx)
+	cmd := c.client.List("", "*", opts)
+	var found string
+	for d := cmd.Next(); d != nil; d = cmd.Next() {
+		w.touch()
+		if found == "" && hasAttr(d.Attrs, attr) &&
+			!hasAttr(d.Attrs, imap.MailboxAttrNoSelect) && !hasAttr(d.Attrs, imap.MailboxAttrNonExistent) {
+			found = d.Mailbox
+		}
+	}
+	if err := w.end(op, cmd.Close(), phaseCommand); err != nil {
+		return "", err
+	}
+	return found, nil
+}
+
+func hasAttr(attrs []imap.MailboxAttr, attr imap.MailboxAttr) bool {
+	for _, a := range attrs {
+		if strings.EqualFold(string(a), string(attr)) {
+			return true
+		}
+	}
+	return false
+}

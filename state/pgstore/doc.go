@@ -1,0 +1,47 @@
+// Package pgstore is the shared state.Store: several popbridge processes on
+// one PostgreSQL database see the same records and the same maildrop locks.
+//
+// # Tables
+//
+// Open creates and migrates them with the SQL files embedded from
+// migrations/, in one transaction under an advisory lock, so that instances
+// starting together do not race; popbridge_schema holds the number of the
+// last file applied, and Open refuses a database migrated by a newer
+// popbridge.
+//
+//	popbridge_mailbox  name PRIMARY KEY, version, uid_validity, uid_next,
+//	                   num_messages, highest_modseq
+//	popbridge_entry    (mailbox, uid) PRIMARY KEY, uidl, size, fingerprint
+//	popbridge_client   (mailbox, client) PRIMARY KEY, pending (jsonb or NULL)
+//	popbridge_hidden   (mailbox, client, uidl) PRIMARY KEY
+//
+// Names, UIDLs and the strings of a pending UPDATE are text columns, so they
+// must be valid in the database encoding and hold no NUL byte; the database
+// refuses others with an error. UIDs and the other 32-bit numbers are bigint;
+// the version and HIGHESTMODSEQ, which are unsigned 64-bit, are stored as
+// the bigint with the same 64 bits. A pending UPDATE is JSON with Created in
+// RFC 3339 with nanoseconds.
+//
+// # Concurrency
+//
+// ApplyMailbox runs in one READ COMMITTED transaction whose first statement
+// moves the version on only from base (UPDATE ... WHERE version = base, or
+// INSERT ... ON CONFLICT DO NOTHING for base 0): of two changes from the
+// same base, the second waits for the row lock of the first and then finds
+// nothing to update, and returns state.ErrConflict. ApplyClient first locks
+// the client row, so changes to one client record run one after the other.
+// Loads read in one REPEATABLE READ transaction, so a record is never seen
+// half changed.
+//
+// Lock runs pg_try_advisory_lock(hashtextextended(key, 0)) on a connection
+// of a second pool kept for locks and holds that connection until release,
+// so each open POP3 session keeps one connection to PostgreSQL. When the
+// connection dies the server frees its lock.
+//
+// # Building
+//
+// The implementation needs github.com/jackc/pgx/v5/pgxpool, whose
+// dependency github.com/jackc/puddle/v2 is not yet in go.sum; until it is
+// (go get github.com/jackc/pgx/v5/pgxpool@v5.12.0), the files carry the
+// build constraint "pgstore" so that the module builds without them.
+package pgstore
