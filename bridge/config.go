@@ -131,6 +131,9 @@ func ParseConfig(text string) (Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
+			if key := keyAtLine(text, pe.Position.Line); key != "" {
+				return Config{}, fmt.Errorf("config: %s (line %d): %s", key, pe.Position.Line, pe.Message)
+			}
 			return Config{}, fmt.Errorf("config: line %d: %s", pe.Position.Line, pe.Message)
 		}
 		return Config{}, fmt.Errorf("config: %w", err)
@@ -230,6 +233,27 @@ func (c *Config) Validate() error {
 		return bad("log.format", "unknown value %q (want json or console)", c.Log.Format)
 	}
 	return nil
+}
+
+// keyAtLine returns the dotted key ("server.idle_timeout") assigned on line
+// n (1-based) of a TOML text, or "".
+func keyAtLine(text string, n int) string {
+	lines := strings.Split(text, "\n")
+	if n < 1 || n > len(lines) {
+		return ""
+	}
+	key, _, ok := strings.Cut(lines[n-1], "=")
+	key = strings.TrimSpace(key)
+	if !ok || key == "" || strings.HasPrefix(key, "#") || strings.HasPrefix(key, "[") {
+		return ""
+	}
+	for i := n - 2; i >= 0; i-- {
+		l := strings.TrimSpace(lines[i])
+		if strings.HasPrefix(l, "[") {
+			return strings.Trim(l, "[] ") + "." + key
+		}
+	}
+	return key
 }
 
 func checkAddr(addr string) error {

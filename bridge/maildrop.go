@@ -220,7 +220,12 @@ func (m *maildrop) Top(ctx context.Context, n, lines int, w io.Writer) error {
 
 // Commit implements pop3.Maildrop: the UPDATE state of RFC 1939 §6 with the
 // configured delete policy. The intent is stored first (invariant 8).
+//
+// QUIT ends the session whatever Commit returns, so Commit also releases the
+// maildrop lock before the client sees the answer: a client that logs in
+// again right after QUIT must not find its maildrop still in use.
 func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
+	defer m.Close()
 	m.saveMeasured(ctx)
 	if len(deleted) == 0 {
 		return nil

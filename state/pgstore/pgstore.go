@@ -1,0 +1,495 @@
+//go:build pgstore
+
+package pgstore
+
+import (
+	"cmp"
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/popbridge/popbridge/state"
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// DefaultMaxLocks is the number of maildrop locks a Store holds at once when
+// Options do not say otherwise.
+const DefaultMaxLocks = 100
+
+// Options tune Open. A nil *Options is equivalent to a zero Options value.
+type Options struct {
+	// MaxLocks bounds the maildrop locks held at once through the Store,
+	// each of which keeps a connection of its own; zero or less means
+	// DefaultMaxLocks. Lock fails at once beyond it. PostgreSQL's
+	// max_connections must leave room for MaxLocks plus the data pool
+	// (pool_max_conns in the DSN) of every instance.
+	MaxLocks int
+}
+
+// Store is a state.Store kept in PostgreSQL. Its methods are safe for
+// concurrent use. The Hidden map of a Client it loads is never nil.
+type Store struct {
+	pool     *pgxpool.Pool // records
+	lockPool *pgxpool.Pool // one connection per held maildrop lock
+	maxLocks int
+
+	mu     sync.Mutex
+	slots  int // locks held or being taken, at most maxLocks
+	held   map[*heldLock]struct{}
+	closed bool
+}
+
+var _ state.Store = (*Store)(nil)
+
+// heldLock is a maildrop lock and the connection that holds it.
+type heldLock struct {
+	conn *pgxpool.Conn
+	key  string
+}
+
+// Open connects to the database named by dsn (a libpq keyword/value string
+// or URL; pgxpool's pool_ settings apply to the pool for records), and
+// creates or migrates the tables.
+func Open(ctx context.Context, dsn string, opts *Options) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: %w", err)
+	}
+	maxLocks := DefaultMaxLocks
+	if opts != nil && opts.MaxLocks > 0 {
+		maxLocks = opts.MaxLocks
+	}
+	lockCfg := cfg.Copy()
+	lockCfg.MinConns = 0
+	lockCfg.MaxConns = int32(min(maxLocks, math.MaxInt32))
+
+	s := &Store{maxLocks: maxLocks, held: make(map[*heldLock]struct{})}
+	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		return nil, fmt.Errorf("pgstore: %w", err)
+	}
+	if s.lockPool, err = pgxpool.NewWithConfig(ctx, lockCfg); err != nil {
+		s.pool.Close()
+		return nil, fmt.Errorf("pgstore: %w", err)
+	}
+	if err := migrate(ctx, s.pool); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("pgstore: %w", err)
+	}
+	return s, nil
+}
+
+// migrate applies the embedded migrations the database lacks.
+func migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	files, err := fs.Glob(migrationFS, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	slices.Sort(files)
+	for i, f := range files {
+		// Files are numbered 001_, 002_, … without gaps.
+		n, _, _ := strings.Cut(strings.TrimPrefix(f, "migrations/"), "_")
+		if num, err := strconv.Atoi(n); err != nil || num != i+1 {
+			return fmt.Errorf("migration %s out of sequence", f)
+		}
+	}
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		// One Open at a time migrates; the others wait, then find
+		// nothing to do.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('popbridge schema', 0))`); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS popbridge_schema (version integer NOT NULL)`); err != nil {
+			return err
+		}
+		var version int
+		err := tx.QueryRow(ctx, `SELECT version FROM popbridge_schema`).Scan(&version)
+		if errors.Is(err, pgx.ErrNoRows) {
+			_, err = tx.Exec(ctx, `INSERT INTO popbridge_schema (version) VALUES (0)`)
+		}
+		if err != nil {
+			return err
+		}
+		if version > len(files) {
+			return fmt.Errorf("database schema version %d is newer than this popbridge's (%d)", version, len(files))
+		}
+		for _, f := range files[version:] {
+			sql, err := migrationFS.ReadFile(f)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, string(sql)); err != nil {
+				return fmt.Errorf("migration %s: %w", f, err)
+			}
+		}
+		_, err = tx.Exec(ctx, `UPDATE popbridge_schema SET version = $1`, len(files))
+		return err
+	})
+}
+
+// LoadMailbox returns the record of mailbox, or a zero Mailbox when there is
+// none.
+func (s *Store) LoadMailbox(ctx context.Context, mailbox string) (*state.Mailbox, error) {
+	m := &state.Mailbox{}
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var version, validity, next, num, modseq int64
+		err := tx.QueryRow(ctx, `SELECT version, uid_validity, uid_next, num_messages, highest_modseq FROM popbridge_mailbox WHERE name = $1`, mailbox).
+			Scan(&version, &validity, &next, &num, &modseq)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var bad []string
+		m.Version = uint64(version)
+		m.UIDValidity = u32(validity, "uid_validity", &bad)
+		m.UIDNext = u32(next, "uid_next", &bad)
+		m.NumMessages = u32(num, "num_messages", &bad)
+		m.HighestModSeq = uint64(modseq)
+		if bad != nil {
+			return fmt.Errorf("%s out of range", strings.Join(bad, ", "))
+		}
+
+		rows, err := tx.Query(ctx, `SELECT uid, uidl, size, fingerprint FROM popbridge_entry WHERE mailbox = $1 ORDER BY uid`, mailbox)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		m.Entries = make([]state.Entry, 0, min(int(m.NumMessages), 1<<20)) // a hint only
+		var uid int64
+		var e state.Entry
+		for rows.Next() {
+			if err := rows.Scan(&uid, &e.UIDL, &e.Size, &e.Fingerprint); err != nil {
+				return err
+			}
+			if e.UID = u32(uid, "uid", &bad); bad != nil {
+				return fmt.Errorf("UID %d out of range", uid)
+			}
+			m.Entries = append(m.Entries, e)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: load mailbox %q: %w", mailbox, err)
+	}
+	return m, nil
+}
+
+// u32 converts a stored bigint that must hold a uint32, noting column in bad
+// when it does not.
+func u32(v int64, column string, bad *[]string) uint32 {
+	if v < 0 || v > math.MaxUint32 {
+		*bad = append(*bad, column)
+		return 0
+	}
+	return uint32(v)
+}
+
+// putChunk is how many entries one INSERT sends.
+const putChunk = 10_000
+
+// ApplyMailbox applies ch to the record of mailbox if its version is still
+// base, in one transaction, and returns the new version; otherwise it
+// returns state.ErrConflict.
+func (s *Store) ApplyMailbox(ctx context.Context, mailbox string, base uint64, ch state.MailboxChange) (uint64, error) {
+	// One INSERT ... ON CONFLICT DO UPDATE may not touch a row twice:
+	// keep the last entry of each UID.
+	put := slices.Clone(ch.Put)
+	slices.SortStableFunc(put, func(a, b state.Entry) int { return cmp.Compare(a.UID, b.UID) })
+	put = dedupLast(put)
+
+	mk := ch.Markers
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var sql string
+		args := []any{mailbox, int64(mk.UIDValidity), int64(mk.UIDNext), int64(mk.NumMessages), int64(mk.HighestModSeq)}
+		if base == 0 {
+			sql = `INSERT INTO popbridge_mailbox (name, version, uid_validity, uid_next, num_messages, highest_modseq)
+				VALUES ($1, 1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING`
+		} else {
+			sql = `UPDATE popbridge_mailbox SET version = version + 1,
+				uid_validity = $2, uid_next = $3, num_messages = $4, highest_modseq = $5
+				WHERE name = $1 AND version = $6`
+			args = append(args, int64(base))
+		}
+		tag, err := tx.Exec(ctx, sql, args...)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() != 1 {
+			return state.ErrConflict
+		}
+
+		if ch.Reset {
+			if _, err := tx.Exec(ctx, `DELETE FROM popbridge_entry WHERE mailbox = $1`, mailbox); err != nil {
+				return err
+			}
+		}
+		if len(ch.Delete) > 0 {
+			del := make([]int64, len(ch.Delete))
+			for i, uid := range ch.Delete {
+				del[i] = int64(uid)
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM popbridge_entry WHERE mailbox = $1 AND uid = ANY($2)`, mailbox, del); err != nil {
+				return err
+			}
+		}
+		for chunk := range slices.Chunk(put, putChunk) {
+			uids := make([]int64, len(chunk))
+			uidls := make([]string, len(chunk))
+			sizes := make([]int64, len(chunk))
+			fps := make([]string, len(chunk))
+			for i, e := range chunk {
+				uids[i], uidls[i], sizes[i], fps[i] = int64(e.UID), e.UIDL, e.Size, e.Fingerprint
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO popbridge_entry (mailbox, uid, uidl, size, fingerprint)
+				SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[])
+				ON CONFLICT (mailbox, uid) DO UPDATE
+				SET uidl = EXCLUDED.uidl, size = EXCLUDED.size, fingerprint = EXCLUDED.fingerprint`,
+				mailbox, uids, uidls, sizes, fps)
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, state.ErrConflict) {
+		return 0, state.ErrConflict
+	}
+	if err != nil {
+		return 0, fmt.Errorf("pgstore: apply to mailbox %q: %w", mailbox, err)
+	}
+	return base + 1, nil
+}
+
+// dedupLast keeps the last of each run of entries with the same UID in
+// sorted entries.
+func dedupLast(entries []state.Entry) []state.Entry {
+	out := entries[:0]
+	for i, e := range entries {
+		if i+1 < len(entries) && entries[i+1].UID == e.UID {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// pendingJSON is the stored form of a state.Pending.
+type pendingJSON struct {
+	Policy      string    `json:"policy"`
+	Target      string    `json:"target,omitempty"`
+	Flags       []string  `json:"flags,omitempty"`
+	UIDValidity uint32    `json:"uidvalidity"`
+	UIDs        []uint32  `json:"uids,omitempty"`
+	UIDLs       []string  `json:"uidls,omitempty"`
+	Created     time.Time `json:"created"`
+}
+
+// LoadClient returns the record of k, or an empty Client when there is none.
+// Hidden is never nil.
+func (s *Store) LoadClient(ctx context.Context, k state.ClientKey) (*state.Client, error) {
+	c := &state.Client{Hidden: make(map[string]bool)}
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var pending []byte
+		err := tx.QueryRow(ctx, `SELECT pending FROM popbridge_client WHERE mailbox = $1 AND client = $2`, k.Mailbox, k.Client).Scan(&pending)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if pending != nil {
+			var p pendingJSON
+			if err := json.Unmarshal(pending, &p); err != nil {
+				return fmt.Errorf("pending: %w", err)
+			}
+			c.Pending = &state.Pending{
+				Policy: p.Policy, Target: p.Target, Flags: p.Flags,
+				UIDValidity: p.UIDValidity, UIDs: p.UIDs, UIDLs: p.UIDLs,
+				Created: p.Created.UTC(),
+			}
+		}
+		rows, err := tx.Query(ctx, `SELECT uidl FROM popbridge_hidden WHERE mailbox = $1 AND client = $2`, k.Mailbox, k.Client)
+		if err != nil {
+			return err
+		}
+		var uidl string
+		_, err = pgx.ForEachRow(rows, []any{&uidl}, func() error {
+			c.Hidden[uidl] = true
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: load client %q of mailbox %q: %w", k.Client, k.Mailbox, err)
+	}
+	return c, nil
+}
+
+// ApplyClient applies ch to the record of k in one transaction, creating the
+// record if needed and deleting it when it ends up empty.
+func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.ClientChange) error {
+	var pending []byte
+	if p := ch.SetPending; p != nil {
+		var err error
+		pending, err = json.Marshal(pendingJSON{
+			Policy: p.Policy, Target: p.Target, Flags: p.Flags,
+			UIDValidity: p.UIDValidity, UIDs: p.UIDs, UIDLs: p.UIDLs,
+			Created: p.Created.UTC(),
+		})
+		if err != nil {
+			return fmt.Errorf("pgstore: %w", err)
+		}
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		// The DO UPDATE, which changes nothing, takes the row lock, so
+		// that changes to one client record run one after the other.
+		b.Queue(`INSERT INTO popbridge_client (mailbox, client) VALUES ($1, $2)
+			ON CONFLICT (mailbox, client) DO UPDATE SET client = EXCLUDED.client`, k.Mailbox, k.Client)
+		if len(ch.Unhide) > 0 {
+			b.Queue(`DELETE FROM popbridge_hidden WHERE mailbox = $1 AND client = $2 AND uidl = ANY($3)`, k.Mailbox, k.Client, ch.Unhide)
+		}
+		if len(ch.Hide) > 0 {
+			b.Queue(`INSERT INTO popbridge_hidden (mailbox, client, uidl) SELECT $1, $2, unnest($3::text[])
+				ON CONFLICT DO NOTHING`, k.Mailbox, k.Client, ch.Hide)
+		}
+		if ch.ClearPending {
+			b.Queue(`UPDATE popbridge_client SET pending = NULL WHERE mailbox = $1 AND client = $2`, k.Mailbox, k.Client)
+		}
+		if pending != nil {
+			b.Queue(`UPDATE popbridge_client SET pending = $3::text::jsonb WHERE mailbox = $1 AND client = $2`, k.Mailbox, k.Client, string(pending))
+		}
+		b.Queue(`DELETE FROM popbridge_client c WHERE mailbox = $1 AND client = $2 AND pending IS NULL
+			AND NOT EXISTS (SELECT 1 FROM popbridge_hidden h WHERE h.mailbox = $1 AND h.client = $2)`, k.Mailbox, k.Client)
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		return fmt.Errorf("pgstore: apply to client %q of mailbox %q: %w", k.Client, k.Mailbox, err)
+	}
+	return nil
+}
+
+// lockKey is the text whose hash names the advisory lock of k. The length
+// prefix keeps ("ab", "c") and ("a", "bc") apart.
+func lockKey(k state.ClientKey) string {
+	return "popbridge maildrop " + strconv.Itoa(len(k.Mailbox)) + ":" + k.Mailbox + k.Client
+}
+
+// Lock takes the maildrop lock of k for every Store on the database, or
+// returns state.ErrLocked at once when one of them holds it. The lock keeps
+// a connection until release.
+func (s *Store) Lock(ctx context.Context, k state.ClientKey) (release func(), err error) {
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return nil, errClosed
+	case s.slots >= s.maxLocks:
+		s.mu.Unlock()
+		return nil, fmt.Errorf("pgstore: %d maildrop locks held, the most Options.MaxLocks allows", s.maxLocks)
+	}
+	s.slots++
+	s.mu.Unlock()
+	l, err := s.lock(ctx, k)
+	if err != nil {
+		s.mu.Lock()
+		s.slots--
+		s.mu.Unlock()
+		return nil, err
+	}
+	var once sync.Once
+	return func() { once.Do(func() { s.unlock(l) }) }, nil
+}
+
+var errClosed = errors.New("pgstore: store closed")
+
+// lock takes the advisory lock of k on a connection of the lock pool.
+func (s *Store) lock(ctx context.Context, k state.ClientKey) (*heldLock, error) {
+	conn, err := s.lockPool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: lock: %w", err)
+	}
+	l := &heldLock{conn: conn, key: lockKey(k)}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, l.key).Scan(&ok); err != nil {
+		discard(conn)
+		return nil, fmt.Errorf("pgstore: lock: %w", err)
+	}
+	if !ok {
+		conn.Release()
+		return nil, state.ErrLocked
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		discard(conn)
+		return nil, errClosed
+	}
+	s.held[l] = struct{}{}
+	return l, nil
+}
+
+// unlock frees l, unless Close did already.
+func (s *Store) unlock(l *heldLock) {
+	s.mu.Lock()
+	_, held := s.held[l]
+	if held {
+		delete(s.held, l)
+		s.slots--
+	}
+	s.mu.Unlock()
+	if !held {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var ok bool
+	if err := l.conn.QueryRow(ctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, l.key).Scan(&ok); err != nil || !ok {
+		// The connection must not go back to the pool with a lock it
+		// may still hold; closing it ends its locks.
+		discard(l.conn)
+		return
+	}
+	l.conn.Release()
+}
+
+// discard closes a pooled connection, which frees its advisory locks, and
+// lets the pool forget it.
+func discard(c *pgxpool.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.Conn().Close(ctx)
+	c.Release()
+}
+
+// Close frees the locks still held, which ends their sessions' claim on the
+// maildrops, and closes the pools. Release functions may still be called.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	held := s.held
+	s.held = map[*heldLock]struct{}{}
+	s.slots = 0
+	s.mu.Unlock()
+	for l := range held {
+		discard(l.conn)
+	}
+	s.lockPool.Close()
+	s.pool.Close()
+	return nil
+}
