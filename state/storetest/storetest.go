@@ -23,6 +23,23 @@
 // The suite closes every Store it opens, exactly once; the Backend removes
 // its backing store, typically with t.TempDir or t.Cleanup.
 //
+// Besides what the state.Store documentation says, the suite holds stores to
+// these points, which the rest of popbridge may rely on:
+//
+//   - Entries of a mailbox without any, and Hidden of a client without any,
+//     may be nil or empty (the suite compares lengths); Hidden only holds
+//     true values.
+//   - Pending comes back field by field, Created Equal to what was stored,
+//     nanoseconds included; nil and empty slices count as equal.
+//   - The empty string is a valid mailbox name and client tag, and two
+//     different ClientKeys never share a record or a lock, even when their
+//     concatenations are equal.
+//   - ApplyMailbox does not modify ch; the same UID twice in Put is no
+//     error, the later one wins; the result is what state.Apply computes.
+//   - A release function called again, even after the lock was taken anew
+//     by another session, frees nothing; one called after Close is
+//     harmless; Close frees the locks of the Store.
+//
 // Names used by the suite are valid UTF-8 without NUL bytes, so that stores
 // keeping them in SQL text columns can pass; a store that takes any bytes
 // should test that in its own package.
