@@ -1,4 +1,3 @@
-//go:build pgstore
 
 package pgstore
 
