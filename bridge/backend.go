@@ -27,6 +27,7 @@ type Bridge struct {
 	store state.Store
 	up    upstream.Config
 	uidl  *state.UIDLFormatter
+	cache *recordCache
 	now   func() time.Time
 }
 
@@ -43,7 +44,7 @@ func NewBridge(cfg Config, st state.Store, log *zap.Logger) (*Bridge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: uidl.format: %w", err)
 	}
-	return &Bridge{cfg: cfg, log: log, store: st, up: up, uidl: f, now: time.Now}, nil
+	return &Bridge{cfg: cfg, log: log, store: st, up: up, uidl: f, cache: newRecordCache(), now: time.Now}, nil
 }
 
 // dialConfig turns the [upstream] table into an upstream.Config,

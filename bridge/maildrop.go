@@ -56,17 +56,30 @@ func (m *maildrop) open(ctx context.Context) error {
 			return fmt.Errorf("loading the client record: %w", err)
 		}
 	}
-	present := make(map[string]bool, len(rec.Entries))
-	for _, e := range rec.Entries {
-		present[e.UIDL] = true
+	snap := m.b.cache.put(m.key.Mailbox, rec)
+	if len(cl.Hidden) == 0 {
+		// The common case: share the mailbox's list with its other sessions.
+		m.msgs, m.uids = snap.msgs, snap.uids
+		return nil
+	}
+	hiddenLeft := len(cl.Hidden)
+	for i, e := range rec.Entries {
 		if cl.Hidden[e.UIDL] {
+			hiddenLeft--
 			continue
 		}
-		m.msgs = append(m.msgs, pop3.Message{Size: e.Size, UIDL: e.UIDL})
+		m.msgs = append(m.msgs, snap.msgs[i])
 		m.uids = append(m.uids, e.UID)
+	}
+	if hiddenLeft == 0 {
+		return nil
 	}
 	// UIDLs are never reused, so a hidden UIDL that is gone from the
 	// mailbox will never be needed again.
+	present := make(map[string]bool, len(rec.Entries))
+	for _, e := range rec.Entries {
+		present[e.UIDL] = true
+	}
 	var stale []string
 	for u := range cl.Hidden {
 		if !present[u] {
@@ -135,7 +148,7 @@ func (m *maildrop) finish(ctx context.Context, rec *state.Mailbox, p *state.Pend
 	// The next sync would find them gone too; removing them now keeps
 	// every client's view exact meanwhile.
 	for attempt := 0; ; attempt++ {
-		cur, err := m.b.store.LoadMailbox(ctx, m.key.Mailbox)
+		cur, err := m.b.loadRecord(ctx, m.key.Mailbox)
 		if err != nil {
 			return rec, nil
 		}
@@ -156,7 +169,9 @@ func (m *maildrop) finish(ctx context.Context, rec *state.Mailbox, p *state.Pend
 			m.log.Warn("removing deleted messages from the mailbox record failed; the next sync will", zap.Error(err))
 			return cur, nil
 		}
-		return state.Apply(cur, v, ch), nil
+		next := state.Apply(cur, v, ch)
+		m.b.cache.put(m.key.Mailbox, next)
+		return next, nil
 	}
 }
 
@@ -352,7 +367,7 @@ func (m *maildrop) saveMeasured(ctx context.Context) {
 		return
 	}
 	for attempt := 0; attempt < maxConflicts; attempt++ {
-		cur, err := m.b.store.LoadMailbox(ctx, m.key.Mailbox)
+		cur, err := m.b.loadRecord(ctx, m.key.Mailbox)
 		if err != nil {
 			break
 		}

@@ -22,7 +22,7 @@ func (b *Bridge) sync(ctx context.Context, conn *upstream.Conn, mbox string, st 
 	now := state.Markers{UIDValidity: st.UIDValidity, UIDNext: st.UIDNext, NumMessages: st.NumMessages, HighestModSeq: st.HighestModSeq}
 	uidl := func(uid uint32) string { return b.uidl.Format(uid, st.UIDValidity) }
 	for attempt := 0; ; attempt++ {
-		m, err := b.store.LoadMailbox(ctx, mbox)
+		m, err := b.loadRecord(ctx, mbox)
 		if err != nil {
 			return nil, fmt.Errorf("loading the mailbox record: %w", err)
 		}
@@ -56,7 +56,9 @@ func (b *Bridge) sync(ctx context.Context, conn *upstream.Conn, mbox string, st 
 			return nil, fmt.Errorf("storing the mailbox record: %w", err)
 		}
 		log.Debug("mailbox synced", zap.Stringer("plan", plan), zap.Int("added", len(ch.Put)), zap.Int("removed", len(ch.Delete)))
-		return state.Apply(m, v, ch), nil
+		rec := state.Apply(m, v, ch)
+		b.cache.put(mbox, rec)
+		return rec, nil
 	}
 }
 

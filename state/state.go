@@ -120,3 +120,11 @@ type Store interface {
 	// Close releases the store's resources.
 	Close() error
 }
+
+// Versioner is an optional interface of a Store: MailboxVersion returns the
+// version of a mailbox record (0 when there is none) without reading its
+// entries, so that a caller holding that version in memory can skip
+// LoadMailbox.
+type Versioner interface {
+	MailboxVersion(ctx context.Context, mailbox string) (uint64, error)
+}

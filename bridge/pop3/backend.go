@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -61,4 +62,66 @@ type Maildrop interface {
 	// always called once, also after a dropped connection, and never deletes
 	// anything.
 	Close() error
+}
+
+// SASL mechanisms that carry an OAuth 2.0 bearer token instead of a
+// password (see TokenBackend).
+const (
+	// MechXOAuth2 is Google's and Microsoft's XOAUTH2:
+	// "user=" user ^A "auth=Bearer " token ^A ^A.
+	MechXOAuth2 = "XOAUTH2"
+	// MechOAuthBearer is RFC 7628's OAUTHBEARER: a GS2 header with the
+	// authorization identity ("n,a=user,"), then key=value pairs
+	// separated by ^A, among them "auth=Bearer " token.
+	MechOAuthBearer = "OAUTHBEARER"
+)
+
+// TokenBackend is an optional interface of a Backend: it accepts OAuth 2.0
+// bearer tokens given with AUTH XOAUTH2 and AUTH OAUTHBEARER (RFC 5034,
+// RFC 7628). CAPA's SASL line and AUTH list the mechanisms it returns from
+// TokenMechanisms.
+type TokenBackend interface {
+	Backend
+	// TokenMechanisms returns the token mechanisms to offer: MechXOAuth2,
+	// MechOAuthBearer, both or none; other names are ignored. It is
+	// called for every CAPA and AUTH command, so it must be cheap.
+	TokenMechanisms() []string
+	// LoginToken is Login for a bearer token: mech is the mechanism the
+	// client used (MechXOAuth2 or MechOAuthBearer), username the user it
+	// named (the OAUTHBEARER authorization identity). The token is a
+	// secret like a password. A refused token is answered with
+	// ErrAuthFailed or another *Error with Code CodeAuth; the client then
+	// gets the mechanism's error challenge before "-ERR".
+	LoginToken(ctx context.Context, ci *ConnInfo, mech, username, token string) (Maildrop, error)
+}
+
+// ConnLimiter admits new connections (see Server.ConnLimiter).
+type ConnLimiter interface {
+	// AcquireConn is called once for each new connection, before the
+	// greeting and before the TLS handshake of implicit TLS, with the
+	// client's address (after the PROXY protocol). A non-nil error
+	// refuses the connection: the client gets the *Error as
+	// "-ERR [Code] Text", or "-ERR [SYS/TEMP]" for another error, and the
+	// connection is closed; the session log line names the error as the
+	// reason. Otherwise release is called exactly once, when the
+	// connection ends.
+	AcquireConn(remote net.Addr) (release func(), err error)
+}
+
+// LoginLimiter throttles login attempts (see Server.LoginLimiter): it
+// slows down and refuses password guessing.
+type LoginLimiter interface {
+	// BeginLogin is called before each login attempt (PASS, or the end of
+	// an AUTH exchange) with the client's address and the login name as
+	// the client gave it. A non-nil error refuses the attempt without
+	// asking the Backend: the client gets the *Error as it is (for
+	// example [LOGIN-DELAY]), or "-ERR [SYS/TEMP]" for another error, and
+	// the refusal is logged once with the error as its reason.
+	//
+	// Otherwise end must be called exactly once when the attempt is
+	// decided, with failed true when the Backend refused the credentials
+	// (an *Error with Code CodeAuth) and false for a success or any other
+	// failure. end returns how long to wait before the client is answered;
+	// the wait applies to failed attempts only.
+	BeginLogin(remote net.Addr, username string) (end func(failed bool) time.Duration, err error)
 }

@@ -40,6 +40,7 @@ const (
 	outcomePanic         = "panic"           // a handler or the backend panicked
 	outcomeAuthFailed    = "auth-failed"     // ended in AUTHORIZATION after failed logins
 	outcomeClosed        = "closed"          // closed by the server for another reason
+	outcomeRefused       = "refused"         // ConnLimiter refused the connection
 )
 
 var (
@@ -76,6 +77,8 @@ type conn struct {
 	bytesOut    int64 // message octets sent, before dot-stuffing
 	start       time.Time
 	outcome     string
+	reason      string // why the connection was refused, for the log
+	release     func() // from ConnLimiter.AcquireConn
 
 	mu     sync.Mutex // guards idle
 	idle   bool       // blocked reading a command in AUTHORIZATION
@@ -93,7 +96,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		raw:    nc,
 		ctx:    ctx,
 		cancel: cancel,
-		info:   ConnInfo{ID: id, RemoteAddr: nc.RemoteAddr()},
+		info:   ConnInfo{ID: id}, // RemoteAddr is set by run: it may block (PROXY protocol)
 		start:  time.Now(),
 	}
 	c.setConn(nc)
@@ -151,6 +154,9 @@ func (c *conn) serve() {
 func (c *conn) finish() {
 	c.cancel()
 	c.raw.Close()
+	if c.release != nil {
+		c.safely("ConnLimiter release", c.release)
+	}
 	if c.md != nil {
 		c.safely("Maildrop.Close", func() {
 			if err := c.md.Close(); err != nil {
@@ -158,7 +164,7 @@ func (c *conn) finish() {
 			}
 		})
 	}
-	if c.killed.Load() && c.outcome != outcomeQuit && c.outcome != outcomeQuitFailed && c.outcome != outcomePanic {
+	if c.killed.Load() && c.outcome != outcomeQuit && c.outcome != outcomeQuitFailed && c.outcome != outcomePanic && c.outcome != outcomeRefused {
 		c.outcome = outcomeShutdown
 	}
 	if c.state == stateAuthorization && c.authFail > 0 && c.outcome != outcomePanic && c.outcome != outcomeShutdown {
@@ -183,6 +189,9 @@ func (c *conn) finish() {
 		zap.Duration("duration", time.Since(c.start)),
 		zap.String("outcome", c.outcome),
 	)
+	if c.reason != "" {
+		fields = append(fields, zap.String("reason", c.reason))
+	}
 	c.log.Info("session", fields...)
 }
 
@@ -211,14 +220,18 @@ func (c *conn) classify(err error) string {
 
 // run greets the client and reads commands until the session ends.
 func (c *conn) run() error {
-	if tc, ok := c.raw.(*tls.Conn); ok {
-		c.raw.SetDeadline(time.Now().Add(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout)))
-		if err := tc.HandshakeContext(c.ctx); err != nil {
-			c.log.Debug("TLS handshake failed", zap.Error(err))
-			return err
+	// Behind the PROXY protocol, RemoteAddr reads the header: this is the
+	// connection's own goroutine, so a slow proxy holds up no one else.
+	c.info.RemoteAddr = c.raw.RemoteAddr()
+	if cl := c.srv.ConnLimiter; cl != nil {
+		release, err := cl.AcquireConn(c.info.RemoteAddr)
+		if err != nil {
+			return c.refuse(err)
 		}
-		cs := tc.ConnectionState()
-		c.info.TLS = &cs
+		c.release = release
+	}
+	if err := c.handshake(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout)); err != nil {
+		return err
 	}
 	c.reply("+OK POP3 server ready")
 	for {
@@ -242,6 +255,48 @@ func (c *conn) run() error {
 			return c.bw.Flush()
 		}
 	}
+}
+
+// refuseTimeout bounds the TLS handshake of a refused implicit-TLS
+// connection, which is done only to tell the client why.
+const refuseTimeout = 10 * time.Second
+
+// handshake runs the TLS handshake of an implicit-TLS connection within
+// timeout; it does nothing on a cleartext one.
+func (c *conn) handshake(timeout time.Duration) error {
+	tc, ok := c.raw.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	if err := c.raw.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	if err := tc.HandshakeContext(c.ctx); err != nil {
+		c.log.Debug("TLS handshake failed", zap.Error(err))
+		return err
+	}
+	cs := tc.ConnectionState()
+	c.info.TLS = &cs
+	return nil
+}
+
+// refuse answers a connection the ConnLimiter refused with "-ERR" instead
+// of the greeting (RFC 3206 [SYS/TEMP] unless err says otherwise), and
+// ends the session. The session line logs err as the reason.
+func (c *conn) refuse(err error) error {
+	c.outcome = outcomeRefused
+	c.reason = err.Error()
+	if err := c.handshake(min(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout), refuseTimeout)); err != nil {
+		return errEnd
+	}
+	var pe *Error
+	if errors.As(err, &pe) {
+		c.reply(errorLine(pe))
+	} else {
+		c.reply("-ERR [" + CodeSysTemp + "] server busy, try again later")
+	}
+	c.bw.Flush()
+	return errEnd
 }
 
 // readCommand reads one command line, with the autologout deadline of the
@@ -270,7 +325,23 @@ func (c *conn) readCommand() (string, error) {
 		}()
 	}
 	c.lines++
-	return c.readLine(orDefault(c.srv.MaxLineLength, DefaultMaxLineLength))
+	limit := orDefault(c.srv.MaxLineLength, DefaultMaxLineLength)
+	if c.state != stateAuthorization || limit >= maxSASLLineLength {
+		return c.readLine(limit)
+	}
+	// An AUTH command may carry an initial response as long as a SASL
+	// response line (OAuth tokens run to several KiB); other commands
+	// keep the short limit.
+	line, err := c.readLine(maxSASLLineLength)
+	if err == nil && len(line) > limit-2 && !isAuthCommand(line) {
+		return "", errLineTooLong
+	}
+	return line, err
+}
+
+// isAuthCommand reports whether line is an AUTH command with arguments.
+func isAuthCommand(line string) bool {
+	return len(line) > 5 && strings.EqualFold(line[:5], "AUTH ")
 }
 
 // readLine reads a line of at most limit octets including its end (CRLF

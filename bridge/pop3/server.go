@@ -84,8 +84,18 @@ type Server struct {
 	// connection. Zero means DefaultMaxErrors.
 	MaxErrors int
 	// LoginFailDelay is the pause before a failed login is answered. Zero
-	// means no pause; NewServer sets DefaultLoginFailDelay.
+	// means no pause; NewServer sets DefaultLoginFailDelay. It is not used
+	// when LoginLimiter is set: the limiter decides the pause.
 	LoginFailDelay time.Duration
+
+	// ConnLimiter, when set, admits or refuses each new connection before
+	// the greeting (limits on connections in total and per address).
+	ConnLimiter ConnLimiter
+	// LoginLimiter, when set, is asked before each login attempt and told
+	// its outcome: it may refuse the attempt, and it sets the pause after
+	// a failure (growing delays, limits on failures per address and per
+	// account).
+	LoginLimiter LoginLimiter
 
 	mu        sync.Mutex
 	closed    bool // no new connections: set by Close and Shutdown

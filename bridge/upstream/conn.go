@@ -54,6 +54,7 @@ type Conn struct {
 	cfg     Config
 	log     *zap.Logger
 	client  *imapclient.Client
+	netConn net.Conn // what client reads and writes
 	timeout time.Duration
 
 	mu   sync.Mutex
@@ -132,7 +133,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		conn = &prefixConn{Conn: conn, r: io.MultiReader(strings.NewReader("* OK TLS established\r\n"), conn)}
 	}
 	client := imapclient.New(conn, &imapclient.Options{})
-	c := &Conn{cfg: cfg, log: log, client: client, timeout: timeout}
+	c := &Conn{cfg: cfg, log: log, client: client, netConn: conn, timeout: timeout}
 
 	stop := context.AfterFunc(dctx, func() { client.Close() })
 	err = client.WaitGreeting()
@@ -428,6 +429,13 @@ func (w *watch) end(op string, err error, ph phase) error {
 		return &Error{Kind: KindTemp, Op: op, Err: cause}
 	}
 	return wrap(op, err, ph)
+}
+
+// abort drops the connection at once, without waiting for imapclient's
+// reader (which may wait for a literal to be consumed).
+func (c *Conn) abort() {
+	c.netConn.Close()
+	go c.client.Close()
 }
 
 // alive fails fast on a connection that is already closed.

@@ -3,6 +3,7 @@ package upstream
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -78,6 +79,13 @@ type fnError struct{ err error }
 
 func (e fnError) Error() string { return e.err.Error() }
 
+// errIncomplete is a FETCH response without all the items asked for.
+type errIncomplete struct{ uid uint32 }
+
+func (e errIncomplete) Error() string {
+	return fmt.Sprintf("incomplete FETCH response for UID %d", e.uid)
+}
+
 func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, details bool, fn func(Msg) error) error {
 	const op = "fetch"
 	if err := c.alive(op); err != nil {
@@ -92,11 +100,17 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 		cmd := c.client.Fetch(set, opts)
 		for msg := cmd.Next(); msg != nil && err == nil; msg = cmd.Next() {
 			w.touch()
-			var m Msg
-			var ok bool
-			m, ok, err = readMsg(msg, details)
+			m, ok, rerr := readMsg(msg, details)
+			var inc errIncomplete
 			switch {
-			case err != nil:
+			case errors.As(rerr, &inc):
+				err = tempError(op, "incomplete FETCH response for UID %d", inc.uid)
+			case rerr != nil:
+				// A literal failed midway: it must not be read again
+				// (imapclient's reader has moved on), so neither may the
+				// command. Drop the connection.
+				c.abort()
+				return w.end(op, rerr, phaseCommand)
 			case !ok:
 				// Without a UID it cannot be an answer to UID FETCH.
 			case m.UID < from:
@@ -127,7 +141,7 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 }
 
 // readMsg reads the items of one FETCH response. ok is false when the
-// response carries no UID.
+// response carries no UID; err is set only when reading a literal failed.
 func readMsg(msg *imapclient.FetchMessageData, details bool) (m Msg, ok bool, err error) {
 	var haveUID, haveSize, haveDate bool
 	for item := msg.Next(); item != nil; item = msg.Next() {
@@ -146,6 +160,9 @@ func readMsg(msg *imapclient.FetchMessageData, details bool) (m Msg, ok bool, er
 			if rerr != nil {
 				return m, false, rerr
 			}
+			if int64(len(b)) < maxMessageIDHeader && int64(len(b)) != it.Literal.Size() {
+				return m, false, io.ErrUnexpectedEOF
+			}
 			m.MessageID = parseMessageID(b)
 		}
 	}
@@ -156,7 +173,7 @@ func readMsg(msg *imapclient.FetchMessageData, details bool) (m Msg, ok bool, er
 		// Most likely an unsolicited FETCH (a flag change by another
 		// session) that imapclient took for the answer; the answer itself
 		// was then dropped. Report it rather than lose the message.
-		return m, false, tempError("fetch", "incomplete FETCH response for UID %d", m.UID)
+		return m, false, errIncomplete{m.UID}
 	}
 	return m, true, nil
 }
@@ -223,7 +240,7 @@ func (c *Conn) WriteMessage(ctx context.Context, uid uint32, w io.Writer) (int64
 	var n int64
 	err := c.fetchSection(wt, op, uid, &imap.FetchItemBodySection{Peek: true}, false, func(lit imap.LiteralReader) error {
 		var err error
-		n, err = copyLiteral(op, w, lit)
+		n, err = c.copyLiteral(op, w, lit)
 		return err
 	})
 	return n, wt.end(op, err, phaseCommand)
@@ -245,7 +262,7 @@ func (c *Conn) WriteTop(ctx context.Context, uid uint32, lines int, w io.Writer)
 	wt := c.watch(ctx)
 	hdr := &imap.FetchItemBodySection{Specifier: imap.PartSpecifierHeader, Peek: true}
 	err := c.fetchSection(wt, op, uid, hdr, false, func(lit imap.LiteralReader) error {
-		_, err := copyLiteral(op, w, lit)
+		_, err := c.copyLiteral(op, w, lit)
 		return err
 	})
 	if err != nil || lines <= 0 {
@@ -264,7 +281,7 @@ func (c *Conn) WriteTop(ctx context.Context, uid uint32, lines int, w io.Writer)
 		var got int64
 		err = c.fetchSection(wt, op, uid, sec, true, func(lit imap.LiteralReader) error {
 			var err error
-			got, err = copyLiteral(op, tw, lit)
+			got, err = c.copyLiteral(op, tw, lit)
 			return err
 		})
 		if err != nil || got < size {
@@ -307,8 +324,8 @@ func (t *topWriter) Write(p []byte) (int, error) {
 // with the literal of that section. Without FETCH data the message is gone
 // (KindGone). A NIL section is an error unless allowNil (then use is not
 // called). Once the literal starts, the timeout is paused: only ctx bounds
-// the copy. An error of use closes the connection: the literal may be
-// half read.
+// the copy. An error of use drops the connection: after a failed literal,
+// imapclient's command must not be touched again.
 func (c *Conn) fetchSection(wt *watch, op string, uid uint32, sec *imap.FetchItemBodySection, allowNil bool, use func(imap.LiteralReader) error) error {
 	cmd := c.client.Fetch(imap.UIDSetNum(imap.UID(uid)), &imap.FetchOptions{
 		UID:         true,
@@ -316,7 +333,7 @@ func (c *Conn) fetchSection(wt *watch, op string, uid uint32, sec *imap.FetchIte
 	})
 	var (
 		gotMsg, found bool
-		useErr        error
+		nilErr        error
 	)
 	for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
 		gotMsg = true
@@ -328,28 +345,25 @@ func (c *Conn) fetchSection(wt *watch, op string, uid uint32, sec *imap.FetchIte
 			found = true
 			if bs.Literal == nil {
 				if !allowNil {
-					useErr = tempError(op, "server returned NIL for the body of UID %d", uid)
+					nilErr = tempError(op, "server returned NIL for the body of UID %d", uid)
 				}
 				continue
 			}
 			wt.pause()
-			if useErr = use(bs.Literal); useErr != nil {
-				// Do not drain a body nobody reads: drop the connection.
-				// Close waits for the reader, which waits for the literal to
-				// be consumed; the discard in msg.Next does that once the
-				// socket is closed.
-				go c.client.Close()
+			if err := use(bs.Literal); err != nil {
+				c.abort()
+				return err
 			}
 		}
 	}
 	err := cmd.Close()
 	switch {
-	case useErr != nil:
-		return useErr
 	case err != nil && isExpungeIssued(err):
 		return &Error{Kind: KindGone, Op: op, Err: fmt.Errorf("%w (%v)", ErrGone, err)}
 	case err != nil:
 		return err
+	case nilErr != nil:
+		return nilErr
 	case !gotMsg:
 		return &Error{Kind: KindGone, Op: op, Err: ErrGone}
 	case !found:
@@ -359,14 +373,18 @@ func (c *Conn) fetchSection(wt *watch, op string, uid uint32, sec *imap.FetchIte
 }
 
 // copyLiteral copies lit to w and checks that all of it arrived. It
-// returns the octets read from lit.
-func copyLiteral(op string, w io.Writer, lit imap.LiteralReader) (int64, error) {
+// returns the octets read from lit. When w fails, it drops the connection
+// and reads lit to its (then early) end, which releases imapclient's
+// reader; when lit fails, lit must not be read again.
+func (c *Conn) copyLiteral(op string, w io.Writer, lit imap.LiteralReader) (int64, error) {
 	bufp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bufp)
 	cw := &countWriter{w: w}
 	n, err := io.CopyBuffer(cw, lit, *bufp)
 	switch {
 	case cw.err != nil:
+		c.netConn.Close()
+		_, _ = io.CopyBuffer(io.Discard, lit, *bufp)
 		return n, &Error{Kind: KindTemp, Op: op, Err: fmt.Errorf("writing to the client: %w", cw.err)}
 	case err != nil:
 		return n, err

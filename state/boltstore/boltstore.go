@@ -474,3 +474,25 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	return s.wrap(s.db.Close())
 }
+
+// MailboxVersion implements state.Versioner: it reads only the record's
+// meta entry.
+func (s *Store) MailboxVersion(ctx context.Context, mailbox string) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	var v uint64
+	err := s.view(func(tx *bolt.Tx) error {
+		mb := tx.Bucket(bucketMailboxes).Bucket(mailboxKey(mailbox))
+		if mb == nil {
+			return nil
+		}
+		meta, err := s.loadMeta(mb, mailbox)
+		v = meta.version
+		return err
+	})
+	if err != nil {
+		return 0, s.wrap(err)
+	}
+	return v, nil
+}

@@ -491,3 +491,16 @@ func (s *Store) Close() error {
 	s.pool.Close()
 	return nil
 }
+
+// MailboxVersion implements state.Versioner.
+func (s *Store) MailboxVersion(ctx context.Context, mailbox string) (uint64, error) {
+	var version int64
+	err := s.pool.QueryRow(ctx, `SELECT version FROM popbridge_mailbox WHERE name = $1`, mailbox).Scan(&version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return uint64(version), nil
+}

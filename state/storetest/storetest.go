@@ -127,6 +127,9 @@ type closeOnce struct {
 	err  error
 }
 
+// Unwrap returns the Store under test, for its optional interfaces.
+func (c *closeOnce) Unwrap() state.Store { return c.Store }
+
 func (c *closeOnce) Close() error {
 	c.once.Do(func() { c.err = c.Store.Close() })
 	return c.err
@@ -390,6 +393,17 @@ func (s *suite) mailboxVersions(t *testing.T) {
 	apply(t, st, "INBOX", 5, state.MailboxChange{Markers: markers1})
 	if got := load(t, st, "INBOX").Version; got != 6 {
 		t.Errorf("Version = %d after an empty change, want 6", got)
+	}
+	// A store that offers state.Versioner agrees with LoadMailbox.
+	if vs, ok := st.(interface{ Unwrap() state.Store }); ok {
+		st = vs.Unwrap()
+	}
+	if vs, ok := st.(state.Versioner); ok {
+		for name, want := range map[string]uint64{"INBOX": 6, "never stored": 0} {
+			if got, err := vs.MailboxVersion(t.Context(), name); err != nil || got != want {
+				t.Errorf("MailboxVersion(%q) = %d, %v; want %d", name, got, err, want)
+			}
+		}
 	}
 }
 

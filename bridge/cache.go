@@ -1,0 +1,115 @@
+package bridge
+
+import (
+	"context"
+	"sync"
+
+	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/state"
+)
+
+// maxCachedEntries bounds the messages held by the record cache, over all
+// mailboxes: about 60 MB at 100 bytes a message.
+const maxCachedEntries = 600_000
+
+// snapshot is a mailbox record as sessions share it: read-only.
+type snapshot struct {
+	rec  *state.Mailbox
+	msgs []pop3.Message // every entry, for a client that hides nothing
+	uids []uint32
+	used uint64 // cache clock at the last use
+}
+
+// recordCache keeps the newest record of each busy mailbox in memory, so that
+// a poll of an unchanged mailbox reads neither the store's entries nor the
+// upstream's listing, and so that the sessions of one mailbox share one
+// message list instead of a copy each.
+type recordCache struct {
+	mu      sync.Mutex
+	m       map[string]*snapshot
+	entries int
+	clock   uint64
+}
+
+func newRecordCache() *recordCache { return &recordCache{m: make(map[string]*snapshot)} }
+
+// get returns the snapshot of mbox if it holds version.
+func (c *recordCache) get(mbox string, version uint64) *snapshot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.m[mbox]
+	if s == nil || s.rec.Version != version {
+		return nil
+	}
+	c.clock++
+	s.used = c.clock
+	return s
+}
+
+// version returns the version of the cached record of mbox, or 0.
+func (c *recordCache) version(mbox string) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.m[mbox]; s != nil {
+		return s.rec.Version
+	}
+	return 0
+}
+
+// put returns the snapshot of rec, caching it unless a newer record of
+// mbox is cached already. rec must not be modified afterwards.
+func (c *recordCache) put(mbox string, rec *state.Mailbox) *snapshot {
+	if s := c.get(mbox, rec.Version); s != nil {
+		return s
+	}
+	s := &snapshot{rec: rec, msgs: make([]pop3.Message, len(rec.Entries)), uids: make([]uint32, len(rec.Entries))}
+	for i, e := range rec.Entries {
+		s.msgs[i] = pop3.Message{Size: e.Size, UIDL: e.UIDL}
+		s.uids[i] = e.UID
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.m[mbox]; old != nil {
+		if old.rec.Version > rec.Version {
+			return s
+		}
+		c.entries -= len(old.rec.Entries)
+	}
+	c.clock++
+	s.used = c.clock
+	c.m[mbox] = s
+	c.entries += len(rec.Entries)
+	for c.entries > maxCachedEntries && len(c.m) > 1 {
+		var lru string
+		for k, v := range c.m {
+			if k != mbox && (lru == "" || v.used < c.m[lru].used) {
+				lru = k
+			}
+		}
+		c.entries -= len(c.m[lru].rec.Entries)
+		delete(c.m, lru)
+	}
+	return s
+}
+
+// loadRecord returns the stored record of mbox, from the cache when the
+// store says its version has not moved.
+func (b *Bridge) loadRecord(ctx context.Context, mbox string) (*state.Mailbox, error) {
+	if vs, ok := b.store.(state.Versioner); ok {
+		if cv := b.cache.version(mbox); cv != 0 {
+			v, err := vs.MailboxVersion(ctx, mbox)
+			if err != nil {
+				return nil, err
+			}
+			if s := b.cache.get(mbox, v); s != nil {
+				return s.rec, nil
+			}
+		}
+	}
+	m, err := b.store.LoadMailbox(ctx, mbox)
+	if err != nil {
+		return nil, err
+	}
+	b.cache.put(mbox, m)
+	return m, nil
+}
