@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -66,7 +67,10 @@ func (c *conn) cmdPass(cmd command) error {
 		c.fail("syntax error: PASS string")
 		return nil
 	}
-	return c.login(user, cmd.rest)
+	pass := cmd.rest
+	return c.authenticate(user, nil, func() (Maildrop, error) {
+		return c.srv.Backend.Login(c.ctx, &c.info, user, pass)
+	})
 }
 
 // Mechanisms offered by AUTH (RFC 5034) and listed by CAPA SASL.
@@ -78,6 +82,21 @@ const (
 // errAuthzID refuses a PLAIN authorization identity other than the user.
 var errAuthzID = &Error{Code: CodeAuth, Text: "authorization identity not supported"}
 
+// mechanisms returns the SASL mechanisms offered, in CAPA's order.
+func (c *conn) mechanisms() []string {
+	mechs := []string{mechPlain, mechLogin}
+	if tb, ok := c.srv.Backend.(TokenBackend); ok {
+		var offered []string
+		c.safely("TokenMechanisms", func() { offered = tb.TokenMechanisms() })
+		for _, m := range []string{MechXOAuth2, MechOAuthBearer} {
+			if slices.Contains(offered, m) {
+				mechs = append(mechs, m)
+			}
+		}
+	}
+	return mechs
+}
+
 // cmdAuth answers AUTH (RFC 5034). Without arguments it lists the
 // mechanisms, as clients from before RFC 5034 expect.
 func (c *conn) cmdAuth(cmd command) error {
@@ -85,10 +104,12 @@ func (c *conn) cmdAuth(cmd command) error {
 		c.refuseCleartext()
 		return nil
 	}
+	mechs := c.mechanisms()
 	if len(cmd.args) == 0 {
 		c.reply("+OK mechanisms follow")
-		c.reply(mechPlain)
-		c.reply(mechLogin)
+		for _, m := range mechs {
+			c.reply(m)
+		}
 		c.reply(".")
 		return nil
 	}
@@ -96,10 +117,16 @@ func (c *conn) cmdAuth(cmd command) error {
 		c.fail("syntax error: AUTH mechanism [initial-response]")
 		return nil
 	}
+	mech := strings.ToUpper(cmd.args[0])
+	if !slices.Contains(mechs, mech) {
+		c.fail("unsupported authentication mechanism")
+		return nil
+	}
 	var user, pass string
 	var authzErr error
 	var srv sasl.Server
-	switch mech := strings.ToUpper(cmd.args[0]); mech {
+	var bearer *bearerServer
+	switch mech {
 	case mechPlain:
 		srv = sasl.NewPlainServer(func(identity, username, password string) error {
 			user, pass = username, password
@@ -112,9 +139,9 @@ func (c *conn) cmdAuth(cmd command) error {
 		srv = &loginServer{done: func(username, password string) {
 			user, pass = username, password
 		}}
-	default:
-		c.fail("unsupported authentication mechanism")
-		return nil
+	case MechXOAuth2, MechOAuthBearer:
+		bearer = newBearerServer(mech)
+		srv = bearer
 	}
 	var ir []byte
 	if len(cmd.args) == 2 {
@@ -127,11 +154,19 @@ func (c *conn) cmdAuth(cmd command) error {
 	if ok, err := c.saslExchange(srv, ir); !ok || err != nil {
 		return err
 	}
-	c.name = user
-	if authzErr != nil {
-		return c.loginFailed(authzErr)
+	if bearer != nil {
+		user, token := bearer.user, bearer.token
+		tb := c.srv.Backend.(TokenBackend)
+		return c.authenticate(user, bearer.failure, func() (Maildrop, error) {
+			return tb.LoginToken(c.ctx, &c.info, mech, user, token)
+		})
 	}
-	return c.login(user, pass)
+	return c.authenticate(user, nil, func() (Maildrop, error) {
+		if authzErr != nil {
+			return nil, authzErr
+		}
+		return c.srv.Backend.Login(c.ctx, &c.info, user, pass)
+	})
 }
 
 // saslExchange runs srv to its end (RFC 5034 §4): each challenge goes out
@@ -217,15 +252,61 @@ func (s *loginServer) Next(resp []byte) ([]byte, bool, error) {
 	return nil, false, sasl.ErrUnexpectedClientResponse
 }
 
-// login hands the credentials to the Backend and, on success, enters the
-// TRANSACTION state with the maildrop's listing fixed for the session.
-func (c *conn) login(user, pass string) error {
-	md, err := c.srv.Backend.Login(c.ctx, &c.info, user, pass)
-	if err != nil {
-		return c.loginFailed(err)
+// authenticate runs one login attempt of user: it asks the LoginLimiter,
+// then check (which calls the Backend), and on success enters the
+// TRANSACTION state with the maildrop's listing fixed for the session. A
+// failure is answered after the limiter's pause (or LoginFailDelay);
+// failure, when set, is the mechanism's error challenge (RFC 7628 §3.2.2),
+// sent first when the credentials were refused.
+func (c *conn) authenticate(user string, failure []byte, check func() (Maildrop, error)) error {
+	c.name = user
+	var end func(failed bool) time.Duration
+	if l := c.srv.LoginLimiter; l != nil {
+		var err error
+		c.safely("LoginLimiter", func() { end, err = l.BeginLogin(c.info.RemoteAddr, user) })
+		if err == nil && end == nil {
+			err = errors.New("pop3: LoginLimiter.BeginLogin returned no end function")
+		}
+		if err != nil {
+			c.authFail++
+			c.errs++
+			c.log.Info("login refused", zap.String("remote", addrString(c.info.RemoteAddr)),
+				zap.String("user", user), zap.String("reason", err.Error()))
+			var pe *Error
+			if errors.As(err, &pe) {
+				c.reply(errorLine(pe))
+			} else {
+				c.reply("-ERR [" + CodeSysTemp + "] try again later")
+			}
+			return nil
+		}
 	}
-	if md == nil {
-		return c.loginFailed(errors.New("pop3: Backend.Login returned a nil Maildrop"))
+	ended := false
+	defer func() {
+		if end != nil && !ended {
+			end(false) // check panicked
+		}
+	}()
+	md, err := check()
+	if err == nil && md == nil {
+		err = errors.New("pop3: Backend returned a nil Maildrop")
+	}
+	if err != nil {
+		var pe *Error
+		refused := errors.As(err, &pe) && pe.Code == CodeAuth
+		delay := c.srv.LoginFailDelay
+		if end != nil {
+			ended = true
+			delay = 0
+			if d := end(refused); refused {
+				delay = d
+			}
+		}
+		return c.loginFailed(err, delay, refused, failure)
+	}
+	if end != nil {
+		ended = true
+		end(false)
 	}
 	c.md = md
 	c.msgs = md.List()
@@ -238,17 +319,33 @@ func (c *conn) login(user, pass string) error {
 	return nil
 }
 
-// loginFailed waits LoginFailDelay, then answers err and counts it.
-func (c *conn) loginFailed(err error) error {
+// loginFailed waits delay, sends the error challenge failure when the
+// credentials were refused, then answers err and counts it.
+func (c *conn) loginFailed(err error, delay time.Duration, refused bool, failure []byte) error {
 	c.authFail++
 	c.errs++
-	if d := c.srv.LoginFailDelay; d > 0 {
-		t := time.NewTimer(d)
+	if delay > 0 {
+		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
 		case <-c.ctx.Done():
 			t.Stop()
 			return c.ctx.Err()
+		}
+	}
+	if refused && failure != nil {
+		// RFC 7628 §3.2.2 (and XOAUTH2 likewise): the error goes out as a
+		// challenge, the client answers with a dummy response (^A or an
+		// empty line), and only then does the exchange fail.
+		c.reply("+ " + base64.StdEncoding.EncodeToString(failure))
+		if err := c.bw.Flush(); err != nil {
+			return err
+		}
+		if err := c.nc.SetReadDeadline(time.Now().Add(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout))); err != nil {
+			return err
+		}
+		if _, err := c.readLine(maxSASLLineLength); err != nil && !errors.Is(err, errLineTooLong) {
+			return err
 		}
 	}
 	c.replyErr("login", err)

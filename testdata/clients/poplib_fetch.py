@@ -12,6 +12,12 @@ while reading RETR, after un-stuffing, CRLFs included).
 
 Options:
   --delete N[,N...]  send DELE for these message numbers before QUIT
+  --seen FILE        UIDL tracking, as a mail fetcher does it: skip the
+                     messages whose UIDL is listed in FILE (one per line),
+                     and after a successful QUIT add the UIDLs fetched now.
+                     Only the new messages are written (still named by
+                     their message number in this session).
+  --delete-fetched   send DELE for every message fetched in this run
   --stls CAFILE      STLS after the greeting, verify the server with CAFILE
   --ssl CAFILE       implicit TLS (pop3s), verify the server with CAFILE
   --maxline N        longest line poplib accepts (stock poplib: 2048, it
@@ -36,6 +42,8 @@ def main():
     ap.add_argument("password")
     ap.add_argument("outdir")
     ap.add_argument("--delete", default="")
+    ap.add_argument("--seen", metavar="FILE")
+    ap.add_argument("--delete-fetched", action="store_true")
     ap.add_argument("--stls", metavar="CAFILE")
     ap.add_argument("--ssl", metavar="CAFILE")
     ap.add_argument("--maxline", type=int, default=1 << 20)
@@ -56,9 +64,16 @@ def main():
         p.user(a.user)
         p.pass_(a.password)
 
+        seen = set()
+        if a.seen and os.path.exists(a.seen):
+            with open(a.seen) as f:
+                seen = set(f.read().split())
+
         _, listing, _ = p.list()
         sizes = [l.decode().split() for l in listing]
         _, uidls, _ = p.uidl()
+        uidl_of = dict(l.decode().split() for l in uidls)
+        fetched = []
         with open(os.path.join(a.outdir, "list.txt"), "w") as f:
             f.writelines(f"{n} {s}\n" for n, s in sizes)
         with open(os.path.join(a.outdir, "uidl.txt"), "w") as f:
@@ -66,7 +81,10 @@ def main():
 
         with open(os.path.join(a.outdir, "octets.txt"), "w") as oct_f:
             for n, _ in sizes:
+                if uidl_of[n] in seen:
+                    continue
                 _, lines, octets = p.retr(int(n))
+                fetched.append(n)
                 data = b"".join(l + b"\r\n" for l in lines)
                 with open(os.path.join(a.outdir, "%03d.eml" % int(n)), "wb") as f:
                     f.write(data)
@@ -74,10 +92,16 @@ def main():
 
         for n in filter(None, a.delete.split(",")):
             p.dele(int(n))
+        if a.delete_fetched:
+            for n in fetched:
+                p.dele(int(n))
         if a.no_quit:
             p.close()
         else:
             p.quit()
+            if a.seen:
+                with open(a.seen, "a") as f:
+                    f.writelines(uidl_of[n] + "\n" for n in fetched)
     except (poplib.error_proto, OSError) as e:
         print(f"poplib_fetch: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
