@@ -1,0 +1,48 @@
+package bridge
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-imap/v2"
+
+	"github.com/popbridge/popbridge/bridge/internal/imaptest"
+)
+
+func TestCheck(t *testing.T) {
+	mem := imaptest.NewMemServer(t)
+	mem.Append("INBOX", message("c1", "one", "x\r\n"))
+	cfg := DefaultConfig()
+	cfg.Upstream.Address = mem.Addr
+	cfg.Upstream.Security = "none"
+
+	var out strings.Builder
+	// The default move policy needs a \Trash mailbox: there is none yet.
+	err := Check(t.Context(), cfg, mem.User, mem.Pass, &out, nil)
+	if err == nil || !strings.Contains(err.Error(), "move_to") {
+		t.Errorf("Check without Trash: %v, want an error naming delete.move_to", err)
+	}
+	mem.Create("Trash", imap.MailboxAttrTrash)
+	out.Reset()
+	if err := Check(t.Context(), cfg, mem.User, mem.Pass, &out, nil); err != nil {
+		t.Fatalf("Check: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"login as " + mem.User + ": ok", "INBOX: 1 messages", "UIDPLUS yes, MOVE yes", "move target: Trash", "delete policy move: ok"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("Check output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if err := Check(t.Context(), cfg, mem.User, "wrong", &out, nil); err == nil {
+		t.Error("Check with a wrong password succeeded")
+	} else if strings.Contains(err.Error(), "wrong") {
+		t.Errorf("the error shows the password: %v", err)
+	}
+
+	// expunge without UIDPLUS is refused before any client uses it.
+	old := imaptest.NewMemServer(t, imaptest.WithCaps(imap.CapIMAP4rev1))
+	cfg.Upstream.Address = old.Addr
+	cfg.Delete.Policy = PolicyExpunge
+	if err := Check(t.Context(), cfg, old.User, old.Pass, &out, nil); err == nil || !strings.Contains(err.Error(), "UIDPLUS") {
+		t.Errorf("Check of expunge without UIDPLUS: %v", err)
+	}
+}
