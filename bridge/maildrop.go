@@ -32,7 +32,9 @@ type maildrop struct {
 	uids     []uint32
 	measured map[string]int64 // UIDL → octets RETR really sent, where they differ from the record
 
-	target    string // the mailbox of the move policy, once known
+	target    string     // the mailbox of the move policy, once known
+	ahead     *readAhead // the read-ahead of sequential RETRs, or nil
+	lastRetr  int        // the message number of the last RETR
 	closeOnce sync.Once
 	release   func()
 }
@@ -184,13 +186,17 @@ func (m *maildrop) List() []pop3.Message { return m.msgs }
 func (m *maildrop) Retr(ctx context.Context, n int, w io.Writer) error {
 	uid, msg := m.uids[n-1], m.msgs[n-1]
 	cw := &crlfWriter{w: w}
-	err := m.withConn(ctx, func(c *upstream.Conn) error {
-		if cw.n > 0 {
-			return errMidway
-		}
-		_, err := c.WriteMessage(ctx, uid, cw)
-		return err
-	})
+	handled, err := m.retrAhead(ctx, n, cw)
+	if !handled {
+		err = m.withConn(ctx, func(c *upstream.Conn) error {
+			if cw.n > 0 {
+				return errMidway
+			}
+			_, err := c.WriteMessage(ctx, uid, cw)
+			return err
+		})
+	}
+	m.lastRetr = n
 	if err == nil {
 		err = cw.finish()
 	}
@@ -342,6 +348,8 @@ func (m *maildrop) applyUpstream(ctx context.Context, p *state.Pending, uids []u
 // same UIDVALIDITY, so the UIDs of this session still mean the same
 // messages. op must be safe to run twice.
 func (m *maildrop) withConn(ctx context.Context, op func(*upstream.Conn) error) error {
+	m.settle()
+	m.ahead = nil
 	err := op(m.conn)
 	if err == nil || errors.Is(err, errMidway) || upstream.KindOf(err) != upstream.KindTemp || ctx.Err() != nil {
 		return err
@@ -403,6 +411,7 @@ func (m *maildrop) Close() error {
 		if m.conn != nil {
 			m.conn.Close()
 		}
+		m.settle()
 		m.release()
 	})
 	return nil

@@ -270,7 +270,7 @@ func (c *conn) authenticate(user string, failure []byte, check func() (Maildrop,
 		if err != nil {
 			c.authFail++
 			c.errs++
-			c.log.Info("login refused", zap.String("remote", addrString(c.info.RemoteAddr)),
+			c.log.Info("login throttled", zap.String("remote", addrString(c.info.RemoteAddr)),
 				zap.String("user", user), zap.String("reason", err.Error()))
 			var pe *Error
 			if errors.As(err, &pe) {
@@ -282,11 +282,14 @@ func (c *conn) authenticate(user string, failure []byte, check func() (Maildrop,
 		}
 	}
 	ended := false
-	defer func() {
-		if end != nil && !ended {
-			end(false) // check panicked
+	endLogin := func(failed bool) time.Duration {
+		if end == nil || ended {
+			return 0
 		}
-	}()
+		ended = true
+		return end(failed)
+	}
+	defer endLogin(false) // in case check panics
 	md, err := check()
 	if err == nil && md == nil {
 		err = errors.New("pop3: Backend returned a nil Maildrop")
@@ -296,18 +299,14 @@ func (c *conn) authenticate(user string, failure []byte, check func() (Maildrop,
 		refused := errors.As(err, &pe) && pe.Code == CodeAuth
 		delay := c.srv.LoginFailDelay
 		if end != nil {
-			ended = true
-			delay = 0
-			if d := end(refused); refused {
-				delay = d
+			delay = endLogin(refused)
+			if !refused {
+				delay = 0
 			}
 		}
 		return c.loginFailed(err, delay, refused, failure)
 	}
-	if end != nil {
-		ended = true
-		end(false)
-	}
+	endLogin(false)
 	c.md = md
 	c.msgs = md.List()
 	c.deleted = make([]bool, len(c.msgs))

@@ -2,6 +2,7 @@ package pop3_test
 
 import (
 	"bytes"
+	"encoding/base64"
 	"io"
 	"net"
 	"strings"
@@ -63,14 +64,75 @@ func FuzzSession(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte, mode uint8) {
 		input := append([]byte(fuzzPrefixes[int(mode)%len(fuzzPrefixes)]), data...)
-		fuzzSession(t, input)
+		be := newFakeBackend()
+		fuzzSession(t, be, be, input)
 	})
 }
 
-func fuzzSession(t *testing.T, input []byte) {
+// saslMechs are the mechanisms FuzzSASL picks from.
+var saslMechs = []string{"PLAIN", "LOGIN", pop3.MechXOAuth2, pop3.MechOAuthBearer}
+
+// FuzzSASL runs an AUTH exchange with arbitrary responses: ir (if not
+// empty) is the initial response, cont the response to the first
+// challenge, each base64-encoded as a client would, then tail goes out as
+// it is (more responses, commands). The session must not panic or hang,
+// Commit may only follow a QUIT line, and a token handed to the Backend
+// must be a well-formed b64token for a printable user name.
+func FuzzSASL(f *testing.F) {
+	for _, s := range []struct {
+		mech     uint8
+		ir, cont string
+		tail     string
+	}{
+		{0, "\x00alice\x00s3cret pass", "", "STAT\r\nDELE 1\r\nQUIT\r\n"},
+		{0, "", "alice\x00alice\x00s3cret pass", "RETR 1\r\n"},
+		{1, "alice", "s3cret pass", "DELE 2\r\n"},
+		{1, "", "alice", "czNjcmV0IHBhc3M=\r\nLIST\r\nQUIT\r\n"},
+		{2, "user=alice\x01auth=Bearer " + testToken + "\x01\x01", "", "DELE 1\r\nQUIT\r\n"},
+		{2, "user=alice\x01auth=Bearer wrong\x01\x01", "", "\r\nCAPA\r\n"},
+		{3, "n,a=alice,\x01host=h\x01port=110\x01auth=Bearer " + testToken + "\x01\x01", "", "UIDL\r\n"},
+		{3, "", "n,a=a=2Cb,\x01auth=bearer x=\x01\x01", "AQ==\r\n*\r\n"},
+		{3, "y,a=alice,\x01auth=Bearer \x01\x01", "", ""},
+		{2, "", "", "*\r\n"},
+	} {
+		f.Add(s.mech, []byte(s.ir), []byte(s.cont), []byte(s.tail))
+	}
+	f.Fuzz(func(t *testing.T, mech uint8, ir, cont, tail []byte) {
+		var in bytes.Buffer
+		in.WriteString("AUTH " + saslMechs[int(mech)%len(saslMechs)])
+		if len(ir) > 0 {
+			in.WriteString(" " + base64.StdEncoding.EncodeToString(ir))
+		}
+		in.WriteString("\r\n")
+		if len(cont) > 0 || len(ir) == 0 {
+			in.WriteString(base64.StdEncoding.EncodeToString(cont) + "\r\n")
+		}
+		in.Write(tail)
+		be := newTokenBackend()
+		fuzzSession(t, be.fakeBackend, be, in.Bytes())
+		for _, call := range be.calls() {
+			mech, rest, _ := strings.Cut(call, " ")
+			i := strings.LastIndexByte(rest, ' ')
+			user, token := rest[:i], rest[i+1:]
+			if mech != pop3.MechXOAuth2 && mech != pop3.MechOAuthBearer {
+				t.Fatalf("LoginToken with mechanism %q", mech)
+			}
+			if user == "" || strings.ContainsFunc(user, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+				t.Fatalf("LoginToken with user %q", user)
+			}
+			if strings.TrimRight(strings.TrimRight(token, "="), "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/") != "" ||
+				strings.TrimRight(token, "=") == "" {
+				t.Fatalf("LoginToken with token %q", token)
+			}
+		}
+	})
+}
+
+// fuzzSession serves input to srvBackend, be being the fakeBackend that
+// opens its maildrops, and checks the invariants.
+func fuzzSession(t *testing.T, be *fakeBackend, srvBackend pop3.Backend, input []byte) {
 	core, logs := observer.New(zapcore.WarnLevel)
-	be := newFakeBackend()
-	srv := pop3.NewServer(be, zap.New(core))
+	srv := pop3.NewServer(srvBackend, zap.New(core))
 	srv.AllowInsecureAuth = true
 	srv.LoginFailDelay = 0
 	srv.MaxErrors = 1 << 20
@@ -90,7 +152,7 @@ func fuzzSession(t *testing.T, input []byte) {
 	select {
 	case <-ic.idle:
 	case <-served:
-	case <-time.After(10 * time.Second):
+	case <-time.After(2 * time.Second):
 		t.Fatal("session hangs")
 	}
 	cc.Close()
@@ -131,7 +193,9 @@ func fuzzSession(t *testing.T, input []byte) {
 func hasQuitLine(input []byte) bool {
 	for _, l := range bytes.Split(input, []byte("\n")) {
 		l = bytes.TrimSuffix(l, []byte("\r"))
-		if strings.EqualFold(string(l), "QUIT") {
+		// As the server parses it: the name, then arguments separated by
+		// spaces, so "QUIT " is QUIT too.
+		if len(l) >= 4 && strings.EqualFold(string(l[:4]), "QUIT") && strings.Trim(string(l[4:]), " ") == "" {
 			return true
 		}
 	}

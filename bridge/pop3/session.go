@@ -105,7 +105,7 @@ func (c *conn) cmdCapa(cmd command) error {
 	c.reply("TOP")
 	if c.state == stateAuthorization && c.authAllowed() {
 		c.reply("USER")
-		c.reply("SASL PLAIN LOGIN")
+		c.reply("SASL " + strings.Join(c.mechanisms(), " "))
 	}
 	c.reply("RESP-CODES")
 	if c.state == stateAuthorization {

@@ -579,7 +579,8 @@ func (c *Conn) HasCondStore() bool { return c.Caps().Has(imap.CapCondStore) }
 
 // Select sends SELECT mailbox (read-write), with (CONDSTORE) when the server
 // advertises CONDSTORE, and returns what the server reported. A mailbox
-// that does not exist is KindPerm.
+// that does not exist is KindPerm: NO [NONEXISTENT], and also a NO without
+// a response code, which is how Dovecot 2.3 says it.
 func (c *Conn) Select(ctx context.Context, mailbox string) (Status, error) {
 	const op = "select"
 	if err := c.alive(op); err != nil {
@@ -587,7 +588,7 @@ func (c *Conn) Select(ctx context.Context, mailbox string) (Status, error) {
 	}
 	w := c.watch(ctx)
 	sd, err := c.client.Select(mailbox, &imap.SelectOptions{CondStore: c.HasCondStore()}).Wait()
-	if err := w.end(op, err, phaseCommand); err != nil {
+	if err := w.end(op, err, phaseSelect); err != nil {
 		return Status{}, err
 	}
 	st := Status{

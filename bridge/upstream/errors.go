@@ -15,6 +15,7 @@ type phase int
 const (
 	phaseCommand phase = iota // NO without a code is temporary
 	phaseLogin                // NO without a code means the credentials were refused
+	phaseSelect               // NO without a code means no such mailbox (Dovecot 2.3 sends no NONEXISTENT)
 )
 
 // codeExpungeIssued is RFC 9051's EXPUNGEISSUED, which go-imap has no
@@ -74,6 +75,8 @@ func kindOf(err error, ph phase) Kind {
 		case ph == phaseLogin:
 			return KindAuth
 		case permCodes[ie.Code]:
+			return KindPerm
+		case ph == phaseSelect && ie.Code == "":
 			return KindPerm
 		}
 		return KindTemp

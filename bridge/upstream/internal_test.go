@@ -143,6 +143,8 @@ func TestKindOf(t *testing.T) {
 		{no(imap.ResponseCodeNonExistent), phaseCommand, KindPerm},
 		{no(imap.ResponseCodeTryCreate), phaseCommand, KindPerm},
 		{no(""), phaseCommand, KindTemp},
+		{no(""), phaseSelect, KindPerm},
+		{no(imap.ResponseCodeUnavailable), phaseSelect, KindTemp},
 		{no(imap.ResponseCodeUnavailable), phaseCommand, KindTemp},
 		{no("XWHATEVER"), phaseCommand, KindTemp},
 		{&imap.Error{Type: imap.StatusResponseTypeBad, Text: "x"}, phaseCommand, KindPerm},
@@ -186,6 +188,7 @@ func TestTracerRedacts(t *testing.T) {
 		"c2VjcmV0\r\n" +
 		"*\r\n" +
 		"T7 login x " + strings.Repeat("longsecret", 10000) + "\r\n" +
+		"T7a LOGIN " + strings.Repeat("u", 70000) + " {9}\r\nlitsecret\r\n" +
 		"T8 SELECT INBOX\r\n" +
 		"T9 APPEND INBOX {12}\r\nhello\r\nworld\r\n" +
 		"T10 UID FETCH 1:* (UID)\r\n"

@@ -14,6 +14,7 @@ import (
 const (
 	traceMaxLine       = 4096
 	traceMaxClientLine = 64 << 10
+	traceTail          = 32 // what is kept of a client line too long to show
 )
 
 const redacted = "[redacted]"
@@ -134,15 +135,14 @@ func (d *traceDir) add(w io.Writer, p []byte) {
 		}
 		return
 	}
-	if d.toolong {
-		return
-	}
-	if len(d.line)+len(p) > traceMaxClientLine {
+	if !d.toolong && len(d.line)+len(p) > traceMaxClientLine {
 		d.toolong = true
-		d.line = d.line[:0]
-		return
 	}
 	d.line = append(d.line, p...)
+	if d.toolong && len(d.line) > traceTail {
+		// Keep only the tail, where a literal announcement would be.
+		d.line = append(d.line[:0], d.line[len(d.line)-traceTail:]...)
+	}
 }
 
 // endLine handles a complete line (its LF was just seen).
@@ -153,15 +153,16 @@ func (d *traceDir) endLine(w io.Writer) {
 		d.emit(w, line)
 		return
 	}
+	n, hasLit := literalSuffix(line)
 	if d.toolong {
+		// Not shown, and whatever literal follows is not shown either: we
+		// cannot tell which command this was.
 		d.toolong = false
 		d.emit(w, []byte("[line too long, not shown]"))
-		// We cannot tell whether a literal follows: assume the worst for
-		// the rest of the command.
-		d.cont, d.secret = false, false
+		d.cont, d.secret = hasLit, hasLit
+		d.lit, d.litShown = n, false
 		return
 	}
-	n, hasLit := literalSuffix(line)
 	if d.cont {
 		// The rest of a command after a literal.
 		if d.secret {

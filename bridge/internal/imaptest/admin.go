@@ -43,6 +43,9 @@ type Mailboxes interface {
 	Append(mailbox string, raw []byte, flags ...imap.Flag) uint32
 	// AppendAt is Append with an INTERNALDATE.
 	AppendAt(mailbox string, raw []byte, date time.Time, flags ...imap.Flag) uint32
+	// AppendMany adds messages to mailbox (pipelined on a real server)
+	// and returns their UIDs.
+	AppendMany(mailbox string, raws [][]byte) []uint32
 	// Messages returns every message of mailbox, ascending by UID.
 	Messages(mailbox string) []Message
 	// UIDValidity returns the UIDVALIDITY of mailbox.
@@ -171,6 +174,41 @@ func (a *Admin) AppendAt(mailbox string, raw []byte, date time.Time, flags ...im
 		a.fatalf("APPEND %s: no APPENDUID", mailbox)
 	}
 	return next
+}
+
+// AppendMany implements Mailboxes. It pipelines up to 64 APPENDs and needs
+// APPENDUID (UIDPLUS).
+func (a *Admin) AppendMany(mailbox string, raws [][]byte) []uint32 {
+	a.t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.caps.Has(imap.CapUIDPlus) {
+		a.t.Skipf("imaptest: AppendMany needs UIDPLUS")
+	}
+	uids := make([]uint32, 0, len(raws))
+	for len(raws) > 0 {
+		batch := raws[:min(64, len(raws))]
+		raws = raws[len(batch):]
+		cmds := make([]*imapclient.AppendCommand, len(batch))
+		for i, raw := range batch {
+			cmd := a.client.Append(mailbox, int64(len(raw)), nil)
+			if _, err := cmd.Write(raw); err != nil {
+				a.fatalf("APPEND %s: %v", mailbox, err)
+			}
+			if err := cmd.Close(); err != nil {
+				a.fatalf("APPEND %s: %v", mailbox, err)
+			}
+			cmds[i] = cmd
+		}
+		for _, cmd := range cmds {
+			data, err := cmd.Wait()
+			if err != nil {
+				a.fatalf("APPEND %s: %v", mailbox, err)
+			}
+			uids = append(uids, uint32(data.UID))
+		}
+	}
+	return uids
 }
 
 // selectBox selects mailbox (read-only with readOnly) and returns its size.

@@ -222,6 +222,16 @@ func (s *MemServer) AppendAt(mailbox string, raw []byte, date time.Time, flags .
 	return uint32(data.UID)
 }
 
+// AppendMany implements Mailboxes.
+func (s *MemServer) AppendMany(mailbox string, raws [][]byte) []uint32 {
+	s.t.Helper()
+	uids := make([]uint32, len(raws))
+	for i, raw := range raws {
+		uids[i] = s.AppendAt(mailbox, raw, time.Time{})
+	}
+	return uids
+}
+
 // Messages returns the messages of mailbox with their flags and bytes,
 // ascending by UID (through the helper connection).
 func (s *MemServer) Messages(mailbox string) []Message {

@@ -1,0 +1,115 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+)
+
+// Read-ahead for clients that retrieve a maildrop message after message:
+// one UID FETCH asks for the next small messages too, the requested one
+// streams to the client at once, and the rest are read into memory while
+// the client takes it, so the next RETRs cost no upstream round trip.
+// Bounded: a few messages, each small, in a budget per session.
+const (
+	readAheadMessages   = 32        // messages per UID FETCH
+	readAheadMaxMessage = 256 << 10 // larger messages are never read ahead
+	readAheadBudget     = 2 << 20   // octets held ahead per session
+)
+
+// readAhead is one batch in flight or done.
+type readAhead struct {
+	done   chan struct{}     // closed when the UID FETCH is over
+	bodies map[uint32][]byte // written by the fetching goroutine until done
+}
+
+// settle waits for the read-ahead in flight, if any: every other use of the
+// upstream connection must come after it.
+func (m *maildrop) settle() {
+	if m.ahead != nil {
+		<-m.ahead.done
+	}
+}
+
+// errNotSent: the batch ended without the requested message.
+var errNotSent = errors.New("read-ahead did not deliver the message")
+
+// retrAhead serves RETR n from the read-ahead, or starts a batch with n
+// first when the client reads in order. It returns handled=false when the
+// ordinary path must serve n; then it has written nothing.
+func (m *maildrop) retrAhead(ctx context.Context, n int, w io.Writer) (handled bool, err error) {
+	uid := m.uids[n-1]
+	m.settle()
+	if ra := m.ahead; ra != nil {
+		if body, ok := ra.bodies[uid]; ok {
+			delete(ra.bodies, uid)
+			_, err := w.Write(body)
+			return true, err
+		}
+		m.ahead = nil
+	}
+	if m.b.cfg.Upstream.MarkSeenOnRetr || (n != 1 && m.lastRetr != n-1) {
+		return false, nil
+	}
+	batch := []uint32{uid}
+	budget := int64(readAheadBudget)
+	for i := n; i < len(m.uids) && len(batch) < readAheadMessages; i++ {
+		size := m.msgs[i].Size
+		if size > readAheadMaxMessage || size > budget {
+			break
+		}
+		budget -= size
+		batch = append(batch, m.uids[i])
+	}
+	if len(batch) == 1 {
+		return false, nil
+	}
+	ra := &readAhead{done: make(chan struct{}), bodies: make(map[uint32][]byte, len(batch)-1)}
+	first := make(chan error, 1)
+	conn := m.conn
+	m.ahead = ra
+	go func() {
+		defer close(ra.done)
+		sent := false
+		err := conn.FetchBodies(ctx, batch, func(u uint32, body io.Reader) error {
+			if u == uid && !sent {
+				sent = true
+				_, err := io.Copy(w, body)
+				first <- err
+				return err
+			}
+			var b bytes.Buffer
+			// The size limit guards against a server whose RFC822.SIZE lied.
+			if _, err := b.ReadFrom(io.LimitReader(body, 4*readAheadMaxMessage)); err != nil {
+				return err
+			}
+			ra.bodies[u] = b.Bytes()
+			return nil
+		})
+		if !sent {
+			if err == nil {
+				err = errNotSent
+			}
+			first <- err
+		}
+	}()
+	err = <-first
+	if err != nil && !errors.Is(err, errNotSent) && isWritten(w) {
+		return true, err
+	}
+	if err != nil {
+		// Nothing reached the client: let the ordinary path (which
+		// reconnects, and knows a vanished message) serve it.
+		m.settle()
+		m.ahead = nil
+		return false, nil
+	}
+	return true, nil
+}
+
+// isWritten reports whether w (a *crlfWriter) has passed on any octet.
+func isWritten(w io.Writer) bool {
+	cw, ok := w.(*crlfWriter)
+	return !ok || cw.n > 0
+}
