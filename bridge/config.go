@@ -4,12 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/popbridge/popbridge/bridge/pop3"
 	"github.com/popbridge/popbridge/bridge/upstream"
 	"github.com/popbridge/popbridge/state"
 )
@@ -24,6 +27,7 @@ type Config struct {
 	Delete   DeleteConfig   `toml:"delete"`
 	UIDL     UIDLConfig     `toml:"uidl"`
 	State    StateConfig    `toml:"state"`
+	Limits   LimitsConfig   `toml:"limits"`
 	Log      LogConfig      `toml:"log"`
 }
 
@@ -34,9 +38,15 @@ type ServerConfig struct {
 	ShutdownTimeout time.Duration `toml:"shutdown_timeout"` // how long sessions may finish after SIGTERM
 	IdleTimeout     time.Duration `toml:"idle_timeout"`     // autologout in TRANSACTION (RFC 1939 §3: ≥ 10m)
 	AuthTimeout     time.Duration `toml:"auth_timeout"`     // idle time allowed before login
+	// ProxyTrusted lists the addresses and networks (CIDR) of the load
+	// balancers that send a PROXY protocol header (v1 or v2). Connections
+	// from them must start with one; from anywhere else a header is
+	// refused. Empty: the PROXY protocol is off.
+	ProxyTrusted []string `toml:"proxy_trusted"`
 }
 
-// TLSConfig is the [tls] table: the certificate shown to POP3 clients.
+// TLSConfig is the [tls] table: the certificate shown to POP3 clients,
+// read again on SIGHUP (Server.ReloadTLS).
 type TLSConfig struct {
 	CertFile string `toml:"cert_file"`
 	KeyFile  string `toml:"key_file"`
@@ -58,6 +68,32 @@ type UpstreamConfig struct {
 type AuthConfig struct {
 	DeviceSeparator   string `toml:"device_separator"`    // "alice#phone": account "alice", device "phone"
 	AllowInsecureAuth bool   `toml:"allow_insecure_auth"` // USER/PASS without TLS; loopback and sidecars only
+	// OAuthMechanisms are the SASL mechanisms whose bearer token is
+	// passed through to the upstream: XOAUTH2, OAUTHBEARER. Empty: none.
+	OAuthMechanisms []string `toml:"oauth_mechanisms"`
+}
+
+// LimitsConfig is the [limits] table: abuse control. A zero count turns
+// its limit off. Per-address limits count an IPv6 client by its /64.
+type LimitsConfig struct {
+	MaxConnections      int `toml:"max_connections"`        // open POP3 connections in total
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"` // open POP3 connections per client address
+	// LoginFailureDelay is the pause before a failed login is answered;
+	// it doubles with each further recent failure of the address or the
+	// account, up to LoginFailureDelayMax.
+	LoginFailureDelay    time.Duration `toml:"login_failure_delay"`
+	LoginFailureDelayMax time.Duration `toml:"login_failure_delay_max"`
+	// Failed logins allowed per client address and per account within
+	// LoginFailureWindow; beyond them logins are refused with
+	// [LOGIN-DELAY] until the window lets one more through (the count
+	// decays steadily: one failure per window/max).
+	MaxLoginFailuresPerIP      int           `toml:"max_login_failures_per_ip"`
+	MaxLoginFailuresPerAccount int           `toml:"max_login_failures_per_account"`
+	LoginFailureWindow         time.Duration `toml:"login_failure_window"`
+	// ExemptNetworks are client addresses and networks (CIDR) the
+	// per-address limits do not apply to; the account and total limits
+	// still do.
+	ExemptNetworks []string `toml:"exempt_networks"`
 }
 
 // DeleteConfig is the [delete] table: what a POP3 DELE becomes at QUIT.
@@ -100,16 +136,30 @@ func DefaultConfig() Config {
 			ShutdownTimeout: 30 * time.Second,
 			IdleTimeout:     10 * time.Minute,
 			AuthTimeout:     time.Minute,
+			ProxyTrusted:    []string{},
 		},
 		Upstream: UpstreamConfig{
 			Security: "tls",
 			Mailbox:  "INBOX",
 			Timeout:  30 * time.Second,
 		},
-		Auth:   AuthConfig{DeviceSeparator: "#"},
+		Auth: AuthConfig{
+			DeviceSeparator: "#",
+			OAuthMechanisms: []string{pop3.MechXOAuth2, pop3.MechOAuthBearer},
+		},
 		Delete: DeleteConfig{Policy: PolicyMove, Flags: []string{`\Seen`, "$POP3Deleted"}},
 		UIDL:   UIDLConfig{Format: state.DefaultUIDLFormat},
 		State:  StateConfig{Driver: "bolt", Path: "popbridge.db"},
+		Limits: LimitsConfig{
+			MaxConnections:             1000,
+			MaxConnectionsPerIP:        20,
+			LoginFailureDelay:          time.Second,
+			LoginFailureDelayMax:       15 * time.Second,
+			MaxLoginFailuresPerIP:      10,
+			MaxLoginFailuresPerAccount: 30,
+			LoginFailureWindow:         15 * time.Minute,
+			ExemptNetworks:             []string{"127.0.0.0/8", "::1"},
+		},
 		Log:    LogConfig{Level: "info", Format: "json"},
 	}
 }
@@ -176,6 +226,9 @@ func (c *Config) Validate() error {
 	if c.Server.AuthTimeout <= 0 {
 		return bad("server.auth_timeout", "must be positive")
 	}
+	if _, err := parseNetworks(c.Server.ProxyTrusted); err != nil {
+		return bad("server.proxy_trusted", "%v", err)
+	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return bad("tls", "cert_file and key_file go together")
 	}
@@ -196,6 +249,14 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Auth.DeviceSeparator) > 1 {
 		return bad("auth.device_separator", "must be one character, or empty for no device tags")
+	}
+	for i, m := range c.Auth.OAuthMechanisms {
+		if m != pop3.MechXOAuth2 && m != pop3.MechOAuthBearer {
+			return bad("auth.oauth_mechanisms", "unknown mechanism %q (want XOAUTH2 or OAUTHBEARER)", m)
+		}
+		if slices.Contains(c.Auth.OAuthMechanisms[:i], m) {
+			return bad("auth.oauth_mechanisms", "%s is listed twice", m)
+		}
 	}
 	switch c.Delete.Policy {
 	case PolicyMove, PolicyExpunge, PolicyHide:
@@ -221,6 +282,9 @@ func (c *Config) Validate() error {
 		}
 	default:
 		return bad("state.driver", "unknown value %q (want bolt)", c.State.Driver)
+	}
+	if err := c.Limits.validate(); err != nil {
+		return err
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -254,6 +318,62 @@ func keyAtLine(text string, n int) string {
 		}
 	}
 	return key
+}
+
+// validate checks the [limits] table.
+func (l *LimitsConfig) validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("config: limits.%s: %s", key, fmt.Sprintf(format, args...))
+	}
+	for _, c := range []struct {
+		key string
+		n   int
+	}{
+		{"max_connections", l.MaxConnections},
+		{"max_connections_per_ip", l.MaxConnectionsPerIP},
+		{"max_login_failures_per_ip", l.MaxLoginFailuresPerIP},
+		{"max_login_failures_per_account", l.MaxLoginFailuresPerAccount},
+	} {
+		if c.n < 0 {
+			return bad(c.key, "must not be negative (0 turns the limit off)")
+		}
+	}
+	if l.LoginFailureDelay < 0 {
+		return bad("login_failure_delay", "must not be negative")
+	}
+	if l.LoginFailureDelayMax < l.LoginFailureDelay {
+		return bad("login_failure_delay_max", "%v is below login_failure_delay (%v)", l.LoginFailureDelayMax, l.LoginFailureDelay)
+	}
+	if (l.MaxLoginFailuresPerIP > 0 || l.MaxLoginFailuresPerAccount > 0) && l.LoginFailureWindow <= 0 {
+		return bad("login_failure_window", "must be positive")
+	}
+	if _, err := parseNetworks(l.ExemptNetworks); err != nil {
+		return bad("exempt_networks", "%v", err)
+	}
+	return nil
+}
+
+// parseNetworks parses addresses ("10.1.2.3", "::1") and networks
+// ("10.0.0.0/8") into prefixes.
+func parseNetworks(list []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(list))
+	for _, s := range list {
+		if strings.Contains(s, "/") {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("%q is not an address or a network (CIDR)", s)
+			}
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an address or a network (CIDR)", s)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 func checkAddr(addr string) error {

@@ -19,9 +19,7 @@ func TestConfigExampleIsValidAndComplete(t *testing.T) {
 	}
 	def := DefaultConfig()
 	def.Upstream.Address = cfg.Upstream.Address
-	if cfg.Server != def.Server || cfg.Upstream != def.Upstream || cfg.Auth != def.Auth || cfg.UIDL != def.UIDL ||
-		cfg.State != def.State || cfg.Log != def.Log || cfg.TLS != def.TLS ||
-		cfg.Delete.Policy != def.Delete.Policy || strings.Join(cfg.Delete.Flags, ",") != strings.Join(def.Delete.Flags, ",") {
+	if !reflect.DeepEqual(cfg, def) {
 		t.Errorf("config.toml.example does not show the defaults:\n got %+v\nwant %+v", cfg, def)
 	}
 	// Every key of the example is a key of Config, and the example shows

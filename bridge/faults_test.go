@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -334,13 +335,45 @@ func (f *fx) pendingIntent(device string) *state.Pending {
 	return cl.Pending
 }
 
-// faultUpstreams is forEachUpstream with each upstream's subtest run in
-// parallel with the others of the same test.
+// faultGate bounds how many fault scenarios run at once. They mostly wait
+// for timeouts, so they run side by side, beyond go test's -parallel (which
+// defaults to the number of CPUs); each scenario still has its own
+// upstream account, proxy and popbridge.
+var faultGate = make(chan struct{}, 16)
+
+// faultGo runs t.Run(name, fn) in a goroutine; wg waits for it.
+func faultGo(t *testing.T, wg *sync.WaitGroup, name string, fn func(t *testing.T)) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t.Run(name, fn)
+	}()
+}
+
+// faultUpstreams is forEachUpstream with the two upstreams side by side:
+// a fresh MemServer with a \Trash mailbox, and a fresh Dovecot account
+// when POPBRIDGE_TEST_DOVECOT_ADDR is set.
 func faultUpstreams(t *testing.T, fn func(t *testing.T, up *upstreamEnv)) {
-	forEachUpstream(t, func(t *testing.T, up *upstreamEnv) {
-		t.Parallel()
-		fn(t, up)
+	var wg sync.WaitGroup
+	faultGo(t, &wg, "memserver", func(t *testing.T) {
+		faultGate <- struct{}{}
+		defer func() { <-faultGate }()
+		mem := imaptest.NewMemServer(t)
+		mem.Create("Trash", imap.MailboxAttrTrash)
+		fn(t, &upstreamEnv{name: "memserver", addr: mem.Addr, user: mem.User, pass: mem.Pass, box: mem, mem: mem})
 	})
+	faultGo(t, &wg, "dovecot", func(t *testing.T) {
+		addr := os.Getenv("POPBRIDGE_TEST_DOVECOT_ADDR")
+		domain := os.Getenv("POPBRIDGE_TEST_DOVECOT_DYN_DOMAIN")
+		if addr == "" || domain == "" {
+			t.Skip("no Dovecot: set POPBRIDGE_TEST_DOVECOT_ADDR (see .ci/dovecot-start)")
+		}
+		faultGate <- struct{}{}
+		defer func() { <-faultGate }()
+		user := freshUser(domain)
+		fn(t, &upstreamEnv{name: "dovecot", addr: addr, user: user, pass: "pass", box: imaptest.NewAdmin(t, addr, user, "pass")})
+	})
+	wg.Wait()
 }
 
 var faultActions = []faultproxy.Action{faultproxy.Reset, faultproxy.Stall}
@@ -354,6 +387,8 @@ func TestFaults(t *testing.T) {
 	var tot faultTotals
 	start := time.Now()
 	t.Run("all", func(t *testing.T) {
+		var wg sync.WaitGroup
+		defer wg.Wait()
 		for _, step := range []struct {
 			name    string
 			pattern string
@@ -371,7 +406,7 @@ func TestFaults(t *testing.T) {
 			}},
 		} {
 			for _, act := range faultActions {
-				t.Run(step.name+"/"+act.String(), func(t *testing.T) {
+				faultGo(t, &wg, step.name+"/"+act.String(), func(t *testing.T) {
 					faultUpstreams(t, func(t *testing.T, up *upstreamEnv) {
 						f := newFx(t, up, PolicyMove, &tot)
 						if step.prepare != nil {
@@ -394,12 +429,12 @@ func TestFaults(t *testing.T) {
 		}
 
 		for _, act := range []faultproxy.Action{faultproxy.Reset, faultproxy.Close, faultproxy.Stall} {
-			t.Run("retr-midway/"+act.String(), func(t *testing.T) {
+			faultGo(t, &wg, "retr-midway/"+act.String(), func(t *testing.T) {
 				faultUpstreams(t, func(t *testing.T, up *upstreamEnv) { retrMidway(t, up, act, &tot) })
 			})
 		}
 		for _, act := range faultActions {
-			t.Run("retr-before-body/"+act.String(), func(t *testing.T) {
+			faultGo(t, &wg, "retr-before-body/"+act.String(), func(t *testing.T) {
 				faultUpstreams(t, func(t *testing.T, up *upstreamEnv) { retrBeforeBody(t, up, act, &tot) })
 			})
 		}
@@ -422,7 +457,7 @@ func TestFaults(t *testing.T) {
 			{name: "flag", policy: PolicyFlag, dir: faultproxy.ToServer, pattern: " UID STORE "},
 		} {
 			for _, mode := range []string{"reset-transient", "reset-down", "stall"} {
-				t.Run("update-"+u.name+"/"+mode, func(t *testing.T) {
+				faultGo(t, &wg, "update-"+u.name+"/"+mode, func(t *testing.T) {
 					faultUpstreams(t, func(t *testing.T, up *upstreamEnv) {
 						f := newFx(t, up, u.policy, &tot)
 						c := f.session("laptop")
@@ -443,7 +478,14 @@ func TestFaults(t *testing.T) {
 							t.Fatalf("the fault did not fire; QUIT = %q", q)
 						}
 						f.within("QUIT", took, 2*faultTimeout+faultSlack)
-						if mode == "reset-transient" {
+						if mode == "reset-transient" && u.name == "move-answer-lost" && up.mem != nil && strings.HasPrefix(q, "-ERR [SYS/TEMP]") {
+							// imapmemserver answers a UID MOVE that matches
+							// nothing (the retry: the first MOVE was done)
+							// with a malformed "[COPYUID v  ]" that
+							// imapclient rejects. The intent stays pending;
+							// verify sees the next login finish it.
+							t.Logf("memserver quirk: the retried UID MOVE got a malformed COPYUID: %q", q)
+						} else if mode == "reset-transient" {
 							// popbridge reconnects once and finishes the
 							// UPDATE (it is idempotent).
 							if !strings.HasPrefix(q, "+OK") {
@@ -467,7 +509,7 @@ func TestFaults(t *testing.T) {
 		}
 
 		for _, how := range []string{"reset", "close", "down", "kick"} {
-			t.Run("upstream-restart/"+how, func(t *testing.T) {
+			faultGo(t, &wg, "upstream-restart/"+how, func(t *testing.T) {
 				faultUpstreams(t, func(t *testing.T, up *upstreamEnv) { upstreamRestart(t, up, how, &tot) })
 			})
 		}
@@ -613,6 +655,8 @@ func upstreamRestart(t *testing.T, up *upstreamEnv, how string, tot *faultTotals
 		f.kicks++
 		t.Logf("doveadm kick: %s", strings.TrimSpace(string(out)))
 		time.Sleep(200 * time.Millisecond) // let the BYEs arrive
+		// The kick ended the test's own helper connection too.
+		up.box = imaptest.NewAdmin(t, up.addr, up.user, up.pass)
 	}
 	// a: RETR in the open session.
 	resp, took := timed(a, "RETR 2")

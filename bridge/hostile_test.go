@@ -51,7 +51,7 @@ import (
 // Bounds of hostileCase (see the file comment).
 const (
 	hostileHeapAfter = 64 << 20  // HeapInuse growth after the case and a GC
-	hostilePeak      = 256 << 20 // HeapInuse growth at any sample during the case
+	hostilePeak      = 128 << 20 // HeapInuse growth at any sample during the case
 	hostileBigSize   = 4 << 20   // the big message the unread-RETR case asks for
 )
 
@@ -358,17 +358,54 @@ func (h *hostile) dial(t *testing.T) (net.Conn, *bufio.Reader) {
 	return conn, r
 }
 
-// login dials and logs in with a device tag.
+// dialSmallWindow connects with a 4 KiB receive buffer, set before the
+// connection is made so that the window stays small, and reads the
+// greeting.
+func (h *hostile) dialSmallWindow(t *testing.T) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+		return errors.Join(err, serr)
+	}}
+	conn, err := d.Dial("tcp", h.e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	g := make([]byte, 64)
+	if n, err := conn.Read(g); err != nil || !bytes.HasPrefix(g[:n], []byte("+OK")) {
+		t.Fatalf("greeting %q, %v", g[:n], err)
+	}
+	return conn
+}
+
+// login dials and logs in with a device tag. As in env.session, [IN-USE]
+// is retried for a few seconds: the server closes a connection it ends
+// before it releases the maildrop lock.
 func (h *hostile) login(t *testing.T, device string) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	conn, r := h.dial(t)
-	fmt.Fprintf(conn, "USER %s#%s\r\nPASS %s\r\n", h.mem.User, device, h.mem.Pass)
-	for _, cmd := range []string{"USER", "PASS"} {
-		if l, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(l, "+OK") {
-			t.Fatalf("%s: %q, %v", cmd, l, err)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, r := h.dial(t)
+		fmt.Fprintf(conn, "USER %s#%s\r\nPASS %s\r\n", h.mem.User, device, h.mem.Pass)
+		u, err := r.ReadString('\n')
+		if err != nil || !strings.HasPrefix(u, "+OK") {
+			t.Fatalf("USER: %q, %v", u, err)
 		}
+		p, err := r.ReadString('\n')
+		if err == nil && strings.HasPrefix(p, "+OK") {
+			return conn, r
+		}
+		conn.Close()
+		if !strings.HasPrefix(p, "-ERR [IN-USE]") || time.Now().After(deadline) {
+			t.Fatalf("PASS: %q, %v", p, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return conn, r
 }
 
 // readToClose reads response lines until the server closes the
@@ -433,6 +470,8 @@ func allERR(t *testing.T, what string, lines []string) {
 		// client when hostile input is still arriving: a close is a valid
 		// answer too.
 		t.Logf("%s: closed without a response line", what)
+	} else {
+		t.Logf("%s: %d -ERR lines, the last %q, then closed", what, len(lines), lines[len(lines)-1])
 	}
 	for _, l := range lines {
 		if !strings.HasPrefix(l, "-ERR") {
@@ -514,6 +553,71 @@ func TestHostile(t *testing.T) {
 		readToClose(t, conn, r, hostileAuthTimeout+5*time.Second)
 		<-sent
 		t.Logf("a 1 MiB line without an end was closed after %v", time.Since(start).Round(time.Millisecond))
+	})
+
+	// Malformed commands and arguments, fewer than MaxErrors per session:
+	// each gets -ERR and the session goes on, before and after login.
+	h.run("malformed-commands", func(t *testing.T) {
+		exchange := func(conn net.Conn, r *bufio.Reader, cmd string) string {
+			t.Helper()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.WriteString(conn, cmd+"\r\n"); err != nil {
+				t.Fatalf("sending %q: %v", cmd, err)
+			}
+			l, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("%q: %v", cmd, err)
+			}
+			return strings.TrimSuffix(l, "\r\n")
+		}
+		mustERR := func(conn net.Conn, r *bufio.Reader, cmds ...string) {
+			t.Helper()
+			for _, cmd := range cmds {
+				if l := exchange(conn, r, cmd); !strings.HasPrefix(l, "-ERR") {
+					t.Errorf("%q answered %q, want -ERR", cmd, l)
+				}
+			}
+		}
+		conn, r := h.dial(t)
+		mustERR(conn, r, "PASS no-user-yet", "USER", "STAT", "AUTH PLAIN !!!not-base64", "AUTH NO-SUCH-MECH")
+		if l := exchange(conn, r, "USER "+h.mem.User+"#\x01\xff\xfe"); strings.HasPrefix(l, "+OK") {
+			mustERR(conn, r, "PASS "+h.mem.Pass) // a device tag that is not printable
+		}
+		if l := exchange(conn, r, "USER "+strings.Repeat("u", 400)); strings.HasPrefix(l, "+OK") {
+			mustERR(conn, r, "PASS "+h.mem.Pass)
+		}
+		exchange(conn, r, "USER "+h.mem.User+"#malformed")
+		if l := exchange(conn, r, "PASS "+h.mem.Pass); !strings.HasPrefix(l, "+OK") {
+			t.Fatalf("login after malformed commands: %q", l)
+		}
+		if l := exchange(conn, r, "STAT"); l != h.stat {
+			t.Errorf("STAT after 7 errors: %q, want %q", l, h.stat)
+		}
+		if l := exchange(conn, r, "QUIT"); !strings.HasPrefix(l, "+OK") {
+			t.Errorf("QUIT: %q", l)
+		}
+
+		// The error count is per session: a new one for each batch.
+		conn, r = h.login(t, "malformed")
+		mustERR(conn, r, "RETR 0", "RETR 99999999999999999999999999", "TOP 1", "TOP 1 -5", "LIST 1 2",
+			"UIDL abc", "DELE 999", "RETR \u0661", "NOOP x")
+		if l := exchange(conn, r, "STAT"); l != h.stat {
+			t.Errorf("STAT after 9 errors: %q, want %q", l, h.stat)
+		}
+		if l := exchange(conn, r, "QUIT"); !strings.HasPrefix(l, "+OK") {
+			t.Errorf("QUIT: %q", l)
+		}
+
+		conn, r = h.login(t, "malformed")
+		mustERR(conn, r, "RETR +1", "RETR 0x1", "TOP 1 1.5", "UIDL 5", "LIST -1", "RETR 1 2", "XYZZY", "USER x", "PASS x")
+		if l := exchange(conn, r, "TOP 2 99999999999999999999999"); !strings.HasPrefix(l, "+OK") {
+			t.Errorf("TOP with a huge line count: %q", l)
+		} else if body, err := readDotBody(r, func() {}); err != nil || !bytes.Equal(body, h.msgs[1]) {
+			t.Errorf("TOP with a huge line count: %q, %v; want the whole message", body, err)
+		}
+		if l := exchange(conn, r, "QUIT"); !strings.HasPrefix(l, "+OK") {
+			t.Errorf("QUIT: %q", l)
+		}
 	})
 
 	// A session sent one octet per write, with pauses, is answered exactly
@@ -661,7 +765,9 @@ func TestHostile(t *testing.T) {
 				<-sendAsync(conn, bytes.Repeat([]byte("RETR 4\r\n"), 1000))
 			}()
 		}
-		capa, _ := h.dial(t)
+		// A small receive buffer, so that the server's writes block soon.
+		capa := h.dialSmallWindow(t)
+		floodStart := time.Now()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -681,8 +787,11 @@ func TestHostile(t *testing.T) {
 			}
 		}
 		t.Logf("%d sessions that never read ended within %v (write timeout %v)", sessions, time.Since(start).Round(time.Millisecond), hostileWriteTimeout)
-		// The CAPA flood is closed by the server too: a read now drains
-		// what the kernel buffered and ends.
+		// The CAPA flood is closed by the server too: after the write
+		// timeout (and some slack), a read drains what the kernel buffered
+		// and ends, far short of the 200 000 answers asked for (2 000 000
+		// lines).
+		time.Sleep(time.Until(floodStart.Add(hostileWriteTimeout + 2*time.Second)))
 		r := bufio.NewReaderSize(capa, 64<<10)
 		n := 0
 		capa.SetReadDeadline(time.Now().Add(15 * time.Second))
@@ -698,6 +807,10 @@ func TestHostile(t *testing.T) {
 			}
 			break
 		}
+		if n >= 2000000 {
+			t.Errorf("the server answered all 200 000 CAPAs to a client that did not read")
+		}
+		t.Logf("the unread CAPA flood was closed after %d of 2 000 000 lines", n)
 		for _, c := range conns {
 			c.Close()
 		}

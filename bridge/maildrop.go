@@ -193,6 +193,11 @@ func (m *maildrop) Retr(ctx context.Context, n int, w io.Writer) error {
 				return errMidway
 			}
 			_, err := c.WriteMessage(ctx, uid, cw)
+			if err != nil && cw.n > 0 {
+				// A reconnect could not continue the message: do not
+				// make the client wait for one.
+				return fmt.Errorf("%w: %w", errMidway, err)
+			}
 			return err
 		})
 	}
@@ -228,7 +233,11 @@ func (m *maildrop) Top(ctx context.Context, n, lines int, w io.Writer) error {
 		if cw.n > 0 {
 			return errMidway
 		}
-		return c.WriteTop(ctx, uid, lines, cw)
+		err := c.WriteTop(ctx, uid, lines, cw)
+		if err != nil && cw.n > 0 {
+			return fmt.Errorf("%w: %w", errMidway, err)
+		}
+		return err
 	})
 	if err == nil {
 		err = cw.finish()

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"strings"
 	"sync"
 
 	"go.uber.org/zap"
@@ -21,6 +23,12 @@ type Server struct {
 	log    *zap.Logger
 	Bridge *Bridge
 	POP3   *pop3.Server
+	// Limits is the abuse control the POP3 server consults (the
+	// [limits] table).
+	Limits *Limits
+
+	cert    *certificate   // nil without [tls]
+	trusted []netip.Prefix // server.proxy_trusted
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -40,38 +48,45 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	limits, err := NewLimits(cfg.Limits, func(login string) string {
+		account, _ := b.splitLogin(login)
+		return strings.ToLower(account)
+	})
+	if err != nil {
+		return nil, err
+	}
+	trusted, err := parseNetworks(cfg.Server.ProxyTrusted)
+	if err != nil {
+		return nil, fmt.Errorf("config: server.proxy_trusted: %w", err)
+	}
 	ps := pop3.NewServer(b, log.Named("pop3"))
 	ps.AllowInsecureAuth = cfg.Auth.AllowInsecureAuth
 	ps.ReadTimeout = cfg.Server.IdleTimeout
 	ps.AuthTimeout = cfg.Server.AuthTimeout
+	ps.ConnLimiter = limits
+	ps.LoginLimiter = limits
+	ps.LoginFailDelay = cfg.Limits.LoginFailureDelay // used only without a LoginLimiter
+	s := &Server{cfg: cfg, log: log, Bridge: b, POP3: ps, Limits: limits, trusted: trusted}
 	if cfg.TLS.CertFile != "" {
-		tc, err := loadTLS(cfg.TLS)
-		if err != nil {
+		if s.cert, err = loadCertificate(cfg.TLS); err != nil {
 			return nil, err
 		}
-		ps.TLSConfig = tc
+		ps.TLSConfig = s.cert.serverTLS()
 	}
-	return &Server{cfg: cfg, log: log, Bridge: b, POP3: ps}, nil
-}
-
-func loadTLS(c TLSConfig) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("config: tls: %w", err)
-	}
-	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}, nil
+	return s, nil
 }
 
 // Listen opens the configured listeners: server.listen and, when set,
-// server.listen_tls (implicit TLS).
+// server.listen_tls (implicit TLS), both behind the PROXY protocol when
+// server.proxy_trusted is set.
 func (s *Server) Listen() error {
-	ln, err := net.Listen("tcp", s.cfg.Server.Listen)
+	ln, err := s.listen(s.cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("server.listen: %w", err)
 	}
 	s.listeners = append(s.listeners, ln)
 	if s.cfg.Server.ListenTLS != "" {
-		tln, err := net.Listen("tcp", s.cfg.Server.ListenTLS)
+		tln, err := s.listen(s.cfg.Server.ListenTLS)
 		if err != nil {
 			ln.Close()
 			return fmt.Errorf("server.listen_tls: %w", err)
@@ -79,6 +94,16 @@ func (s *Server) Listen() error {
 		s.listeners = append(s.listeners, tls.NewListener(tln, s.POP3.TLSConfig))
 	}
 	return nil
+}
+
+// listen opens a TCP listener on addr, with the PROXY protocol in front
+// when server.proxy_trusted is set.
+func (s *Server) listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil || len(s.trusted) == 0 {
+		return ln, err
+	}
+	return newProxyListener(ln, s.trusted, s.log.Named("proxy")), nil
 }
 
 // Addr returns the address of the POP3 listener (after Listen).

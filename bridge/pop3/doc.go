@@ -11,9 +11,26 @@
 //     and the 255-octet command line (with some slack, MaxLineLength).
 //   - RFC 2595 §4, STLS.
 //   - RFC 3206, the SYS and AUTH response codes (AUTH-RESP-CODE).
-//   - RFC 5034, SASL AUTH, with the PLAIN (RFC 4616) and LOGIN mechanisms.
+//   - RFC 5034, SASL AUTH, with the PLAIN (RFC 4616) and LOGIN mechanisms,
+//     and, when the Backend is a TokenBackend, OAUTHBEARER (RFC 7628) and
+//     XOAUTH2. An AUTH line with an initial response, and each SASL
+//     response, may be up to 16 KiB (OAuth tokens); other lines keep
+//     MaxLineLength.
+//   - RFC 8314, implicit TLS: Serve a tls.NewListener, or ServeConn a
+//     *tls.Conn.
 //
 // APOP, UTF8 and LANG (RFC 6856) are not offered.
+//
+// Abuse control is the caller's policy, plugged in through two hooks: a
+// ConnLimiter admits or refuses each connection before the greeting
+// ("-ERR [SYS/TEMP]" and a close), a LoginLimiter may refuse a login
+// attempt before the Backend sees it and sets the pause after a failure.
+// The server itself closes a connection after MaxErrors protocol errors
+// and failed logins, and at once when the very first line is not a POP3
+// command (cross-protocol attacks). Before login every read waits at most
+// AuthTimeout; after it, ReadTimeout (RFC 1939's autologout). Behind the
+// PROXY protocol the client's address is learnt on the connection's own
+// goroutine, so a slow proxy holds up no other connection.
 //
 // # Invariants
 //
@@ -30,8 +47,8 @@
 //  4. A RETR or TOP that fails after sending part of a message closes the
 //     connection without the terminating dot, so the client never stores a
 //     truncated message as complete.
-//  5. Passwords and SASL responses are never logged, and never put into a
-//     response or an error. Backend errors other than *Error are logged and
+//  5. Passwords, tokens and SASL responses are never logged, and never put
+//     into a response or an error. Backend errors other than *Error are logged and
 //     answered with a fixed "-ERR [SYS/TEMP]" text.
 //  6. Credentials are accepted only over TLS unless AllowInsecureAuth is
 //     set. Input sent before the STLS handshake is discarded (RFC 2595 §4).

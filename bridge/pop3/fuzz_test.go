@@ -152,7 +152,7 @@ func fuzzSession(t *testing.T, be *fakeBackend, srvBackend pop3.Backend, input [
 	select {
 	case <-ic.idle:
 	case <-served:
-	case <-time.After(2 * time.Second):
+	case <-time.After(10 * time.Second):
 		t.Fatal("session hangs")
 	}
 	cc.Close()

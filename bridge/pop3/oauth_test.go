@@ -138,7 +138,7 @@ func TestAuthToken(t *testing.T) {
 				{"AUTH XOAUTH2 " + b64("auth=Bearer x\x01\x01"), malformed},
 				{"AUTH XOAUTH2 " + b64("user=alice\x01auth=Bearer a b\x01\x01"), malformed},
 				{"AUTH XOAUTH2 " + b64("user=alice\x01auth=Bearer x\x01auth=Bearer y\x01\x01"), malformed},
-				{"AUTH OAUTHBEARER " + b64("n,,\x01auth=Bearer x\x01\x01"), malformed},                    // no user
+				{"AUTH OAUTHBEARER " + b64("n,,\x01auth=Bearer x\x01\x01"), malformed},                   // no user
 				{"AUTH OAUTHBEARER " + b64("p=tls-unique,a=alice,\x01auth=Bearer x\x01\x01"), malformed}, // channel binding
 				{"AUTH OAUTHBEARER " + b64("n,a=al=ice,\x01auth=Bearer x\x01\x01"), malformed},
 				{"AUTH OAUTHBEARER " + b64("n,a=alice,\x01host=h\x01\x01"), malformed},

@@ -53,10 +53,11 @@ func (c *Conn) FetchBodies(ctx context.Context, uids []uint32, fn func(uid uint3
 						early = b.Bytes()
 						continue
 					}
-					// fn may stream to a slow POP3 client: only ctx ends
-					// that, as in WriteMessage.
+					// fn may stream to a slow POP3 client: the timeout
+					// bounds only the reads from the upstream, as in
+					// WriteMessage.
 					wt.pause()
-					if err := c.feed(op, uid, it.Literal, fn); err != nil {
+					if err := c.feed(op, uid, wt.literal(it.Literal), fn); err != nil {
 						return err
 					}
 					wt.touch()

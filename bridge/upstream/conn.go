@@ -412,6 +412,26 @@ func (w *watch) touch() {
 // message body streams to a client that may be slow).
 func (w *watch) pause() { w.timer.Stop() }
 
+// literal returns lit with the timeout running only while a Read waits for
+// the upstream: a server that stalls in the middle of a body is cut off
+// after the timeout, while the time spent writing to a slow POP3 client
+// (bounded by the POP3 side's write timeout) does not count.
+func (w *watch) literal(lit imap.LiteralReader) imap.LiteralReader {
+	return watchedLiteral{LiteralReader: lit, w: w}
+}
+
+type watchedLiteral struct {
+	imap.LiteralReader
+	w *watch
+}
+
+func (r watchedLiteral) Read(p []byte) (int, error) {
+	r.w.touch()
+	n, err := r.LiteralReader.Read(p)
+	r.w.pause()
+	return n, err
+}
+
 // done stops watching and returns why the client was closed, if it was.
 func (w *watch) done() error {
 	w.stopCtx()

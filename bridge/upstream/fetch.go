@@ -51,9 +51,11 @@ func fetchOptions(details bool) *imap.FetchOptions {
 // fn for every message with UID >= from, in ascending UID order. The
 // response streams: memory does not grow with the mailbox. A message with a
 // UID below from (which "n:*" returns when n is above the highest UID) is
-// skipped. fn must be quick: the connection waits while it runs. An error
-// of fn stops the listing: the rest of the response is drained and fn's
-// error is returned as it is.
+// skipped, and so is a repeated response for the same UID; a server that
+// goes back in UID order fails the listing (KindTemp) rather than break the
+// order. fn must be quick: the connection waits while it runs. An error of
+// fn stops the listing: the rest of the response is drained and fn's error
+// is returned as it is.
 func (c *Conn) List(ctx context.Context, from uint32, withDetails bool, fn func(Msg) error) error {
 	if from == 0 {
 		from = 1
@@ -323,8 +325,8 @@ func (t *topWriter) Write(p []byte) (int, error) {
 // fetchSection sends UID FETCH uid (UID BODY.PEEK[section]) and calls use
 // with the literal of that section. Without FETCH data the message is gone
 // (KindGone). A NIL section is an error unless allowNil (then use is not
-// called). Once the literal starts, the timeout is paused: only ctx bounds
-// the copy. An error of use drops the connection: after a failed literal,
+// called). Once the literal starts, the timeout bounds each read from the
+// upstream, not the writes to the client. An error of use drops the connection: after a failed literal,
 // imapclient's command must not be touched again.
 func (c *Conn) fetchSection(wt *watch, op string, uid uint32, sec *imap.FetchItemBodySection, allowNil bool, use func(imap.LiteralReader) error) error {
 	cmd := c.client.Fetch(imap.UIDSetNum(imap.UID(uid)), &imap.FetchOptions{
@@ -350,7 +352,7 @@ func (c *Conn) fetchSection(wt *watch, op string, uid uint32, sec *imap.FetchIte
 				continue
 			}
 			wt.pause()
-			if err := use(bs.Literal); err != nil {
+			if err := use(wt.literal(bs.Literal)); err != nil {
 				c.abort()
 				return err
 			}

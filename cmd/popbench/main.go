@@ -305,8 +305,8 @@ func printReport(w io.Writer, rep *report) {
 			fmt.Fprintf(w, "memory     pid %d: peak %s (VmHWM, %s); sampled peak RSS %s\n", m.PID, mb(m.VmHWM), reset, mb(m.PeakRSS))
 		}
 		if m.Parent != 0 {
-			fmt.Fprintf(w, "memory     children %q of pid %d: peak of the summed RSS %s (sampled), sum of their VmHWM %s; %d processes, %d at once\n",
-				m.Comm, m.Parent, mb(m.ChildPeakRSS), mb(m.ChildSumHWM), m.Children, m.MaxChildren)
+			fmt.Fprintf(w, "memory     children %q of pid %d: peak of their summed RSS %s (sampled); %d processes, at most %d at once (every process's own VmHWM, summed, not at once: %s)\n",
+				m.Comm, m.Parent, mb(m.ChildPeakRSS), m.Children, m.MaxChildren, mb(m.ChildSumHWM))
 		}
 	}
 }

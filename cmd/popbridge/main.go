@@ -1,6 +1,6 @@
 // Command popbridge serves POP3 clients from an upstream IMAP mailbox.
 //
-//	popbridge serve -config FILE   run the server
+//	popbridge serve -config FILE   run the server (SIGHUP reloads the TLS certificate)
 //	popbridge demo                 run against an in-process IMAP server with sample mail
 //	popbridge check -config FILE   validate the configuration, then try the upstream
 //	popbridge version              print the version
@@ -119,23 +119,44 @@ func serve(args []string) error {
 		fields = append(fields, zap.String("pop3s", a.String()))
 	}
 	log.Info("popbridge started", fields...)
-	return runUntilSignal(srv, cfg.Server.ShutdownTimeout, log)
+	return runUntilSignal(srv, cfg.Server.ShutdownTimeout, log, func() { reloadTLS(srv, log) })
+}
+
+// reloadTLS reads the [tls] certificate again (SIGHUP) and logs the
+// outcome. On failure the certificate in use stays.
+func reloadTLS(srv *bridge.Server, log *zap.Logger) {
+	leaf, err := srv.ReloadTLS()
+	if err != nil {
+		log.Error("SIGHUP: TLS certificate not reloaded", zap.Error(err))
+		return
+	}
+	log.Info("SIGHUP: TLS certificate reloaded", zap.String("subject", leaf.Subject.String()),
+		zap.Strings("dns_names", leaf.DNSNames), zap.Time("not_after", leaf.NotAfter))
 }
 
 // runUntilSignal serves until SIGTERM or SIGINT, then shuts down gracefully
-// within timeout.
+// within timeout. Each SIGHUP calls reload.
 func runUntilSignal(srv interface {
 	Serve() error
 	Shutdown(context.Context) error
-}, timeout time.Duration, log *zap.Logger) error {
+}, timeout time.Duration, log *zap.Logger, reload func()) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve() }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
+wait:
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-hup:
+			reload()
+		case <-ctx.Done():
+			break wait
+		}
 	}
 	stop()
 	log.Info("shutting down; waiting for sessions", zap.Duration("timeout", timeout))

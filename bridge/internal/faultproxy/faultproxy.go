@@ -180,7 +180,9 @@ func New(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatalf("faultproxy: %v", err)
 	}
+	p.mu.Lock()
 	p.logf = t.Logf
+	p.mu.Unlock()
 	t.Cleanup(func() {
 		p.mu.Lock()
 		p.logf = nil
@@ -387,6 +389,9 @@ func (p *Proxy) fault(r *Rule, action Action, id int, offset int64) chan struct{
 		if r.refuse {
 			p.refuse = true
 		}
+		// Fired before the connections go: whoever sees them go can
+		// already tell that the rule fired.
+		r.once.Do(func() { close(r.fired) })
 	}
 	p.faults++
 	p.event(ev)
@@ -403,9 +408,6 @@ func (p *Proxy) fault(r *Rule, action Action, id int, offset int64) chan struct{
 	p.mu.Unlock()
 	for _, c := range conns {
 		c.abort(action)
-	}
-	if r != nil {
-		r.once.Do(func() { close(r.fired) })
 	}
 	return stall
 }

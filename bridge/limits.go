@@ -1,0 +1,258 @@
+package bridge
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/popbridge/popbridge/bridge/pop3"
+)
+
+// Limits is popbridge's abuse control over the [limits] table. As a
+// pop3.ConnLimiter it caps open connections in total and per client
+// address; as a pop3.LoginLimiter it counts failed logins per client
+// address and per account, pauses before answering a failure (a delay
+// that doubles with each recent failure), and refuses logins with
+// [LOGIN-DELAY] once either count reaches its limit.
+//
+// A client address is an IPv4 address or an IPv6 /64 (one subscriber's
+// share). The counts of failures decay steadily (token buckets of
+// golang.org/x/time/rate): max failures per window, one forgiven every
+// window/max. The pop3 package logs each refusal once, with the error
+// returned here as the reason.
+type Limits struct {
+	cfg     LimitsConfig
+	exempt  []netip.Prefix
+	account func(login string) string // the account a login name counts against
+	now     func() time.Time
+
+	mu       sync.Mutex
+	conns    int
+	perIP    map[string]int
+	ipFail   failureTable
+	acctFail failureTable
+}
+
+var (
+	_ pop3.ConnLimiter  = (*Limits)(nil)
+	_ pop3.LoginLimiter = (*Limits)(nil)
+)
+
+// NewLimits returns the limits of cfg, which must be valid; account maps
+// a login name to the account its failures count against (nil: the name
+// in lower case).
+func NewLimits(cfg LimitsConfig, account func(login string) string) (*Limits, error) {
+	exempt, err := parseNetworks(cfg.ExemptNetworks)
+	if err != nil {
+		return nil, fmt.Errorf("config: limits.exempt_networks: %w", err)
+	}
+	if account == nil {
+		account = strings.ToLower
+	}
+	l := &Limits{cfg: cfg, exempt: exempt, account: account, now: time.Now, perIP: map[string]int{}}
+	l.ipFail = newFailureTable(cfg.MaxLoginFailuresPerIP, cfg.LoginFailureWindow)
+	l.acctFail = newFailureTable(cfg.MaxLoginFailuresPerAccount, cfg.LoginFailureWindow)
+	return l, nil
+}
+
+// clientKey returns the key of remote for the per-address limits (the
+// IPv4 address, or the IPv6 /64) and whether it is exempt from them.
+func (l *Limits) clientKey(remote net.Addr) (key string, exempt bool) {
+	if remote == nil {
+		return "", true
+	}
+	var ip netip.Addr
+	switch a := remote.(type) {
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	default:
+		if ap, err := netip.ParseAddrPort(remote.String()); err == nil {
+			ip = ap.Addr()
+		}
+	}
+	if !ip.IsValid() {
+		return remote.String(), false // not IP (a pipe in tests): one bucket
+	}
+	ip = ip.Unmap().WithZone("")
+	for _, p := range l.exempt {
+		if p.Contains(ip) {
+			return "", true
+		}
+	}
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.String(), false
+	}
+	return ip.String(), false
+}
+
+// AcquireConn implements pop3.ConnLimiter.
+func (l *Limits) AcquireConn(remote net.Addr) (release func(), err error) {
+	key, exempt := l.clientKey(remote)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := l.cfg.MaxConnections; n > 0 && l.conns >= n {
+		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "too many connections, try again later",
+			Err: fmt.Errorf("%d connections open (limits.max_connections)", l.conns)}
+	}
+	perIP := !exempt && l.cfg.MaxConnectionsPerIP > 0
+	if perIP && l.perIP[key] >= l.cfg.MaxConnectionsPerIP {
+		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "too many connections from your address, try again later",
+			Err: fmt.Errorf("%d connections open from %s (limits.max_connections_per_ip)", l.perIP[key], key)}
+	}
+	l.conns++
+	if perIP {
+		l.perIP[key]++
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.conns--
+			if perIP {
+				if l.perIP[key]--; l.perIP[key] <= 0 {
+					delete(l.perIP, key)
+				}
+			}
+		})
+	}, nil
+}
+
+// BeginLogin implements pop3.LoginLimiter.
+func (l *Limits) BeginLogin(remote net.Addr, username string) (func(failed bool) time.Duration, error) {
+	key, exempt := l.clientKey(remote)
+	acct := l.account(username)
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var ipF, acctF *failures
+	if !exempt {
+		ipF = l.ipFail.get(key, now)
+	}
+	acctF = l.acctFail.get(acct, now)
+	if ipF.exhausted(now) {
+		return nil, &pop3.Error{Code: pop3.CodeLoginDelay, Text: "too many failed logins from your address, try again later",
+			Err: fmt.Errorf("%s reached limits.max_login_failures_per_ip (%d per %v)", key, l.cfg.MaxLoginFailuresPerIP, l.cfg.LoginFailureWindow)}
+	}
+	if acctF.exhausted(now) {
+		return nil, &pop3.Error{Code: pop3.CodeLoginDelay, Text: "too many failed logins for this account, try again later",
+			Err: fmt.Errorf("account %q reached limits.max_login_failures_per_account (%d per %v)", acct, l.cfg.MaxLoginFailuresPerAccount, l.cfg.LoginFailureWindow)}
+	}
+	ipF.begin()
+	acctF.begin()
+	var once sync.Once
+	return func(failed bool) (delay time.Duration) {
+		once.Do(func() {
+			now := l.now()
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			ipF.end(failed, now)
+			acctF.end(failed, now)
+			if failed {
+				delay = l.delay(max(ipF.recent(now), acctF.recent(now), 1))
+			}
+		})
+		return delay
+	}, nil
+}
+
+// delay is the pause after a failure when n failures are recent: the
+// base delay, doubled for each failure after the first, capped.
+func (l *Limits) delay(n int) time.Duration {
+	d, top := l.cfg.LoginFailureDelay, l.cfg.LoginFailureDelayMax
+	for i := 1; i < n && d < top; i++ {
+		d *= 2
+	}
+	return min(d, top)
+}
+
+// failures counts the recent failed logins of one address or account.
+type failures struct {
+	lim      *rate.Limiter // one token per failure allowed
+	burst    int
+	inflight int // attempts begun and not yet ended
+}
+
+// exhausted reports whether no further attempt may start: every allowed
+// failure is used up or reserved by an attempt in flight. A nil
+// *failures (limit off, or exempt) is never exhausted.
+func (f *failures) exhausted(now time.Time) bool {
+	return f != nil && f.lim.TokensAt(now)-float64(f.inflight) < 1
+}
+
+func (f *failures) begin() {
+	if f != nil {
+		f.inflight++
+	}
+}
+
+func (f *failures) end(failed bool, now time.Time) {
+	if f == nil {
+		return
+	}
+	f.inflight--
+	if failed {
+		f.lim.AllowN(now, 1)
+	}
+}
+
+// recent returns the number of failures not yet forgiven.
+func (f *failures) recent(now time.Time) int {
+	if f == nil {
+		return 0
+	}
+	return int(math.Ceil(float64(f.burst) - f.lim.TokensAt(now) - 1e-9))
+}
+
+// idle reports whether f holds nothing worth keeping.
+func (f *failures) idle(now time.Time) bool {
+	return f.inflight == 0 && f.lim.TokensAt(now) >= float64(f.burst)
+}
+
+// failureTable holds the failure counts by key; counts that have decayed
+// to nothing are swept out as the table grows, so its size follows the
+// recent failures, not every address ever seen.
+type failureTable struct {
+	max     int
+	every   rate.Limit
+	m       map[string]*failures
+	sweepAt int
+}
+
+const minSweep = 1024
+
+func newFailureTable(limit int, window time.Duration) failureTable {
+	t := failureTable{max: limit, m: map[string]*failures{}, sweepAt: minSweep}
+	if limit > 0 {
+		t.every = rate.Every(window / time.Duration(limit))
+	}
+	return t
+}
+
+// get returns the counts of key, creating them; nil when the limit is off.
+func (t *failureTable) get(key string, now time.Time) *failures {
+	if t.max <= 0 {
+		return nil
+	}
+	if f, ok := t.m[key]; ok {
+		return f
+	}
+	if len(t.m) >= t.sweepAt {
+		for k, f := range t.m {
+			if f.idle(now) {
+				delete(t.m, k)
+			}
+		}
+		t.sweepAt = max(minSweep, 2*len(t.m))
+	}
+	f := &failures{lim: rate.NewLimiter(t.every, t.max), burst: t.max}
+	t.m[key] = f
+	return f
+}

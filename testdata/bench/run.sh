@@ -1,0 +1,411 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of issue 5 on one machine (docs/benchmarks.md):
+#
+#   upstream   a private Dovecot 2.3 (.ci/dovecot-start): IMAP, and its own
+#              POP3 on the same maildirs ("native")
+#   imapc      a second Dovecot: pop3 + imapc over that IMAP ("imapc")
+#   popbridge  over that IMAP ("popbridge")
+#
+# It writes the mailboxes straight into the upstream's maildirs (popbench
+# gen-maildir), starts everything, runs popbench against each server, and
+# prints a Markdown table with the ratios the issue's targets ask for.
+#
+#   sudo testdata/bench/run.sh              # as root (Dovecot needs it); ~10 minutes
+#   BENCH_QUICK=1 testdata/bench/run.sh     # small mailboxes, a smoke test of the script
+#
+# Everything listens on 127.0.0.1 and lives under BENCH_WORK (default
+# /tmp/pbbench) and BENCH_DOVECOT_DIR (default /tmp/pbdove-bench, at most 60
+# characters). Every step has a time limit; the processes it starts are
+# stopped at the end by their PIDs (BENCH_KEEP=1 leaves them running).
+# Results: BENCH_WORK/results/ (raw popbench output, key=value summaries,
+# table.md).
+set -euo pipefail
+
+export PATH="$PATH:/usr/sbin:/sbin"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
+work="${BENCH_WORK:-/tmp/pbbench}"
+dove="${BENCH_DOVECOT_DIR:-/tmp/pbdove-bench}"
+quick="${BENCH_QUICK:-0}"
+
+# Ports (127.0.0.1). The upstream's own come from dovecot-start's variables.
+export POPBRIDGE_DOVECOT_IMAP_PORT="${POPBRIDGE_DOVECOT_IMAP_PORT:-13143}"
+export POPBRIDGE_DOVECOT_POP3_PORT="${POPBRIDGE_DOVECOT_POP3_PORT:-13110}"
+export POPBRIDGE_DOVECOT_IMAPS_PORT="${POPBRIDGE_DOVECOT_IMAPS_PORT:-13993}"
+export POPBRIDGE_DOVECOT_POP3S_PORT="${POPBRIDGE_DOVECOT_POP3S_PORT:-13995}"
+imap_port=$POPBRIDGE_DOVECOT_IMAP_PORT
+native_port=$POPBRIDGE_DOVECOT_POP3_PORT
+imapc_port="${BENCH_IMAPC_PORT:-13111}"         # pop3+imapc, IMAP direct
+pb_port="${BENCH_POPBRIDGE_PORT:-13112}"        # popbridge, IMAP direct
+pbb_port="${BENCH_POPBRIDGE_BYTES_PORT:-13113}" # popbridge through a counting proxy
+imapcb_port="${BENCH_IMAPC_BYTES_PORT:-13114}"  # pop3+imapc through a counting proxy
+pbproxy_port="${BENCH_PROXY_PB_PORT:-13144}"
+imapcproxy_port="${BENCH_PROXY_IMAPC_PORT:-13145}"
+
+if ((quick)); then
+	n1k=200 n20k=2000 n100k=10000 nuv=50
+	poll20_rounds=5 poll100_rounds=3 retr_rounds=1 conc_duration=5s
+else
+	n1k=1000 n20k=20000 n100k=100000 nuv=300
+	poll20_rounds=20 poll100_rounds=10 retr_rounds=3 conc_duration=20s
+fi
+u1k="b1k@dyn.example.com" u20k="b20k@dyn.example.com" u100k="b100k@dyn.example.com" uuv="buv@dyn.example.com"
+pass=pass
+
+log() { printf '%s run.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+	log "ERROR: $*"
+	exit 1
+}
+[[ "$(id -u)" == 0 ]] || die "must run as root (Dovecot)"
+for c in dovecot doveadm go fetchmail mpop timeout; do
+	command -v "$c" >/dev/null || die "$c not found (apt-get install dovecot-core dovecot-imapd dovecot-pop3d fetchmail mpop; Go)"
+done
+
+rm -rf "$work"
+mkdir -p "$work/bin" "$work/results"
+res="$work/results"
+pids=() # processes this script started, stopped at exit
+
+cleanup() {
+	local rc=$?
+	if [[ "${BENCH_KEEP:-0}" == 1 ]]; then
+		log "BENCH_KEEP=1: leaving pids ${pids[*]:-} and the Dovecots running"
+		exit $rc
+	fi
+	for p in "${pids[@]:-}"; do
+		[[ -n "$p" ]] && kill "$p" 2>/dev/null || true
+	done
+	for d in "$work/imapc" "$work/imapcb"; do
+		[[ -s "$d/run/master.pid" ]] && timeout 20 "$repo/.ci/dovecot-stop" "$d" >&2 || true
+	done
+	timeout 20 "$repo/.ci/dovecot-stop" "$dove" >&2 || true
+	exit $rc
+}
+trap cleanup EXIT
+
+# --- build ---------------------------------------------------------------------
+# popbridge from the working tree, or from commit BENCH_REV (git archive);
+# popbench always from the working tree.
+untracked=0
+if [[ -n "${BENCH_REV:-}" ]]; then
+	log "building popbridge from commit $BENCH_REV, popbench from $repo"
+	mkdir -p "$work/src"
+	git -C "$repo" archive "$BENCH_REV" | tar -x -C "$work/src"
+	(cd "$work/src" && timeout 300 go build -o "$work/bin/popbridge" ./cmd/popbridge)
+	rev="$(git -C "$repo" rev-parse --short "$BENCH_REV")" dirty=0 pb_src="$work/src"
+else
+	log "building popbridge and popbench from $repo"
+	(cd "$repo" && timeout 300 go build -o "$work/bin/popbridge" ./cmd/popbridge)
+	rev="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+	dirty="$(git -C "$repo" status --porcelain 2>/dev/null | grep -vc '^??' || true)"
+	untracked="$(git -C "$repo" status --porcelain 2>/dev/null | grep -c '^??' || true)"
+	pb_src="$repo"
+fi
+(cd "$repo" && timeout 300 go build -o "$work/bin/popbench" ./cmd/popbench)
+pb="$work/bin/popbridge" bench="$work/bin/popbench"
+
+# --- upstream Dovecot and the mailboxes ----------------------------------------
+log "starting the upstream Dovecot in $dove (fresh)"
+eval "$(timeout 60 "$repo/.ci/dovecot-start" --fresh "$dove")"
+C=$POPBRIDGE_TEST_DOVECOT_CONF
+upstream_master=$(cat "$dove/run/master.pid")
+mail_uid=$(id -u nobody) mail_gid=$(id -g nobody)
+
+gen() { # user count sizes
+	local home="$dove/home/$1"
+	mkdir -p "$home"
+	timeout 600 "$bench" gen-maildir -dir "$home/Maildir" -n "$2" -sizes "$3" -id "${1%%@*}" -owner "$mail_uid:$mail_gid" >&2
+	chown "$mail_uid:$mail_gid" "$home"
+	timeout 600 doveadm -c "$C" force-resync -u "$1" INBOX
+	timeout 120 doveadm -c "$C" -f tab mailbox status -u "$1" 'messages vsize uidvalidity uidnext highestmodseq' INBOX | tail -1
+}
+log "writing the mailboxes: $n1k mixed, $n20k small, $n100k small, $nuv small (UIDVALIDITY test)"
+{
+	echo "user	messages	vsize	uidvalidity	uidnext	highestmodseq"
+	echo "$u1k	$(gen "$u1k" "$n1k" mixed)"
+	echo "$u20k	$(gen "$u20k" "$n20k" small)"
+	echo "$u100k	$(gen "$u100k" "$n100k" small)"
+	echo "$uuv	$(gen "$uuv" "$nuv" small)"
+} | tee "$res/mailboxes.tsv" >&2
+
+# --- the second Dovecot: pop3 + imapc --------------------------------------------
+imapc_start() { # dir pop3-port upstream-port
+	local d=$1
+	mkdir -p "$d/run" "$d/state" "$d/home"
+	chmod 0755 "$d" "$d/state"
+	chown "$mail_uid:$mail_gid" "$d/home"
+	cat >"$d/dovecot.conf" <<EOF
+# Dovecot as a POP3 server over a remote IMAP account (pop3 + imapc), the
+# reference of issue 5. Generated by testdata/bench/run.sh.
+instance_name = popbench-imapc-$2
+base_dir = $d/run
+state_dir = $d/state
+log_path = $d/dovecot.log
+info_log_path = $d/dovecot.log
+protocols = pop3
+listen = 127.0.0.1
+default_internal_user = dovecot
+default_login_user = dovenull
+default_process_limit = 200
+default_client_limit = 2000
+auth_failure_delay = 0
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
+ssl = no
+auth_mechanisms = plain login
+disable_plaintext_auth = no
+# The POP3 password is checked by logging in upstream, and passed on to imapc.
+passdb {
+  driver = imap
+  args = host=127.0.0.1 port=$3
+  default_fields = userdb_imapc_user=%u userdb_imapc_password=%w
+}
+userdb {
+  driver = prefetch
+}
+mail_uid = $mail_uid
+mail_gid = $mail_gid
+mail_home = $d/home/%u
+# Local index files per user (the faster imapc setup).
+mail_location = imapc:~/imapc
+imapc_host = 127.0.0.1
+imapc_port = $3
+# rfc822.size: sizes from RFC822.SIZE instead of fetching whole messages.
+imapc_features = rfc822.size fetch-headers modseq search
+pop3_uidl_format = %08Xu%08Xv
+protocol pop3 {
+  mail_max_userip_connections = 1000
+}
+service pop3-login {
+  inet_listener pop3 {
+    address = 127.0.0.1
+    port = $2
+  }
+  inet_listener pop3s {
+    port = 0
+  }
+}
+service imap-login {
+  inet_listener imap {
+    port = 0
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+EOF
+	doveconf -c "$d/dovecot.conf" -n >/dev/null || die "doveconf rejects $d/dovecot.conf"
+	dovecot -c "$d/dovecot.conf" || die "imapc Dovecot did not start (see $d/dovecot.log)"
+	wait_port "$2"
+}
+
+wait_port() { # port: wait (bounded) for a POP3 greeting
+	local deadline=$((SECONDS + 20)) line
+	until line="$( (exec 3<>"/dev/tcp/127.0.0.1/$1" && IFS= read -r -t 2 l <&3 && printf '%s' "$l") 2>/dev/null)" && [[ "$line" == "+OK"* ]]; do
+		((SECONDS < deadline)) || die "no POP3 greeting on 127.0.0.1:$1 within 20 s"
+		sleep 0.2
+	done
+}
+
+popbridge_start() { # name pop3-port upstream-port
+	local d="$work/$1"
+	mkdir -p "$d"
+	cat >"$d/popbridge.toml" <<EOF
+[server]
+listen = "127.0.0.1:$2"
+[upstream]
+address = "127.0.0.1:$3"
+security = "none"
+timeout = "60s"
+[auth]
+allow_insecure_auth = true
+[delete]
+policy = "hide"
+[state]
+path = "$d/state.db"
+[log]
+level = "warn"
+EOF
+	# Builds with [limits]: here 50 sessions of one account log in at once,
+	# and the per-account budget of failed logins counts the logins in
+	# flight, so it refuses the 31st concurrent login (reported to the lead).
+	if grep -q max_login_failures_per_account "$pb_src/config.toml.example" 2>/dev/null; then
+		printf '[limits]\nmax_login_failures_per_account = 0\n' >>"$d/popbridge.toml"
+	fi
+	"$pb" serve -config "$d/popbridge.toml" >"$d/popbridge.log" 2>&1 &
+	pids+=($!)
+	echo $! >"$d/pid"
+	wait_port "$2"
+}
+
+proxy_start() { # name listen-port
+	"$bench" proxy -listen "127.0.0.1:$2" -to "127.0.0.1:$imap_port" -stats "$work/$1.stats" -max-time 2h >"$work/$1.log" 2>&1 &
+	pids+=($!)
+	local deadline=$((SECONDS + 10))
+	until [[ -s "$work/$1.stats" ]]; do
+		((SECONDS < deadline)) || die "proxy $1 did not start"
+		sleep 0.1
+	done
+}
+
+log "starting pop3+imapc (:$imapc_port, and :$imapcb_port through a counting proxy), popbridge (:$pb_port, and :$pbb_port through a counting proxy)"
+proxy_start proxy-pb "$pbproxy_port"
+proxy_start proxy-imapc "$imapcproxy_port"
+imapc_start "$work/imapc" "$imapc_port" "$imap_port"
+imapc_start "$work/imapcb" "$imapcb_port" "$imapcproxy_port"
+popbridge_start popbridge "$pb_port" "$imap_port"
+popbridge_start popbridge-bytes "$pbb_port" "$pbproxy_port"
+imapc_master=$(cat "$work/imapc/run/master.pid")
+pb_pid=$(cat "$work/popbridge/pid")
+
+# popbench NAME ARGS...: one measurement, raw output in results/NAME.out,
+# figures in results/NAME.txt.
+popbench() {
+	local name=$1
+	shift
+	log "popbench $name: $*"
+	if ! timeout 1800 "$bench" -label "$name" -summary "$res/$name.txt" -max-time 25m -timeout 2m "$@" >"$res/$name.out" 2>&1; then
+		cat "$res/$name.out" >&2
+		die "popbench $name failed"
+	fi
+	cat "$res/$name.out" >&2
+}
+get() { sed -n "s/^$2=//p" "$res/$1.txt"; } # NAME KEY
+
+# --- 1. upstream octets of an unchanged poll (1k, 100k) --------------------------
+for u in "$u1k" "$u100k"; do
+	n=${u%%@*}
+	popbench "bytes-first-popbridge-$n" -addr "127.0.0.1:$pbb_port" -users "$u:$pass" -rounds 1 -proxy-stats "$work/proxy-pb.stats"
+	popbench "bytes-popbridge-$n" -addr "127.0.0.1:$pbb_port" -users "$u:$pass" -warmup -rounds 3 -proxy-stats "$work/proxy-pb.stats"
+	popbench "bytes-first-imapc-$n" -addr "127.0.0.1:$imapcb_port" -users "$u:$pass" -rounds 1 -proxy-stats "$work/proxy-imapc.stats"
+	popbench "bytes-imapc-$n" -addr "127.0.0.1:$imapcb_port" -users "$u:$pass" -warmup -rounds 3 -proxy-stats "$work/proxy-imapc.stats"
+done
+
+# --- 2. poll of an unchanged mailbox (20k, 100k), one session after another -----
+for spec in "$u20k:$poll20_rounds" "$u100k:$poll100_rounds"; do
+	u=${spec%%:*} rounds=${spec##*:} n=${u%%@*}
+	popbench "poll-native-$n" -addr "127.0.0.1:$native_port" -users "$u:$pass" -warmup -rounds "$rounds"
+	popbench "poll-imapc-$n" -addr "127.0.0.1:$imapc_port" -users "$u:$pass" -warmup -rounds "$rounds"
+	popbench "poll-popbridge-$n" -addr "127.0.0.1:$pb_port" -users "$u:$pass" -warmup -rounds "$rounds"
+done
+
+# --- 3. sequential RETR of every message in one session (1k mixed, 20k small) ----
+# (Dovecot's POP3 sets \Seen on RETR; the warm-up poll of the next server
+# absorbs that flag change, so each measured session starts synced.)
+for u in "$u1k" "$u20k"; do
+	n=${u%%@*}
+	popbench "retr-native-$n" -addr "127.0.0.1:$native_port" -users "$u:$pass" -warmup -mode retr -rounds "$retr_rounds"
+	popbench "retr-imapc-$n" -addr "127.0.0.1:$imapc_port" -users "$u:$pass" -warmup -mode retr -rounds "$retr_rounds"
+	popbench "retr-popbridge-$n" -addr "127.0.0.1:$pb_port" -users "$u:$pass" -warmup -mode retr -rounds "$retr_rounds"
+done
+
+# --- 4. 50 concurrent sessions polling the 100k mailbox: peak memory -------------
+popbench conc-native-b100k -addr "127.0.0.1:$native_port" -users "$u100k:$pass" -warmup -sessions 50 -duration "$conc_duration" \
+	-mem-children "$upstream_master" -mem-comm pop3
+popbench conc-imapc-b100k -addr "127.0.0.1:$imapc_port" -users "$u100k:$pass" -warmup -sessions 50 -duration "$conc_duration" \
+	-mem-children "$imapc_master" -mem-comm pop3
+# popbridge: one device tag per session (its maildrop lock is per device).
+popbench conc-popbridge-b100k -addr "127.0.0.1:$pb_port" -users "$u100k:$pass" -tag '#' -warmup -sessions 50 -duration "$conc_duration" \
+	-mem-pid "$pb_pid"
+
+# --- 5. UIDVALIDITY change: do fetchmail and mpop download again? ----------------
+fetchmail_run() { # name port: prints the number of messages delivered
+	local d="$work/clients/fetchmail-$1"
+	mkdir -p "$d/out"
+	rm -f "$d/out"/*.eml
+	cat >"$d/fetchmailrc" <<EOF
+set no bouncemail
+set no syslog
+set invisible
+poll 127.0.0.1 protocol POP3 service $2 uidl
+  user "$uuv" there with password "$pass"
+  keep
+  sslproto ''
+  no rewrite
+  no stripcr
+  mda "$repo/testdata/clients/mda-to-dir.sh $d/out"
+EOF
+	chmod 0600 "$d/fetchmailrc"
+	FETCHMAILHOME="$d" timeout 600 fetchmail -f "$d/fetchmailrc" --pidfile "$d/fetchmail.pid" --idfile "$d/fetchids" </dev/null >>"$d/log" 2>&1 || true
+	find "$d/out" -maxdepth 1 -name '*.eml' | wc -l
+}
+mpop_run() { # name port
+	local d="$work/clients/mpop-$1"
+	mkdir -p "$d/out"
+	rm -f "$d/out"/*.eml
+	HOME="$d" timeout 600 mpop -q --host=127.0.0.1 --port="$2" --user="$uuv" --passwordeval="printf '%s' '$pass'" \
+		--auth=user --tls=off --keep=on --only-new=on --received-header=off \
+		--uidls-file="$d/uidls" --delivery="mda,$repo/testdata/clients/mda-to-dir.sh $d/out" </dev/null >>"$d/log" 2>&1 || true
+	find "$d/out" -maxdepth 1 -name '*.eml' | wc -l
+}
+uv_status() { timeout 60 doveadm -c "$C" -f tab mailbox status -u "$uuv" 'messages uidvalidity uidnext' INBOX | tail -1; }
+log "UIDVALIDITY test on $uuv ($nuv messages): first downloads"
+declare -A first second
+for s in native:$native_port imapc:$imapc_port popbridge:$pb_port; do
+	name=${s%%:*} port=${s##*:}
+	first[fetchmail-$name]=$(fetchmail_run "$name" "$port")
+	first[mpop-$name]=$(mpop_run "$name" "$port")
+done
+before="$(uv_status)"
+log "recreating $uuv's INBOX index: same messages, new UIDVALIDITY and UIDs (testdata/dovecot/README.md, reset 3)"
+timeout 30 doveadm -c "$C" kick "$uuv" >/dev/null 2>&1 || true
+rm -f "$dove/home/$uuv/Maildir/dovecot-uidlist" "$dove/home/$uuv/Maildir/"dovecot.index*
+after="$(uv_status)"
+for s in native:$native_port imapc:$imapc_port popbridge:$pb_port; do
+	name=${s%%:*} port=${s##*:}
+	second[fetchmail-$name]=$(fetchmail_run "$name" "$port")
+	second[mpop-$name]=$(mpop_run "$name" "$port")
+done
+{
+	echo "before	$before"
+	echo "after	$after"
+	for k in "${!first[@]}"; do echo "$k	${first[$k]}	${second[$k]}"; done
+} >"$res/uidvalidity.tsv"
+
+# --- the table -------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { if (v == "n/a") print "?"; else if ((op == "<=" && v + 0 <= t + 0) || (op == ">=" && v + 0 >= t + 0)) print "met"; else print "MISSED" }'; }
+mbs() { get "$1" retr_mb_s_session_p50; }
+{
+	echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(dovecot --version | cut -d' ' -f1) (Debian), popbridge $rev$( ((dirty + untracked > 0)) && echo " + uncommitted changes ($dirty files changed, $untracked new)")"
+	((quick)) && echo "BENCH_QUICK=1: small mailboxes ($n1k, $n20k, $n100k): not the issue's sizes"
+	echo
+	echo "| measure | native POP3 | pop3+imapc | popbridge | popbridge / imapc | popbridge / native | target | |"
+	echo "|---|---|---|---|---|---|---|---|"
+	for n in b20k b100k; do
+		nat=$(get "poll-native-$n" session_p50_ms) imc=$(get "poll-imapc-$n" session_p50_ms) pbv=$(get "poll-popbridge-$n" session_p50_ms)
+		r1=$(ratio "$pbv" "$imc") r2=$(ratio "$pbv" "$nat")
+		c1=$(check "$r1" "<=" 0.5) c2=$(check "$r2" "<=" 1.0)
+		echo "| poll, unchanged, $(get "poll-native-$n" messages_listed) msgs: p50 ms | $nat | $imc | $pbv | $r1 | $r2 | ≤ 0.5 / ≤ 1.0 | $c1 / $c2 |"
+		nat=$(get "poll-native-$n" session_mean_ms) imc=$(get "poll-imapc-$n" session_mean_ms) pbv=$(get "poll-popbridge-$n" session_mean_ms)
+		echo "| (same, mean ms) | $nat | $imc | $pbv | $(ratio "$pbv" "$imc") | $(ratio "$pbv" "$nat") | | |"
+	done
+	for n in b1k b100k; do
+		imc=$(get "bytes-imapc-$n" upstream_per_session) pbv=$(get "bytes-popbridge-$n" upstream_per_session)
+		echo "| upstream octets, unchanged poll, $(get "bytes-popbridge-$n" messages_listed) msgs | – | $imc | $pbv | $(ratio "$pbv" "$imc") | – | same at 1k and 100k | |"
+	done
+	for n in b1k b100k; do
+		echo "| (upstream octets, first poll, $(get "bytes-first-popbridge-$n" messages_listed) msgs) | – | $(get "bytes-first-imapc-$n" upstream_per_session) | $(get "bytes-first-popbridge-$n" upstream_per_session) | | | | |"
+	done
+	b1=$(get bytes-popbridge-b1k upstream_per_session) b2=$(get bytes-popbridge-b100k upstream_per_session)
+	echo "| popbridge: upstream octets 100k / 1k | | | $(ratio "$b2" "$b1") | | | 1.00 (± digits) | $(awk -v a="$b1" -v b="$b2" 'BEGIN { d = b - a; if (d < 0) d = -d; print (d <= 16 ? "met" : "MISSED") }') |"
+	for n in b1k b20k; do
+		nat=$(mbs "retr-native-$n") imc=$(mbs "retr-imapc-$n") pbv=$(mbs "retr-popbridge-$n")
+		r1=$(ratio "$pbv" "$imc") r2=$(ratio "$pbv" "$nat")
+		echo "| sequential RETR, $(get "retr-native-$n" messages_listed) msgs ($(awk -v o="$(get "retr-native-$n" retr_octets)" -v r="$(get "retr-native-$n" ok)" 'BEGIN { printf "%.0f MB", o / r / 1e6 }')): MB/s | $nat | $imc | $pbv | $r1 | $r2 | ≥ 2 / ≥ 0.75 | $(check "$r1" ">=" 2) / $(check "$r2" ">=" 0.75) |"
+	done
+	nat=$(get conc-native-b100k mem_children_peak_rss_kb) imc=$(get conc-imapc-b100k mem_children_peak_rss_kb) pbv=$(get conc-popbridge-b100k mem_pid_hwm_kb)
+	mb() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
+	echo "| 50 sessions on $(get conc-native-b100k messages_listed) msgs: peak memory MB (Dovecot: sum of pop3 processes' RSS; popbridge: VmHWM) | $(mb "$nat") | $(mb "$imc") | $(mb "$pbv") | $(ratio "$pbv" "$imc") | $(ratio "$pbv" "$nat") | popbridge ≤ 100 MB | $(check "$(mb "$pbv")" "<=" 100) |"
+	for k in native imapc popbridge; do eval "p50_$k=\$(get conc-$k-b100k session_p50_ms) rate_$k=\$(get conc-$k-b100k sessions_per_s) err_$k=\$(get conc-$k-b100k failed)"; done
+	# shellcheck disable=SC2154 # set by the eval above
+	echo "| (same: poll p50 ms, sessions/s, failed) | $p50_native, $rate_native, $err_native | $p50_imapc, $rate_imapc, $err_imapc | $p50_popbridge, $rate_popbridge, $err_popbridge | | | | |"
+	echo "| after a new UIDVALIDITY ($nuv msgs): fetchmail / mpop downloads | ${second[fetchmail-native]} / ${second[mpop-native]} | ${second[fetchmail-imapc]} / ${second[mpop-imapc]} | ${second[fetchmail-popbridge]} / ${second[mpop-popbridge]} | | | popbridge 0 / 0 | $([[ "${second[fetchmail-popbridge]}/${second[mpop-popbridge]}" == "0/0" ]] && echo met || echo MISSED) |"
+	echo
+	echo "UIDVALIDITY test: first runs delivered fetchmail/mpop: native ${first[fetchmail-native]}/${first[mpop-native]}, imapc ${first[fetchmail-imapc]}/${first[mpop-imapc]}, popbridge ${first[fetchmail-popbridge]}/${first[mpop-popbridge]}; INBOX (messages, uidvalidity, uidnext) before: $before; after: $after."
+	echo "Errors in any run: $(cat "$res"/*.txt | sed -n 's/^errors=//p' | grep -v '^$' | sort | uniq -c | tr '\n' ';' || true)"
+} | tee "$res/table.md"
+log "done: $res"
