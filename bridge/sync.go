@@ -28,6 +28,7 @@ func (b *Bridge) sync(ctx context.Context, conn *upstream.Conn, mbox string, st 
 		}
 		plan := state.Decide(m, now)
 		var ch state.MailboxChange
+		var stats state.RematchStats
 		switch plan {
 		case state.PlanNone:
 			if m.Markers == now {
@@ -37,13 +38,7 @@ func (b *Bridge) sync(ctx context.Context, conn *upstream.Conn, mbox string, st 
 		case state.PlanIncremental:
 			ch, err = b.syncIncremental(ctx, conn, m, now, uidl)
 		case state.PlanFull:
-			var stats state.RematchStats
 			ch, stats, err = b.syncFull(ctx, conn, m, now, uidl)
-			if err == nil && m.Version != 0 && m.UIDValidity != now.UIDValidity {
-				log.Warn("upstream UIDVALIDITY changed; messages re-matched by fingerprint",
-					zap.String("mailbox", mbox), zap.Uint32("old_uidvalidity", m.UIDValidity), zap.Uint32("new_uidvalidity", now.UIDValidity),
-					zap.Int("matched", stats.Matched), zap.Int("new", stats.New), zap.Int("gone", stats.Gone))
-			}
 		}
 		if err != nil {
 			return nil, err
@@ -54,6 +49,13 @@ func (b *Bridge) sync(ctx context.Context, conn *upstream.Conn, mbox string, st 
 		}
 		if err != nil {
 			return nil, fmt.Errorf("storing the mailbox record: %w", err)
+		}
+		if plan == state.PlanFull && m.Version != 0 && m.UIDValidity != now.UIDValidity {
+			// Once per change: a session that lost the race above saw the
+			// new record and chose another plan.
+			log.Warn("upstream UIDVALIDITY changed; messages re-matched by fingerprint",
+				zap.String("mailbox", mbox), zap.Uint32("old_uidvalidity", m.UIDValidity), zap.Uint32("new_uidvalidity", now.UIDValidity),
+				zap.Int("matched", stats.Matched), zap.Int("new", stats.New), zap.Int("gone", stats.Gone))
 		}
 		log.Debug("mailbox synced", zap.Stringer("plan", plan), zap.Int("added", len(ch.Put)), zap.Int("removed", len(ch.Delete)))
 		rec := state.Apply(m, v, ch)
