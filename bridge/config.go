@@ -160,7 +160,7 @@ func DefaultConfig() Config {
 			LoginFailureWindow:         15 * time.Minute,
 			ExemptNetworks:             []string{"127.0.0.0/8", "::1"},
 		},
-		Log:    LogConfig{Level: "info", Format: "json"},
+		Log: LogConfig{Level: "info", Format: "json"},
 	}
 }
 

@@ -59,6 +59,18 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"[upstream]\naddress = \"h:1\"\nsecurity = \"ssl\"\n", "upstream.security"},
 		{"[upstream\naddress = 1", "line"},
 		{base + "[auth]\ndevice_separator = \"##\"\n", "auth.device_separator"},
+		{base + "[server]\nproxy_trusted = [\"10.0.0.0/33\"]\n", "server.proxy_trusted"},
+		{base + "[server]\nproxy_trusted = [\"lb.example.com\"]\n", "server.proxy_trusted"},
+		{base + "[auth]\noauth_mechanisms = [\"CRAM-MD5\"]\n", "auth.oauth_mechanisms"},
+		{base + "[auth]\noauth_mechanisms = [\"XOAUTH2\", \"XOAUTH2\"]\n", "auth.oauth_mechanisms"},
+		{base + "[limits]\nmax_connections = -1\n", "limits.max_connections"},
+		{base + "[limits]\nmax_connections_per_ip = -1\n", "limits.max_connections_per_ip"},
+		{base + "[limits]\nmax_login_failures_per_account = -1\n", "limits.max_login_failures_per_account"},
+		{base + "[limits]\nlogin_failure_delay = \"20s\"\n", "limits.login_failure_delay_max"},
+		{base + "[limits]\nlogin_failure_delay = \"-1s\"\n", "limits.login_failure_delay"},
+		{base + "[limits]\nlogin_failure_window = \"0s\"\n", "limits.login_failure_window"},
+		{base + "[limits]\nexempt_networks = [\"localhost\"]\n", "limits.exempt_networks"},
+		{base + "[limits]\nmax_conections = 1\n", "unknown key limits.max_conections"},
 	}
 	for _, tc := range tests {
 		_, err := ParseConfig(tc.text)
@@ -69,5 +81,10 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 	cfg, err := ParseConfig(base + "[server]\nshutdown_timeout = \"5s\"\n")
 	if err != nil || cfg.Server.ShutdownTimeout != 5*time.Second {
 		t.Errorf("valid config: %v %+v", err, cfg.Server)
+	}
+	cfg, err = ParseConfig(base + "[server]\nproxy_trusted = [\"10.0.0.0/8\", \"2001:db8::1\"]\n" +
+		"[limits]\nmax_login_failures_per_ip = 0\nmax_login_failures_per_account = 0\nlogin_failure_window = \"0s\"\nexempt_networks = []\n")
+	if err != nil || len(cfg.Server.ProxyTrusted) != 2 || len(cfg.Limits.ExemptNetworks) != 0 {
+		t.Errorf("valid config: %v %+v %+v", err, cfg.Server, cfg.Limits)
 	}
 }

@@ -508,6 +508,10 @@ func TestFaults(t *testing.T) {
 			}
 		}
 
+		faultGo(t, &wg, "flag-change-during-listing", func(t *testing.T) {
+			faultUpstreams(t, func(t *testing.T, up *upstreamEnv) { flagDuringListing(t, up, &tot) })
+		})
+
 		for _, how := range []string{"reset", "close", "down", "kick"} {
 			faultGo(t, &wg, "upstream-restart/"+how, func(t *testing.T) {
 				faultUpstreams(t, func(t *testing.T, up *upstreamEnv) { upstreamRestart(t, up, how, &tot) })
@@ -706,4 +710,56 @@ func upstreamRestart(t *testing.T, up *upstreamEnv, how string, tot *faultTotals
 		return
 	}
 	f.verify("b", 3)
+}
+
+// flagDuringListing holds the login's listing (UID FETCH n:*) in the proxy
+// while another IMAP session flags one of the new messages, then lets it
+// go: a server may answer with an unsolicited FETCH (UID, FLAGS) for that
+// message first, which imapclient hands to the listing in place of the
+// real answer. The login must still succeed and list every message.
+func flagDuringListing(t *testing.T, up *upstreamEnv, tot *faultTotals) {
+	f := newFx(t, up, PolicyMove, tot)
+	var uids []uint32
+	for i := range 3 {
+		raw := message(fmt.Sprintf("flagged%d", i), "new", "new mail\r\n")
+		uids = append(uids, f.up.box.Append("INBOX", raw))
+		f.appended = append(f.appended, raw)
+	}
+	r := f.p.On(faultproxy.ToServer, " UID FETCH ", faultproxy.Stall)
+	type result struct {
+		c    *popConn
+		resp string
+	}
+	done := make(chan result, 1)
+	go func() {
+		c := dialPOP(t, f.e.addr)
+		c.send("USER %s", f.up.user)
+		c.line()
+		c.send("PASS %s", f.up.pass)
+		done <- result{c, c.line()}
+	}()
+	if !r.Wait(10 * time.Second) {
+		t.Fatal("the listing never started")
+	}
+	f.up.box.AddFlags("INBOX", uids[1], imap.FlagFlagged)
+	time.Sleep(100 * time.Millisecond) // let the server queue the update
+	f.p.Release()
+	res := <-done
+	f.tot.sessions.Add(1)
+	if !strings.HasPrefix(res.resp, "+OK") {
+		t.Fatalf("login while another session flagged a message = %q", res.resp)
+	}
+	if got := res.c.list(); len(got) != len(f.baseline)+len(uids) {
+		t.Errorf("the login lists %d messages, want %d", len(got), len(f.baseline)+len(uids))
+	}
+	res.c.quit()
+	// verify compares flags with the state before the fault: the flag set
+	// meanwhile is the IMAP client's, not popbridge's.
+	f.before = f.up.box.Messages("INBOX")[:len(f.before)]
+	f.verify("")
+	for _, m := range f.up.box.Messages("INBOX") {
+		if m.UID == uids[1] && !m.HasFlag(imap.FlagFlagged) {
+			t.Errorf("the IMAP client's \\Flagged is gone")
+		}
+	}
 }

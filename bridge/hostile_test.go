@@ -818,18 +818,64 @@ func TestHostile(t *testing.T) {
 		wg.Wait()
 	})
 
-	// Many idle connections: 300 that never send anything and 20 logged
-	// in that do nothing. The normal sessions go on meanwhile; the server
-	// closes the silent ones at the auth timeout; the logged-in ones are
-	// still served afterwards (their autologout is the RFC's 10 minutes).
+	// Sessions that start a RETR of the 4 MiB message, read 100 KB of it
+	// and hang up: each session ends at once (its device logs in again
+	// right away, give or take the lock release), nothing is deleted.
+	h.run("abandoned-retr", func(t *testing.T) {
+		for i := range 5 {
+			conn, r := h.login(t, "abandon")
+			fmt.Fprintf(conn, "DELE 1\r\nRETR 4\r\n")
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(r, make([]byte, 100<<10)); err != nil {
+				t.Fatalf("round %d: reading the start of RETR 4: %v", i, err)
+			}
+			conn.Close()
+			start := time.Now()
+			if err := h.normalSession("abandon"); err != nil {
+				t.Fatalf("round %d: the device after an abandoned RETR: %v", i, err)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("round %d: the abandoned session held its lock for %v", i, d.Round(time.Millisecond))
+			}
+		}
+	})
+
+	// Many idle connections: 300 that never send anything, 20 that drip
+	// one octet every 200 ms and never end a line, and 20 logged in that
+	// do nothing. The normal sessions go on meanwhile; the server closes
+	// the silent and the dripping ones at the auth timeout (it bounds a
+	// whole line, not each octet); the logged-in ones are still served
+	// afterwards (their autologout is the RFC's 10 minutes).
 	h.run("idle-connections", func(t *testing.T) {
-		const silent, loggedIn = 300, 20
+		const silent, drip, loggedIn = 300, 20, 20
 		var idle []net.Conn
 		var readers []*bufio.Reader
 		for range silent {
 			c, r := h.dial(t)
 			idle = append(idle, c)
 			readers = append(readers, r)
+		}
+		stopDrip := make(chan struct{})
+		defer close(stopDrip)
+		for range drip {
+			c, r := h.dial(t)
+			idle = append(idle, c)
+			readers = append(readers, r)
+			go func() {
+				tick := time.NewTicker(200 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					select {
+					case <-stopDrip:
+						return
+					case <-tick.C:
+					}
+					c.SetWriteDeadline(time.Now().Add(time.Second))
+					if _, err := c.Write([]byte("U")); err != nil {
+						return
+					}
+				}
+			}()
 		}
 		var active []net.Conn
 		var activeR []*bufio.Reader
@@ -856,9 +902,9 @@ func TestHostile(t *testing.T) {
 		}
 		wg.Wait()
 		if n := open.Load(); n > 0 {
-			t.Errorf("%d of %d silent connections were not closed by the auth timeout (%v)", n, silent, hostileAuthTimeout)
+			t.Errorf("%d of %d silent or dripping connections were not closed by the auth timeout (%v)", n, len(idle), hostileAuthTimeout)
 		}
-		t.Logf("%d silent connections closed within %v", silent, time.Since(start).Round(time.Millisecond))
+		t.Logf("%d silent and %d dripping connections closed within %v", silent, drip, time.Since(start).Round(time.Millisecond))
 		for i, c := range active {
 			c.SetDeadline(time.Now().Add(10 * time.Second))
 			fmt.Fprintf(c, "STAT\r\nQUIT\r\n")

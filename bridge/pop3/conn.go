@@ -121,7 +121,16 @@ func (c *conn) setConn(nc net.Conn) {
 func (c *conn) kill() {
 	c.killed.Store(true)
 	c.cancel()
-	c.raw.Close()
+	closeNow(c.raw)
+}
+
+// closeNow closes nc at once: for a TLS connection, without the
+// close_notify alert, which could wait on a client that does not read.
+func closeNow(nc net.Conn) error {
+	if tc, ok := nc.(*tls.Conn); ok {
+		return tc.NetConn().Close()
+	}
+	return nc.Close()
 }
 
 // interruptIdle ends the session if it waits for a command before login:
@@ -153,7 +162,14 @@ func (c *conn) serve() {
 // finish closes the connection and the maildrop, and logs the session.
 func (c *conn) finish() {
 	c.cancel()
-	c.raw.Close()
+	if tc, ok := c.nc.(*tls.Conn); ok && !c.killed.Load() && c.outcome != outcomeDropped && c.outcome != outcomeTimeout {
+		// An orderly end over TLS (implicit or STLS) sends close_notify:
+		// OpenSSL 3 clients report its absence as an error ("unexpected
+		// eof"). It waits at most 5 seconds for a client that does not
+		// read.
+		tc.Close()
+	}
+	closeNow(c.raw)
 	if c.release != nil {
 		c.safely("ConnLimiter release", c.release)
 	}

@@ -97,14 +97,27 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 	opts := fetchOptions(details)
 	var last uint32
 	var err error
-	for _, set := range sets {
+	retries := 0
+	sets = slices.Clone(sets) // a set may be narrowed for a retry
+	for i := 0; i < len(sets); i++ {
+		set := sets[i]
 		w.touch()
 		cmd := c.client.Fetch(set, opts)
+		var again imap.UIDSet // what is left of set, to ask for again
 		for msg := cmd.Next(); msg != nil && err == nil; msg = cmd.Next() {
 			w.touch()
+			if again != nil {
+				continue // drained: asked for again below
+			}
 			m, ok, rerr := readMsg(msg, details)
 			var inc errIncomplete
 			switch {
+			case errors.As(rerr, &inc) && inc.uid > last && retries < maxIncompleteRetries:
+				// The answer for this UID was taken by an unsolicited
+				// FETCH: ask again for the rest of the set, so that fn
+				// still sees every message once, in UID order.
+				retries++
+				again = uidsAbove(set, last)
 			case errors.As(rerr, &inc):
 				err = tempError(op, "incomplete FETCH response for UID %d", inc.uid)
 			case rerr != nil:
@@ -134,12 +147,37 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 		if err != nil {
 			break
 		}
+		if len(again) > 0 {
+			sets[i] = again
+			i--
+		}
 	}
 	if fe, ok := err.(fnError); ok {
 		w.done()
 		return fe.err
 	}
 	return w.end(op, err, phaseCommand)
+}
+
+// maxIncompleteRetries bounds how often one listing asks again after an
+// incomplete FETCH response.
+const maxIncompleteRetries = 0
+
+// uidsAbove returns the UIDs of set above last (set's ranges are
+// ascending; a Stop of 0 is "*").
+func uidsAbove(set imap.UIDSet, last uint32) imap.UIDSet {
+	out := imap.UIDSet{}
+	for _, r := range set {
+		start, stop := uint32(r.Start), uint32(r.Stop)
+		if stop != 0 && stop <= last {
+			continue
+		}
+		if start <= last {
+			start = last + 1
+		}
+		out = append(out, imap.UIDRange{Start: imap.UID(start), Stop: imap.UID(stop)})
+	}
+	return out
 }
 
 // readMsg reads the items of one FETCH response. ok is false when the

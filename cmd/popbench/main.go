@@ -170,10 +170,24 @@ func readUserFile(path string) ([]account, error) {
 
 // report is everything a load run prints.
 type report struct {
-	label string
-	res   *result
-	proxy *proxyStats // upstream octets of the measured sessions
-	mem   *memReport
+	label                 string
+	res                   *result
+	proxy                 *proxyStats // upstream octets of the measured sessions
+	mem                   *memReport
+	loadBefore, loadAfter string // 1-minute load average, "" when unknown
+}
+
+// loadAvg returns the 1-minute load average (Linux), or "".
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
 }
 
 func loadMain(args []string, stdout io.Writer) error {
@@ -220,7 +234,9 @@ func measure(ctx context.Context, o *options) (*report, error) {
 	}
 	mw := newMemWatch(o.memPID, o.memChildren, o.memComm, 50*time.Millisecond)
 	mw.start()
+	rep.loadBefore = loadAvg()
 	res, err := run(ctx, cfg)
+	rep.loadAfter = loadAvg()
 	mw.finish()
 	if err != nil {
 		return nil, err
@@ -291,6 +307,9 @@ func printReport(w io.Writer, rep *report) {
 	if r.aborted {
 		fmt.Fprintf(w, "ABORTED    -max-time reached\n")
 	}
+	if rep.loadBefore != "" {
+		fmt.Fprintf(w, "load       %s before, %s after (1-minute load average of the machine)\n", rep.loadBefore, rep.loadAfter)
+	}
 	if p := rep.proxy; p != nil {
 		n := max(r.ok+r.failed, 1)
 		fmt.Fprintf(w, "upstream   %d connection(s), %d octets up, %d down: per session %.0f up, %.0f down, %.0f total\n",
@@ -341,6 +360,8 @@ func summaryLines(rep *report) string {
 	kv("retr_mb_s_session_p50", fmt.Sprintf("%.2f", quantile(ps, 0.5)))
 	kv("retr_mb_s_aggregate", fmt.Sprintf("%.2f", float64(r.octets)/1e6/r.wall.Seconds()))
 	kv("bytes_read", r.read)
+	kv("load_before", rep.loadBefore)
+	kv("load_after", rep.loadAfter)
 	var errs []string
 	for _, k := range sortedKinds(r.errors) {
 		errs = append(errs, fmt.Sprintf("%s:%d", k, r.errors[k]))

@@ -13,6 +13,11 @@
 #   sudo testdata/bench/run.sh              # as root (Dovecot needs it); ~10 minutes
 #   BENCH_QUICK=1 testdata/bench/run.sh     # small mailboxes, a smoke test of the script
 #
+# Options (environment): BENCH_REV=COMMIT builds popbridge from that commit
+# (git archive) instead of the working tree; BENCH_PASSES (3) passes of the
+# timed measurements; BENCH_WAIT_QUIET=SECONDS waits for a quiet machine
+# first; BENCH_KEEP=1 leaves everything running; ports: see below.
+#
 # Everything listens on 127.0.0.1 and lives under BENCH_WORK (default
 # /tmp/pbbench) and BENCH_DOVECOT_DIR (default /tmp/pbdove-bench, at most 60
 # characters). Every step has a time limit; the processes it starts are
@@ -43,10 +48,10 @@ imapcproxy_port="${BENCH_PROXY_IMAPC_PORT:-13145}"
 
 if ((quick)); then
 	n1k=200 n20k=2000 n100k=10000 nuv=50
-	poll20_rounds=5 poll100_rounds=3 retr_rounds=1 conc_duration=5s
+	poll20_rounds=2 poll100_rounds=2 conc_duration=5s
 else
 	n1k=1000 n20k=20000 n100k=100000 nuv=300
-	poll20_rounds=20 poll100_rounds=10 retr_rounds=3 conc_duration=20s
+	poll20_rounds=7 poll100_rounds=4 conc_duration=20s
 fi
 u1k="b1k@dyn.example.com" u20k="b20k@dyn.example.com" u100k="b100k@dyn.example.com" uuv="buv@dyn.example.com"
 pass=pass
@@ -121,7 +126,7 @@ gen() { # user count sizes
 }
 log "writing the mailboxes: $n1k mixed, $n20k small, $n100k small, $nuv small (UIDVALIDITY test)"
 {
-	echo "user	messages	vsize	uidvalidity	uidnext	highestmodseq"
+	echo "user	mailbox	messages	uidnext	uidvalidity	highestmodseq	vsize"
 	echo "$u1k	$(gen "$u1k" "$n1k" mixed)"
 	echo "$u20k	$(gen "$u20k" "$n20k" small)"
 	echo "$u100k	$(gen "$u100k" "$n100k" small)"
@@ -274,6 +279,25 @@ popbench() {
 	cat "$res/$name.out" >&2
 }
 get() { sed -n "s/^$2=//p" "$res/$1.txt"; } # NAME KEY
+# med NAME KEY: the median of KEY over the passes NAME-p1, NAME-p2 ...
+med() {
+	for f in "$res/$1"-p*.txt; do sed -n "s/^$2=//p" "$f"; done | sort -g |
+		awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+# The machine may be shared and noisy: the timed measurements (2 and 3) run
+# in BENCH_PASSES passes, each server in turn within a pass, and the table
+# shows the median of the passes.
+passes="${BENCH_PASSES:-3}"
+
+# BENCH_WAIT_QUIET=SECONDS: first wait (at most that long) until the
+# machine's 1-minute load average is below 1.5.
+if [[ -n "${BENCH_WAIT_QUIET:-}" ]]; then
+	quiet_deadline=$((SECONDS + BENCH_WAIT_QUIET))
+	until awk '{ exit !($1 < 1.5) }' /proc/loadavg || ((SECONDS >= quiet_deadline)); do
+		sleep 5
+	done
+	log "load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
 
 # --- 1. upstream octets of an unchanged poll (1k, 100k) --------------------------
 for u in "$u1k" "$u100k"; do
@@ -285,11 +309,13 @@ for u in "$u1k" "$u100k"; do
 done
 
 # --- 2. poll of an unchanged mailbox (20k, 100k), one session after another -----
-for spec in "$u20k:$poll20_rounds" "$u100k:$poll100_rounds"; do
-	u=${spec%%:*} rounds=${spec##*:} n=${u%%@*}
-	popbench "poll-native-$n" -addr "127.0.0.1:$native_port" -users "$u:$pass" -warmup -rounds "$rounds"
-	popbench "poll-imapc-$n" -addr "127.0.0.1:$imapc_port" -users "$u:$pass" -warmup -rounds "$rounds"
-	popbench "poll-popbridge-$n" -addr "127.0.0.1:$pb_port" -users "$u:$pass" -warmup -rounds "$rounds"
+for ((p = 1; p <= passes; p++)); do
+	for spec in "$u20k:$poll20_rounds" "$u100k:$poll100_rounds"; do
+		u=${spec%%:*} rounds=${spec##*:} n=${u%%@*}
+		popbench "poll-native-$n-p$p" -addr "127.0.0.1:$native_port" -users "$u:$pass" -warmup -rounds "$rounds"
+		popbench "poll-imapc-$n-p$p" -addr "127.0.0.1:$imapc_port" -users "$u:$pass" -warmup -rounds "$rounds"
+		popbench "poll-popbridge-$n-p$p" -addr "127.0.0.1:$pb_port" -users "$u:$pass" -warmup -rounds "$rounds"
+	done
 done
 
 # --- 3. sequential RETR of every message in one session (1k mixed, 20k small) ----
@@ -297,9 +323,11 @@ done
 # absorbs that flag change, so each measured session starts synced.)
 for u in "$u1k" "$u20k"; do
 	n=${u%%@*}
-	popbench "retr-native-$n" -addr "127.0.0.1:$native_port" -users "$u:$pass" -warmup -mode retr -rounds "$retr_rounds"
-	popbench "retr-imapc-$n" -addr "127.0.0.1:$imapc_port" -users "$u:$pass" -warmup -mode retr -rounds "$retr_rounds"
-	popbench "retr-popbridge-$n" -addr "127.0.0.1:$pb_port" -users "$u:$pass" -warmup -mode retr -rounds "$retr_rounds"
+	for ((p = 1; p <= passes; p++)); do
+		popbench "retr-native-$n-p$p" -addr "127.0.0.1:$native_port" -users "$u:$pass" -warmup -mode retr -rounds 1
+		popbench "retr-imapc-$n-p$p" -addr "127.0.0.1:$imapc_port" -users "$u:$pass" -warmup -mode retr -rounds 1
+		popbench "retr-popbridge-$n-p$p" -addr "127.0.0.1:$pb_port" -users "$u:$pass" -warmup -mode retr -rounds 1
+	done
 done
 
 # --- 4. 50 concurrent sessions polling the 100k mailbox: peak memory -------------
@@ -368,7 +396,7 @@ done
 # --- the table -------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
 check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { if (v == "n/a") print "?"; else if ((op == "<=" && v + 0 <= t + 0) || (op == ">=" && v + 0 >= t + 0)) print "met"; else print "MISSED" }'; }
-mbs() { get "$1" retr_mb_s_session_p50; }
+mbs() { med "$1" retr_mb_s_session_p50; }
 {
 	echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(dovecot --version | cut -d' ' -f1) (Debian), popbridge $rev$( ((dirty + untracked > 0)) && echo " + uncommitted changes ($dirty files changed, $untracked new)")"
 	((quick)) && echo "BENCH_QUICK=1: small mailboxes ($n1k, $n20k, $n100k): not the issue's sizes"
@@ -376,11 +404,11 @@ mbs() { get "$1" retr_mb_s_session_p50; }
 	echo "| measure | native POP3 | pop3+imapc | popbridge | popbridge / imapc | popbridge / native | target | |"
 	echo "|---|---|---|---|---|---|---|---|"
 	for n in b20k b100k; do
-		nat=$(get "poll-native-$n" session_p50_ms) imc=$(get "poll-imapc-$n" session_p50_ms) pbv=$(get "poll-popbridge-$n" session_p50_ms)
+		nat=$(med "poll-native-$n" session_p50_ms) imc=$(med "poll-imapc-$n" session_p50_ms) pbv=$(med "poll-popbridge-$n" session_p50_ms)
 		r1=$(ratio "$pbv" "$imc") r2=$(ratio "$pbv" "$nat")
 		c1=$(check "$r1" "<=" 0.5) c2=$(check "$r2" "<=" 1.0)
-		echo "| poll, unchanged, $(get "poll-native-$n" messages_listed) msgs: p50 ms | $nat | $imc | $pbv | $r1 | $r2 | ≤ 0.5 / ≤ 1.0 | $c1 / $c2 |"
-		nat=$(get "poll-native-$n" session_mean_ms) imc=$(get "poll-imapc-$n" session_mean_ms) pbv=$(get "poll-popbridge-$n" session_mean_ms)
+		echo "| poll, unchanged, $(get "poll-native-$n-p1" messages_listed) msgs: p50 ms | $nat | $imc | $pbv | $r1 | $r2 | ≤ 0.5 / ≤ 1.0 | $c1 / $c2 |"
+		nat=$(med "poll-native-$n" session_mean_ms) imc=$(med "poll-imapc-$n" session_mean_ms) pbv=$(med "poll-popbridge-$n" session_mean_ms)
 		echo "| (same, mean ms) | $nat | $imc | $pbv | $(ratio "$pbv" "$imc") | $(ratio "$pbv" "$nat") | | |"
 	done
 	for n in b1k b100k; do
@@ -395,7 +423,7 @@ mbs() { get "$1" retr_mb_s_session_p50; }
 	for n in b1k b20k; do
 		nat=$(mbs "retr-native-$n") imc=$(mbs "retr-imapc-$n") pbv=$(mbs "retr-popbridge-$n")
 		r1=$(ratio "$pbv" "$imc") r2=$(ratio "$pbv" "$nat")
-		echo "| sequential RETR, $(get "retr-native-$n" messages_listed) msgs ($(awk -v o="$(get "retr-native-$n" retr_octets)" -v r="$(get "retr-native-$n" ok)" 'BEGIN { printf "%.0f MB", o / r / 1e6 }')): MB/s | $nat | $imc | $pbv | $r1 | $r2 | ≥ 2 / ≥ 0.75 | $(check "$r1" ">=" 2) / $(check "$r2" ">=" 0.75) |"
+		echo "| sequential RETR, $(get "retr-native-$n-p1" messages_listed) msgs ($(awk -v o="$(get "retr-native-$n-p1" retr_octets)" -v r="$(get "retr-native-$n-p1" ok)" 'BEGIN { printf "%.0f MB", o / r / 1e6 }')): MB/s | $nat | $imc | $pbv | $r1 | $r2 | ≥ 2 / ≥ 0.75 | $(check "$r1" ">=" 2) / $(check "$r2" ">=" 0.75) |"
 	done
 	nat=$(get conc-native-b100k mem_children_peak_rss_kb) imc=$(get conc-imapc-b100k mem_children_peak_rss_kb) pbv=$(get conc-popbridge-b100k mem_pid_hwm_kb)
 	mb() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
@@ -405,7 +433,8 @@ mbs() { get "$1" retr_mb_s_session_p50; }
 	echo "| (same: poll p50 ms, sessions/s, failed) | $p50_native, $rate_native, $err_native | $p50_imapc, $rate_imapc, $err_imapc | $p50_popbridge, $rate_popbridge, $err_popbridge | | | | |"
 	echo "| after a new UIDVALIDITY ($nuv msgs): fetchmail / mpop downloads | ${second[fetchmail-native]} / ${second[mpop-native]} | ${second[fetchmail-imapc]} / ${second[mpop-imapc]} | ${second[fetchmail-popbridge]} / ${second[mpop-popbridge]} | | | popbridge 0 / 0 | $([[ "${second[fetchmail-popbridge]}/${second[mpop-popbridge]}" == "0/0" ]] && echo met || echo MISSED) |"
 	echo
-	echo "UIDVALIDITY test: first runs delivered fetchmail/mpop: native ${first[fetchmail-native]}/${first[mpop-native]}, imapc ${first[fetchmail-imapc]}/${first[mpop-imapc]}, popbridge ${first[fetchmail-popbridge]}/${first[mpop-popbridge]}; INBOX (messages, uidvalidity, uidnext) before: $before; after: $after."
-	echo "Errors in any run: $(cat "$res"/*.txt | sed -n 's/^errors=//p' | grep -v '^$' | sort | uniq -c | tr '\n' ';' || true)"
+	echo "UIDVALIDITY test: first runs delivered fetchmail/mpop: native ${first[fetchmail-native]}/${first[mpop-native]}, imapc ${first[fetchmail-imapc]}/${first[mpop-imapc]}, popbridge ${first[fetchmail-popbridge]}/${first[mpop-popbridge]}; INBOX (mailbox, messages, uidnext, uidvalidity) before: $before; after: $after."
+	errs="$(cat "$res"/*.txt | sed -n 's/^errors=//p' | grep -v '^$' | sort | uniq -c | tr -s ' \n' ' ;' || true)"
+	echo "Failed sessions in any run: ${errs:-none}. Timed runs: $passes passes, medians shown; 1-minute load average at their starts: $(cat "$res"/poll-*.txt "$res"/retr-*.txt | sed -n 's/^load_before=//p' | sort -g | sed -n '1p;$p' | paste -sd- -) (2 cores)."
 } | tee "$res/table.md"
 log "done: $res"
