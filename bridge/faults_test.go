@@ -6,9 +6,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -762,4 +764,100 @@ func flagDuringListing(t *testing.T, up *upstreamEnv, tot *faultTotals) {
 			t.Errorf("the IMAP client's \\Flagged is gone")
 		}
 	}
+}
+
+// scriptedIMAP is a minimal IMAP server for one account with two messages
+// that, on the first UID FETCH of the listing, sends an unsolicited FETCH
+// (UID, FLAGS) for the first message ahead of the real answer, as a server
+// does when another session changed the message's flags. imapclient hands
+// that response to the listing in place of the real one, which it then
+// drops.
+func scriptedIMAP(t *testing.T, unsolicited bool) (addr string, bodies []string) {
+	bodies = []string{
+		"Message-ID: <s1@example.com>\r\nSubject: one\r\n\r\nfirst\r\n",
+		"Message-ID: <s2@example.com>\r\nSubject: two\r\n\r\nsecond\r\n",
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var listings atomic.Int32
+	const caps = "IMAP4rev1 UIDPLUS MOVE"
+	serve := func(c net.Conn) {
+		defer c.Close()
+		r := bufio.NewReader(c)
+		fmt.Fprintf(c, "* OK [CAPABILITY %s] scripted\r\n", caps)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			tag, rest, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " ")
+			cmd := strings.ToUpper(rest)
+			switch {
+			case strings.HasPrefix(cmd, "LOGIN "):
+				fmt.Fprintf(c, "%s OK [CAPABILITY %s] logged in\r\n", tag, caps)
+			case cmd == "CAPABILITY":
+				fmt.Fprintf(c, "* CAPABILITY %s\r\n%s OK done\r\n", caps, tag)
+			case strings.HasPrefix(cmd, "SELECT "):
+				fmt.Fprintf(c, "* 2 EXISTS\r\n* FLAGS (\\Seen \\Flagged)\r\n* OK [UIDVALIDITY 7] v\r\n* OK [UIDNEXT 3] n\r\n%s OK [READ-WRITE] selected\r\n", tag)
+			case strings.HasPrefix(cmd, "UID FETCH ") && strings.Contains(cmd, "RFC822.SIZE"):
+				if unsolicited && listings.Add(1) == 1 {
+					fmt.Fprintf(c, "* 1 FETCH (UID 1 FLAGS (\\Flagged))\r\n")
+				}
+				for i, b := range bodies {
+					hdr := b[:strings.Index(b, "\r\n")+2] + "\r\n"
+					fmt.Fprintf(c, "* %d FETCH (UID %d RFC822.SIZE %d INTERNALDATE \"26-Nov-2026 10:00:00 +0000\" BODY[HEADER.FIELDS (MESSAGE-ID)] {%d}\r\n%s)\r\n",
+						i+1, i+1, len(b), len(hdr), hdr)
+				}
+				fmt.Fprintf(c, "%s OK fetched\r\n", tag)
+			case strings.HasPrefix(cmd, "UID FETCH "):
+				uid, _ := strconv.Atoi(strings.Fields(cmd)[2])
+				if uid >= 1 && uid <= len(bodies) {
+					b := bodies[uid-1]
+					fmt.Fprintf(c, "* %d FETCH (UID %d BODY[] {%d}\r\n%s)\r\n", uid, uid, len(b), b)
+				}
+				fmt.Fprintf(c, "%s OK fetched\r\n", tag)
+			case cmd == "LOGOUT":
+				fmt.Fprintf(c, "* BYE bye\r\n%s OK bye\r\n", tag)
+				return
+			default:
+				fmt.Fprintf(c, "%s OK\r\n", tag)
+			}
+		}
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(c)
+		}
+	}()
+	return ln.Addr().String(), bodies
+}
+
+// TestUnsolicitedFetchDuringListing: the login's listing meets an
+// unsolicited FETCH that took the place of a message's answer; popbridge
+// asks again instead of failing the login, and lists both messages.
+func TestUnsolicitedFetchDuringListing(t *testing.T) {
+	addr, bodies := scriptedIMAP(t, true)
+	e := newEnv(t, &upstreamEnv{name: "scripted", addr: addr, user: "alice", pass: "pass"})
+	c := dialPOP(t, e.addr)
+	c.ok("USER alice")
+	if r := c.cmd("PASS pass"); !strings.HasPrefix(r, "+OK") {
+		t.Fatalf("login with an unsolicited FETCH in the listing = %q", r)
+	}
+	l := c.list()
+	if len(l) != 2 || l[0].uidl != "0000000100000007" || l[1].uidl != "0000000200000007" {
+		t.Fatalf("listing %+v", l)
+	}
+	for i, b := range bodies {
+		if got := string(c.retr(i + 1)); got != b {
+			t.Errorf("RETR %d = %q, want %q", i+1, got, b)
+		}
+	}
+	c.quit()
 }

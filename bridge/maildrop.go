@@ -417,10 +417,14 @@ func (m *maildrop) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), m.b.cfg.Upstream.Timeout)
 		defer cancel()
 		m.saveMeasured(ctx)
+		// The read-ahead first: a LOGOUT sent while its FETCH is pending
+		// makes imapclient close the command under its reader (a data
+		// race). After a dropped connection its context has ended, so it
+		// stops at once.
+		m.settle()
 		if m.conn != nil {
 			m.conn.Close()
 		}
-		m.settle()
 		m.release()
 	})
 	return nil

@@ -31,6 +31,7 @@ func (c *Conn) FetchBodies(ctx context.Context, uids []uint32, fn func(uid uint3
 	wt := c.watch(ctx)
 	sec := &imap.FetchItemBodySection{Peek: true}
 	cmd := c.client.Fetch(set, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{sec}})
+	broken := false // a literal failed midway: the command must not be touched again
 	err := func() error {
 		for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
 			wt.touch()
@@ -48,6 +49,7 @@ func (c *Conn) FetchBodies(ctx context.Context, uids []uint32, fn func(uid uint3
 						var b bytes.Buffer
 						if _, err := c.copyLiteral(op, &b, it.Literal); err != nil {
 							c.abort()
+							broken = true
 							return err
 						}
 						early = b.Bytes()
@@ -57,22 +59,29 @@ func (c *Conn) FetchBodies(ctx context.Context, uids []uint32, fn func(uid uint3
 					// bounds only the reads from the upstream, as in
 					// WriteMessage.
 					wt.pause()
-					if err := c.feed(op, uid, wt.literal(it.Literal), fn); err != nil {
+					if failed, err := c.feed(op, uid, wt.literal(it.Literal), fn); err != nil {
+						broken = failed
 						return err
 					}
 					wt.touch()
 				}
 			}
 			if early != nil && uid != 0 {
-				if err := c.feed(op, uid, bytesLiteral{bytes.NewReader(early)}, fn); err != nil {
+				if _, err := c.feed(op, uid, bytesLiteral{bytes.NewReader(early)}, fn); err != nil {
 					return err
 				}
 			}
 		}
 		return nil
 	}()
-	if cerr := cmd.Close(); err == nil {
-		err = cerr
+	// Close drains the rest, which releases imapclient's reader; but after
+	// a literal failed midway it would read that literal again while the
+	// reader moves on (a data race): the connection is closed, and the
+	// reader ends by itself.
+	if !broken {
+		if cerr := cmd.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err != nil && isExpungeIssued(err) {
 		err = nil // some UIDs vanished: fn was not called for them
@@ -80,28 +89,41 @@ func (c *Conn) FetchBodies(ctx context.Context, uids []uint32, fn func(uid uint3
 	return wt.end(op, err, phaseCommand)
 }
 
-// feed hands one body to fn and checks that fn read all of it.
-func (c *Conn) feed(op string, uid uint32, body imap.LiteralReader, fn func(uint32, io.Reader) error) error {
+// feed hands one body to fn and checks that fn read all of it. On an
+// error it drops the connection; failed reports that reading the body
+// itself failed (then it must not be read again).
+func (c *Conn) feed(op string, uid uint32, body imap.LiteralReader, fn func(uint32, io.Reader) error) (failed bool, err error) {
 	r := &countingReader{r: body}
-	err := fn(uid, r)
+	err = fn(uid, r)
 	if err == nil && r.n != body.Size() {
 		err = tempError(op, "body of UID %d ended after %d of %d octets: %v", uid, r.n, body.Size(), io.ErrUnexpectedEOF)
 	}
 	if err != nil {
 		c.abort()
+		if r.err == nil {
+			// fn stopped early (the POP3 client went away): read the
+			// rest, which ends at once on the closed connection, or
+			// imapclient's reader waits for it for ever.
+			_, _ = io.Copy(io.Discard, r)
+		}
 	}
-	return err
+	return r.err != nil, err
 }
 
-// countingReader counts what is read through it.
+// countingReader counts what is read through it and keeps the first read
+// error other than EOF.
 type countingReader struct {
-	r io.Reader
-	n int64
+	r   io.Reader
+	n   int64
+	err error
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if err != nil && err != io.EOF && c.err == nil {
+		c.err = err
+	}
 	return n, err
 }
 

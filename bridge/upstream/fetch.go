@@ -161,7 +161,7 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 
 // maxIncompleteRetries bounds how often one listing asks again after an
 // incomplete FETCH response.
-const maxIncompleteRetries = 0
+const maxIncompleteRetries = 3
 
 // uidsAbove returns the UIDs of set above last (set's ranges are
 // ascending; a Stop of 0 is "*").
