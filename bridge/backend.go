@@ -122,17 +122,35 @@ func (b *Bridge) LogFields(username string) []zap.Field {
 	return []zap.Field{zap.String("account", account), zap.String("device", device)}
 }
 
-// Login implements pop3.Backend.
+// Login implements pop3.Backend: the POP3 credentials are passed through
+// to the upstream's LOGIN (or AUTHENTICATE PLAIN).
 func (b *Bridge) Login(ctx context.Context, ci *pop3.ConnInfo, username, password string) (pop3.Maildrop, error) {
+	if password == "" {
+		return nil, pop3.ErrAuthFailed
+	}
+	return b.loginWith(ctx, ci, username, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
+		return b.openUpstream(ctx, account, password)
+	})
+}
+
+// upstreamOpener logs in to the upstream as account and selects the
+// mailbox.
+type upstreamOpener func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error)
+
+// loginWith is Login with the upstream authentication left to open: it
+// splits the device tag, opens the upstream, takes the maildrop lock and
+// opens the maildrop.
+// The maildrop keeps open to reconnect with the same credentials.
+func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username string, open upstreamOpener) (pop3.Maildrop, error) {
 	account, device := b.splitLogin(username)
-	if account == "" || password == "" {
+	if account == "" {
 		return nil, pop3.ErrAuthFailed
 	}
 	if !validDevice(device) {
 		return nil, &pop3.Error{Code: pop3.CodeAuth, Text: "invalid device tag (letters, digits and ._-+=@ only, at most 64)"}
 	}
 	log := b.log.With(zap.String("session", ci.ID), zap.String("account", account), zap.String("device", device))
-	conn, st, err := b.openUpstream(ctx, account, password)
+	conn, st, err := open(ctx, account)
 	if err != nil {
 		log.Info("upstream login failed", zap.Error(err))
 		return nil, toPOP3(err)
@@ -147,7 +165,7 @@ func (b *Bridge) Login(ctx context.Context, ci *pop3.ConnInfo, username, passwor
 		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable, try again later", Err: err}
 	}
 	md := &maildrop{
-		b: b, log: log, key: key, account: account, password: password,
+		b: b, log: log, key: key, account: account, reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
 	}
 	if err := md.open(ctx); err != nil {

@@ -441,13 +441,8 @@ func startBenchServer(tb testing.TB, upstream string) *Server {
 	text := fmt.Sprintf("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\naddress = %q\nsecurity = \"none\"\ntimeout = \"1m\"\n"+
 		"[auth]\nallow_insecure_auth = true\n[delete]\npolicy = \"hide\"\n[state]\npath = %q\n",
 		upstream, filepath.Join(tb.TempDir(), "state.db"))
-	// Where the build has [limits]: many sessions of one account log in
-	// at once here (the budget of failed logins per account counts the
-	// logins in flight), and up to 1,000 stay open.
-	cfg, err := ParseConfig(text + "[limits]\nmax_login_failures_per_account = 0\nmax_connections = 0\n")
-	if err != nil {
-		cfg, err = ParseConfig(text)
-	}
+	// Up to 1,000 sessions stay open at once here.
+	cfg, err := ParseConfig(text + "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\n")
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -459,7 +454,6 @@ func startBenchServer(tb testing.TB, upstream string) *Server {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv.POP3.LoginFailDelay = 0
 	if err := srv.Listen(); err != nil {
 		tb.Fatal(err)
 	}

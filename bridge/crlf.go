@@ -1,6 +1,9 @@
 package bridge
 
-import "io"
+import (
+	"bytes"
+	"io"
+)
 
 // crlfWriter passes a message through, turning every LF that is not
 // preceded by CR into CRLF, and counts the octets it writes. finish adds the
@@ -17,10 +20,13 @@ var crlf = []byte("\r\n")
 
 func (c *crlfWriter) Write(p []byte) (int, error) {
 	done := 0
-	for i, b := range p {
-		if b != '\n' {
-			continue
+	for off := 0; ; {
+		i := bytes.IndexByte(p[off:], '\n')
+		if i < 0 {
+			break
 		}
+		i += off
+		off = i + 1
 		prev := c.last
 		if i > 0 {
 			prev = p[i-1]

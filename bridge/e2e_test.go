@@ -80,6 +80,7 @@ func newEnv(t *testing.T, up *upstreamEnv, mutate ...func(*Config)) *env {
 	cfg.Upstream.Security = "none"
 	cfg.Upstream.Timeout = 10 * time.Second
 	cfg.Auth.AllowInsecureAuth = true
+	cfg.Limits.LoginFailureDelay, cfg.Limits.LoginFailureDelayMax = 0, 0 // tests of wrong passwords need no pause
 	for _, m := range mutate {
 		m(&cfg)
 	}
@@ -99,7 +100,6 @@ func (e *env) start() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	srv.POP3.LoginFailDelay = 0
 	if err := srv.Listen(); err != nil {
 		e.t.Fatal(err)
 	}

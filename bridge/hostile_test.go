@@ -121,6 +121,7 @@ func startTunedEnv(t *testing.T, up *upstreamEnv, tune func(*pop3.Server), mutat
 	cfg.Upstream.Security = "none"
 	cfg.Upstream.Timeout = 10 * time.Second
 	cfg.Auth.AllowInsecureAuth = true
+	cfg.Limits.LoginFailureDelay, cfg.Limits.LoginFailureDelayMax = 0, 0
 	for _, m := range mutate {
 		m(&cfg)
 	}
@@ -133,7 +134,6 @@ func startTunedEnv(t *testing.T, up *upstreamEnv, tune func(*pop3.Server), mutat
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.POP3.LoginFailDelay = 0
 	tune(srv.POP3)
 	if err := srv.Listen(); err != nil {
 		t.Fatal(err)

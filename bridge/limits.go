@@ -181,10 +181,20 @@ type failures struct {
 }
 
 // exhausted reports whether no further attempt may start: every allowed
-// failure is used up or reserved by an attempt in flight. A nil
+// failure is used up, or, once some have failed recently, reserved by
+// attempts in flight (so a burst of parallel guesses cannot overrun the
+// limit). Without a recent failure, attempts in flight reserve nothing:
+// many devices of one account may log in at the same moment. A nil
 // *failures (limit off, or exempt) is never exhausted.
 func (f *failures) exhausted(now time.Time) bool {
-	return f != nil && f.lim.TokensAt(now)-float64(f.inflight) < 1
+	if f == nil {
+		return false
+	}
+	tokens := f.lim.TokensAt(now)
+	if tokens >= float64(f.burst) {
+		return false
+	}
+	return tokens-float64(f.inflight) < 1
 }
 
 func (f *failures) begin() {

@@ -118,21 +118,37 @@ func TestLimitsAccounts(t *testing.T) {
 	}
 }
 
-// Attempts in flight count against the limit: concurrent guesses cannot
-// overshoot it.
+// Without a recent failure, attempts in flight reserve nothing (many
+// devices of one account log in at once); once one failed, they count
+// against the limit, so concurrent guesses cannot overshoot it.
 func TestLimitsInFlight(t *testing.T) {
 	l, _ := newTestLimits(t, LimitsConfig{MaxLoginFailuresPerIP: 2, LoginFailureWindow: time.Hour})
-	e1, err1 := l.BeginLogin(tcp("192.0.2.1:1"), "a")
-	e2, err2 := l.BeginLogin(tcp("192.0.2.1:2"), "b")
-	_, err3 := l.BeginLogin(tcp("192.0.2.1:3"), "c")
-	if err1 != nil || err2 != nil || code(err3) != pop3.CodeLoginDelay {
-		t.Fatalf("three concurrent attempts: %v %v %v", err1, err2, err3)
+	var ends []func(bool) time.Duration
+	for i := range 10 {
+		end, err := l.BeginLogin(tcp(fmt.Sprintf("192.0.2.1:%d", i+1)), "a")
+		if err != nil {
+			t.Fatalf("concurrent attempt %d without any failure: %v", i+1, err)
+		}
+		ends = append(ends, end)
+	}
+	for _, end := range ends {
+		end(false)
+	}
+
+	e0, err := l.BeginLogin(tcp("192.0.2.1:20"), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e0(true) // one failure: one more is allowed
+	e1, err1 := l.BeginLogin(tcp("192.0.2.1:21"), "b")
+	_, err2 := l.BeginLogin(tcp("192.0.2.1:22"), "c")
+	if err1 != nil || code(err2) != pop3.CodeLoginDelay {
+		t.Fatalf("two concurrent attempts after a failure: %v %v", err1, err2)
 	}
 	e1(false)
 	e1(true) // a second call changes nothing
-	e2(true)
-	if _, err := l.BeginLogin(tcp("192.0.2.1:4"), "d"); err != nil {
-		t.Errorf("after one success and one failure: %v", err)
+	if _, err := l.BeginLogin(tcp("192.0.2.1:23"), "d"); err != nil {
+		t.Errorf("after the attempt in flight succeeded: %v", err)
 	}
 }
 

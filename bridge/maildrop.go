@@ -19,11 +19,11 @@ import (
 // list is fixed at login (invariant 9). The pop3 package calls it from one
 // goroutine.
 type maildrop struct {
-	b        *Bridge
-	log      *zap.Logger
-	key      state.ClientKey
-	account  string
-	password string // kept for the session, to reconnect; never logged
+	b       *Bridge
+	log     *zap.Logger
+	key     state.ClientKey
+	account string
+	reopen  upstreamOpener // logs in again with the session's credentials; never logged
 
 	conn   *upstream.Conn
 	status upstream.Status
@@ -364,7 +364,7 @@ func (m *maildrop) withConn(ctx context.Context, op func(*upstream.Conn) error) 
 		return err
 	}
 	m.log.Info("upstream operation failed; reconnecting once", zap.Error(err))
-	conn, st, rerr := m.b.openUpstream(ctx, m.account, m.password)
+	conn, st, rerr := m.reopen(ctx, m.account)
 	if rerr != nil {
 		return err
 	}

@@ -93,15 +93,20 @@ func raceEnabled() bool {
 }
 
 // modelScale returns the sessions per worker and the wall-clock budget
-// for starting new sessions, per upstream.
-func modelScale() (sessions int, budget time.Duration) {
+// for starting new sessions, per upstream (a Dovecot session costs more).
+func modelScale(dovecot bool) (sessions int, budget time.Duration) {
+	budget = 20 * time.Second
 	switch {
 	case testing.Short():
 		return 2, 10 * time.Second
+	case raceEnabled() && dovecot:
+		return 5, budget
 	case raceEnabled():
-		return 5, 20 * time.Second
+		return 12, budget
+	case dovecot:
+		return 10, budget
 	}
-	return 12, 20 * time.Second
+	return 25, budget
 }
 
 func TestConcurrencyModel(t *testing.T) {
@@ -1021,7 +1026,7 @@ func (m *model) imapClient(a *mAccount, rng *rand.Rand, stop <-chan struct{}) {
 
 // runModel runs the model against 20 MemServers or 20 Dovecot accounts.
 func runModel(t *testing.T, dovecot bool) {
-	sessions, budget := modelScale()
+	sessions, budget := modelScale(dovecot)
 	start := time.Now()
 	m := &model{t: t}
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "state.db"), nil)

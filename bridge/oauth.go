@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/popbridge/popbridge/bridge/pop3"
 	"github.com/popbridge/popbridge/bridge/upstream"
-	"github.com/popbridge/popbridge/state"
 )
 
 var _ pop3.TokenBackend = (*Bridge)(nil)
@@ -34,52 +32,6 @@ func (b *Bridge) LoginToken(ctx context.Context, ci *pop3.ConnInfo, mech, userna
 	return b.loginWith(ctx, ci, username, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
 		return b.openUpstreamToken(ctx, mech, account, token)
 	})
-}
-
-// upstreamOpener logs in to the upstream as account and selects the
-// mailbox.
-type upstreamOpener func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error)
-
-// loginWith is Login with the upstream authentication left to open: it
-// splits the device tag, opens the upstream, takes the maildrop lock and
-// opens the maildrop.
-//
-// TODO(lead): Login in backend.go is this with b.openUpstream(ctx,
-// account, password); it can become a call to loginWith, and the maildrop
-// can reconnect with the same opener (see the report of issue 3).
-func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username string, open upstreamOpener) (pop3.Maildrop, error) {
-	account, device := b.splitLogin(username)
-	if account == "" {
-		return nil, pop3.ErrAuthFailed
-	}
-	if !validDevice(device) {
-		return nil, &pop3.Error{Code: pop3.CodeAuth, Text: "invalid device tag (letters, digits and ._-+=@ only, at most 64)"}
-	}
-	log := b.log.With(zap.String("session", ci.ID), zap.String("account", account), zap.String("device", device))
-	conn, st, err := open(ctx, account)
-	if err != nil {
-		log.Info("upstream login failed", zap.Error(err))
-		return nil, toPOP3(err)
-	}
-	key := state.ClientKey{Mailbox: b.mailboxKey(account), Client: device}
-	release, err := b.store.Lock(ctx, key)
-	if err != nil {
-		conn.Close()
-		if errors.Is(err, state.ErrLocked) {
-			return nil, pop3.ErrInUse
-		}
-		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable, try again later", Err: err}
-	}
-	md := &maildrop{
-		b: b, log: log, key: key, account: account,
-		conn: conn, status: st, release: release, measured: map[string]int64{},
-	}
-	if err := md.open(ctx); err != nil {
-		md.Close()
-		log.Warn("opening the maildrop failed", zap.Error(err))
-		return nil, toPOP3(err)
-	}
-	return md, nil
 }
 
 // openUpstreamToken dials the upstream, authenticates as account with the

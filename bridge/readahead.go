@@ -53,6 +53,7 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w io.Writer) (handled b
 		return false, nil
 	}
 	batch := []uint32{uid}
+	sizes := make(map[uint32]int64, readAheadMessages)
 	budget := int64(readAheadBudget)
 	for i := n; i < len(m.uids) && len(batch) < readAheadMessages; i++ {
 		size := m.msgs[i].Size
@@ -61,6 +62,7 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w io.Writer) (handled b
 		}
 		budget -= size
 		batch = append(batch, m.uids[i])
+		sizes[m.uids[i]] = size
 	}
 	if len(batch) == 1 {
 		return false, nil
@@ -79,8 +81,9 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w io.Writer) (handled b
 				first <- err
 				return err
 			}
-			var b bytes.Buffer
-			// The size limit guards against a server whose RFC822.SIZE lied.
+			// Sized from the listing, so it is read without growing; the
+			// limit guards against a server whose RFC822.SIZE lied.
+			b := bytes.NewBuffer(make([]byte, 0, sizes[u]+64))
 			if _, err := b.ReadFrom(io.LimitReader(body, 4*readAheadMaxMessage)); err != nil {
 				return err
 			}

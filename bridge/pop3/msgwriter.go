@@ -34,26 +34,40 @@ func (w *msgWriter) Write(p []byte) (int, error) {
 		w.started = true
 		w.c.reply(w.status)
 	}
-	n := 0
+	// Write the longest spans that go out unchanged in one call each, so
+	// that a large message reaches the socket in large writes: a span ends
+	// after a LF that is followed by a dot (stuffed next), or before a
+	// bare LF (which becomes CRLF).
+	n := len(p)
 	for len(p) > 0 {
 		if w.bol && p[0] == '.' {
 			bw.WriteByte('.')
 		}
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			bw.Write(p)
-			w.bol, w.cr = false, p[len(p)-1] == '\r'
-			n += len(p)
-			break
+		end, bare := len(p), false
+		for off := 0; ; {
+			i := bytes.IndexByte(p[off:], '\n')
+			if i < 0 {
+				break
+			}
+			i += off
+			if !(i > 0 && p[i-1] == '\r' || i == 0 && w.cr) {
+				end, bare = i, true
+				break
+			}
+			if i+1 < len(p) && p[i+1] == '.' {
+				end = i + 1
+				break
+			}
+			off = i + 1
 		}
-		bw.Write(p[:i])
-		if !(i > 0 && p[i-1] == '\r' || i == 0 && w.cr) {
-			bw.WriteByte('\r')
+		bw.Write(p[:end])
+		if bare {
+			bw.WriteString("\r\n")
+			end++
 		}
-		bw.WriteByte('\n')
-		w.bol, w.cr = true, false
-		n += i + 1
-		p = p[i+1:]
+		last := p[end-1]
+		w.bol, w.cr = last == '\n', last == '\r'
+		p = p[end:]
 	}
 	w.n += int64(n)
 	// A bufio.Writer's error is sticky: an empty write reports any error
