@@ -110,7 +110,9 @@ func (c *conn) setConn(nc net.Conn) {
 	dw := &deadlineWriter{nc: nc, timeout: orDefault(c.srv.WriteTimeout, DefaultWriteTimeout)}
 	if c.br == nil {
 		c.br = bufio.NewReader(nc)
-		c.bw = bufio.NewWriter(dw)
+		// 16 KiB: a listing of 100,000 messages or a message body goes out
+		// in few writes; an idle session holds little.
+		c.bw = bufio.NewWriterSize(dw, 16<<10)
 		return
 	}
 	c.br.Reset(nc)

@@ -75,21 +75,27 @@ func (c *conn) cmdStat(cmd command) error {
 
 // cmdList answers LIST [msg] (RFC 1939 §5) with message sizes.
 func (c *conn) cmdList(cmd command) error {
-	return c.scanListing(cmd, func(n int, m Message) string {
-		return strconv.Itoa(n) + " " + strconv.FormatInt(m.Size, 10)
+	return c.scanListing(cmd, func(b []byte, n int, m Message) []byte {
+		b = strconv.AppendInt(b, int64(n), 10)
+		b = append(b, ' ')
+		return strconv.AppendInt(b, m.Size, 10)
 	})
 }
 
 // cmdUidl answers UIDL [msg] (RFC 1939 §7) with unique-ids.
 func (c *conn) cmdUidl(cmd command) error {
-	return c.scanListing(cmd, func(n int, m Message) string {
-		return strconv.Itoa(n) + " " + m.UIDL
+	return c.scanListing(cmd, func(b []byte, n int, m Message) []byte {
+		b = strconv.AppendInt(b, int64(n), 10)
+		b = append(b, ' ')
+		return append(b, m.UIDL...)
 	})
 }
 
 // scanListing answers LIST and UIDL: with a message number one "+OK"
-// line, else a multi-line listing of the messages not marked deleted.
-func (c *conn) scanListing(cmd command, line func(int, Message) string) error {
+// line, else a multi-line listing of the messages not marked deleted. line
+// appends one entry to b; a listing of 100,000 messages is rendered in one
+// scratch buffer, without an allocation per line.
+func (c *conn) scanListing(cmd command, line func(b []byte, n int, m Message) []byte) error {
 	switch len(cmd.args) {
 	case 0:
 		if cmd.name == "LIST" {
@@ -98,15 +104,17 @@ func (c *conn) scanListing(cmd command, line func(int, Message) string) error {
 		} else {
 			c.reply("+OK unique-id listing follows")
 		}
+		buf := make([]byte, 0, 128)
 		for i, m := range c.msgs {
 			if !c.deleted[i] {
-				c.reply(line(i+1, m))
+				buf = append(line(buf[:0], i+1, m), '\r', '\n')
+				c.bw.Write(buf)
 			}
 		}
 		c.reply(".")
 	case 1:
 		if n, ok := c.msgArg(cmd.args[0]); ok {
-			c.reply("+OK " + line(n, c.msgs[n-1]))
+			c.reply("+OK " + string(line(nil, n, c.msgs[n-1])))
 		}
 	default:
 		c.fail("syntax error: " + cmd.name + " [msg]")
