@@ -1106,6 +1106,9 @@ func runModel(t *testing.T, dovecot bool) {
 		}
 		m.accounts = append(m.accounts, a)
 	}
+	for _, a := range m.accounts {
+		crossInstanceLock(t, a)
+	}
 	setup := time.Since(start)
 
 	// The run.
@@ -1273,6 +1276,53 @@ func (c *mIMAP) messages(mailbox string, bodies bool) ([]imaptest.Message, error
 	slices.SortFunc(out, func(a, b imaptest.Message) int { return int(a.UID) - int(b.UID) })
 	out = slices.CompactFunc(out, func(a, b imaptest.Message) bool { return a.UID == b.UID })
 	return out, err
+}
+
+// crossInstanceLock: a session of a device open on one popbridge instance
+// makes a login of the same device on the other instance (same store) get
+// -ERR [IN-USE], while another device logs in there; once the first session
+// quits, the device logs in on the other instance.
+func crossInstanceLock(t *testing.T, a *mAccount) {
+	t.Helper()
+	login := func(addr, device string) (*mConn, string) {
+		c, err := dialModel(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l, err := c.cmd("USER " + a.user + "#" + device); err != nil || !strings.HasPrefix(l, "+OK") {
+			t.Fatalf("USER: %q %v", l, err)
+		}
+		l, err := c.cmd("PASS " + a.pass)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, l
+	}
+	first, l := login(a.servers[0], "laptop")
+	if !strings.HasPrefix(l, "+OK") {
+		t.Fatalf("%s: login on instance A: %q", a.name, l)
+	}
+	second, l := login(a.servers[1], "laptop")
+	if !strings.HasPrefix(l, "-ERR [IN-USE]") {
+		t.Errorf("%s#laptop: a second session on instance B while A has one: %q, want -ERR [IN-USE]", a.name, l)
+	}
+	second.c.Close()
+	other, l := login(a.servers[1], "phone")
+	if !strings.HasPrefix(l, "+OK") {
+		t.Errorf("%s#phone on instance B: %q", a.name, l)
+	}
+	other.cmd("QUIT")
+	other.c.Close()
+	if l, err := first.cmd("QUIT"); err != nil || !strings.HasPrefix(l, "+OK") {
+		t.Fatalf("QUIT: %q %v", l, err)
+	}
+	first.c.Close()
+	again, l := login(a.servers[1], "laptop")
+	if !strings.HasPrefix(l, "+OK") {
+		t.Errorf("%s#laptop on instance B after A's QUIT: %q", a.name, l)
+	}
+	again.cmd("QUIT")
+	again.c.Close()
 }
 
 // finalView logs in as device once everything is quiet: the listing must

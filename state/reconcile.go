@@ -85,6 +85,16 @@ func parseUIDLFormat(format string) ([]uidlPart, error) {
 	if !hasUID {
 		return nil, fmt.Errorf("uidl format %q: must contain %%u", format)
 	}
+	longest := 0
+	for _, p := range parts {
+		longest += len(p.lit)
+		if p.vr != 0 {
+			longest += max(p.width, 10)
+		}
+	}
+	if longest > 70 {
+		return nil, fmt.Errorf("uidl format %q: UIDLs could reach %d characters; RFC 1939 §7 allows 70", format, longest)
+	}
 	return parts, nil
 }
 
@@ -102,10 +112,11 @@ func NewUIDLFormatter(format string) (*UIDLFormatter, error) {
 
 // Format returns the UIDL for uid in uidValidity.
 func (f *UIDLFormatter) Format(uid, uidValidity uint32) string {
-	var b strings.Builder
+	var buf [72]byte
+	b := buf[:0]
 	for _, p := range f.parts {
 		if p.vr == 0 {
-			b.WriteString(p.lit)
+			b = append(b, p.lit...)
 			continue
 		}
 		n := uid
@@ -116,13 +127,14 @@ func (f *UIDLFormatter) Format(uid, uidValidity uint32) string {
 		if p.hex {
 			base = 16
 		}
-		s := strconv.FormatUint(uint64(n), base)
-		for i := len(s); i < p.width; i++ {
-			b.WriteByte('0')
+		var digits [10]byte
+		d := strconv.AppendUint(digits[:0], uint64(n), base)
+		for i := len(d); i < p.width; i++ {
+			b = append(b, '0')
 		}
-		b.WriteString(s)
+		b = append(b, d...)
 	}
-	return b.String()
+	return string(b)
 }
 
 // Fingerprint identifies a message across UIDVALIDITY changes: the server's
@@ -132,9 +144,17 @@ func Fingerprint(emailID, messageID string, internalDate time.Time, size int64) 
 	if emailID != "" {
 		return "id:" + emailID
 	}
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%d\x00%d", messageID, internalDate.Unix(), size)
-	return "h:" + base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:15])
+	var buf [256]byte
+	b := append(buf[:0], messageID...)
+	b = append(b, 0)
+	b = strconv.AppendInt(b, internalDate.Unix(), 10)
+	b = append(b, 0)
+	b = strconv.AppendInt(b, size, 10)
+	sum := sha256.Sum256(b)
+	var out [2 + 20]byte
+	copy(out[:], "h:")
+	base64.RawURLEncoding.Encode(out[2:], sum[:15])
+	return string(out[:])
 }
 
 // Plan is what a login must ask the upstream to bring a mailbox record up
@@ -281,17 +301,23 @@ type RematchStats struct {
 func Rematch(m *Mailbox, now Markers, listed []Listed, uidl func(uid uint32) string) (MailboxChange, RematchStats) {
 	ch := MailboxChange{Markers: now, Reset: true, Put: make([]Entry, 0, len(listed))}
 	var st RematchStats
-	byFP := make(map[string][]Entry)
-	old := slices.Clone(m.Entries)
-	slices.SortFunc(old, func(a, b Entry) int { return cmpUID(a.UID, b.UID) })
-	for _, e := range old {
-		if e.Fingerprint != "" {
-			byFP[e.Fingerprint] = append(byFP[e.Fingerprint], e)
+	// The record's entries are in ascending UID order already; so, from
+	// the upstream, is a listing.
+	var byFP map[string][]Entry
+	if len(m.Entries) > 0 {
+		byFP = make(map[string][]Entry, len(m.Entries))
+		for _, e := range m.Entries {
+			if e.Fingerprint != "" {
+				byFP[e.Fingerprint] = append(byFP[e.Fingerprint], e)
+			}
 		}
 	}
-	sorted := slices.Clone(listed)
-	slices.SortFunc(sorted, func(a, b Listed) int { return cmpUID(a.UID, b.UID) })
-	sorted = slices.CompactFunc(sorted, func(a, b Listed) bool { return a.UID == b.UID })
+	sorted := listed
+	if !strictlyAscending(listed) {
+		sorted = slices.Clone(listed)
+		slices.SortFunc(sorted, func(a, b Listed) int { return cmpUID(a.UID, b.UID) })
+		sorted = slices.CompactFunc(sorted, func(a, b Listed) bool { return a.UID == b.UID })
+	}
 	is := newIssuer(m.Entries, uidl)
 	for _, l := range sorted {
 		if cands := byFP[l.Fingerprint]; l.Fingerprint != "" && len(cands) > 0 {
@@ -339,6 +365,17 @@ func Apply(m *Mailbox, version uint64, ch MailboxChange) *Mailbox {
 		out.Entries = append(out.Entries, e)
 	}
 	return out
+}
+
+// strictlyAscending reports whether l is in ascending UID order without
+// duplicates.
+func strictlyAscending(l []Listed) bool {
+	for i := 1; i < len(l); i++ {
+		if l[i].UID <= l[i-1].UID {
+			return false
+		}
+	}
+	return true
 }
 
 func cmpUID(a, b uint32) int {

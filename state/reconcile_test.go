@@ -2,6 +2,7 @@ package state
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -28,6 +29,8 @@ func TestUIDLFormat(t *testing.T) {
 		{format: "abc\x01%u", bad: true}, // control character
 		{format: "é%u", bad: true},       // 8-bit
 		{format: "%010u", uid: 3, uv: 0, want: "0000000003"},
+		{format: strings.Repeat("x", 61) + "%u", bad: true}, // could exceed 70 characters
+		{format: strings.Repeat("x", 60) + "%Xu", uid: 0xffffffff, want: strings.Repeat("x", 60) + "ffffffff"},
 	}
 	for _, tc := range tests {
 		f, err := NewUIDLFormatter(tc.format)

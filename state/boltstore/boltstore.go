@@ -67,6 +67,9 @@ func Open(path string, opts *Options) (s *Store, err error) {
 	return s, nil
 }
 
+// initialMmapSize is the address space bbolt maps at first: 256 MiB.
+const initialMmapSize = 256 << 20
+
 // openDB is bolt.Open, turning a panic on a damaged file into an error.
 func openDB(path string, timeout time.Duration) (db *bolt.DB, err error) {
 	defer func() {
@@ -74,7 +77,10 @@ func openDB(path string, timeout time.Duration) (db *bolt.DB, err error) {
 			err = fmt.Errorf("damaged file: %v", r)
 		}
 	}()
-	return bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	// A large initial mapping (address space, not memory) spares bbolt
+	// re-mapping, and copying its nodes, while a first sync writes a big
+	// mailbox.
+	return bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, InitialMmapSize: initialMmapSize})
 }
 
 // init checks the format version of the file, and lays out a new file.
