@@ -110,8 +110,9 @@ type UIDLConfig struct {
 
 // StateConfig is the [state] table.
 type StateConfig struct {
-	Driver string `toml:"driver"` // bolt
+	Driver string `toml:"driver"` // bolt | postgres
 	Path   string `toml:"path"`   // bolt: the database file
+	DSN    string `toml:"dsn"`    // postgres: the connection string
 }
 
 // LogConfig is the [log] table.
@@ -280,8 +281,12 @@ func (c *Config) Validate() error {
 		if c.State.Path == "" {
 			return bad("state.path", "the bolt driver needs a file path")
 		}
+	case "postgres":
+		if c.State.DSN == "" {
+			return bad("state.dsn", "the postgres driver needs a connection string")
+		}
 	default:
-		return bad("state.driver", "unknown value %q (want bolt)", c.State.Driver)
+		return bad("state.driver", "unknown value %q (want bolt or postgres)", c.State.Driver)
 	}
 	if err := c.Limits.validate(); err != nil {
 		return err

@@ -52,6 +52,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{base + "[delete]\nflags = [\"two words\"]\n", "delete.flags"},
 		{base + "[uidl]\nformat = \"%v\"\n", "uidl.format"},
 		{base + "[state]\ndriver = \"mysql\"\n", "state.driver"},
+		{base + "[state]\ndriver = \"postgres\"\n", "state.dsn"},
 		{base + "[log]\nlevel = \"loud\"\n", "log.level"},
 		{base + "[tls]\ncert_file = \"a.pem\"\n", "tls"},
 		{base + "[server]\nlisten_tls = \":995\"\n", "server.listen_tls"},

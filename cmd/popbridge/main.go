@@ -23,7 +23,9 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/popbridge/popbridge/bridge"
+	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/state/pgstore"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -83,6 +85,18 @@ func newLogger(c bridge.LogConfig) (*zap.Logger, error) {
 	return zc.Build()
 }
 
+// openStore opens the state store of [state].
+func openStore(c bridge.StateConfig) (state.Store, error) {
+	switch c.Driver {
+	case "postgres":
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return pgstore.Open(ctx, c.DSN, nil)
+	default:
+		return boltstore.Open(c.Path, nil)
+	}
+}
+
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	path := fs.String("config", "", "configuration file (TOML)")
@@ -101,7 +115,7 @@ func serve(args []string) error {
 		return err
 	}
 	defer log.Sync()
-	st, err := boltstore.Open(cfg.State.Path, nil)
+	st, err := openStore(cfg.State)
 	if err != nil {
 		return err
 	}
