@@ -485,6 +485,11 @@ func (s *Store) Close() error {
 	s.slots = 0
 	s.mu.Unlock()
 	for l := range held {
+		// Unlock explicitly: a closed connection's locks are freed only
+		// when the server notices, a moment later.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		l.conn.Exec(ctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, l.key)
+		cancel()
 		discard(l.conn)
 	}
 	s.lockPool.Close()
