@@ -224,6 +224,13 @@ func newServer(t testing.TB, be pop3.Backend, opts ...func(*pop3.Server)) *pop3.
 	for _, o := range opts {
 		o(srv)
 	}
+	// Registered first, so run last: wait for every session handler, which
+	// logs to t, before the test counts as done.
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
 	return srv
 }
 
