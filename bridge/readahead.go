@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -81,13 +80,11 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w io.Writer) (handled b
 				first <- err
 				return err
 			}
-			// Sized from the listing, so it is read without growing; the
-			// limit guards against a server whose RFC822.SIZE lied.
-			b := bytes.NewBuffer(make([]byte, 0, sizes[u]+64))
-			if _, err := b.ReadFrom(io.LimitReader(body, 4*readAheadMaxMessage)); err != nil {
+			b, err := readSized(body, sizes[u])
+			if err != nil {
 				return err
 			}
-			ra.bodies[u] = b.Bytes()
+			ra.bodies[u] = b
 			return nil
 		})
 		if !sent {
@@ -109,6 +106,23 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w io.Writer) (handled b
 		return false, nil
 	}
 	return true, nil
+}
+
+// readSized reads a body whose size the listing gave, into a buffer of
+// that size, without the regrowth of bytes.Buffer. A body longer than said
+// is read on, up to a limit that guards against a server whose RFC822.SIZE
+// lied.
+func readSized(body io.Reader, size int64) ([]byte, error) {
+	buf := make([]byte, size)
+	n, err := io.ReadFull(body, buf)
+	switch err {
+	case nil:
+		rest, err := io.ReadAll(io.LimitReader(body, 4*readAheadMaxMessage))
+		return append(buf, rest...), err
+	case io.EOF, io.ErrUnexpectedEOF:
+		return buf[:n], nil
+	}
+	return nil, err
 }
 
 // isWritten reports whether w (a *crlfWriter) has passed on any octet.
