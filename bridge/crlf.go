@@ -3,7 +3,34 @@ package bridge
 import (
 	"bytes"
 	"io"
+
+	"github.com/popbridge/popbridge/bridge/pop3"
 )
+
+// sizedWriter is where Retr and Top write a message: it passes on the
+// message with CRLF line ends, ending in CRLF after finish, and counts the
+// octets the client receives for it before dot-stuffing.
+type sizedWriter interface {
+	io.Writer
+	octets() int64
+	finish() error
+}
+
+// sized returns the sizedWriter for w: the POP3 server's own writer, which
+// repairs line ends in the same pass as its dot-stuffing, or else a
+// crlfWriter around w.
+func sized(w io.Writer) sizedWriter {
+	if mw, ok := w.(pop3.MessageWriter); ok {
+		return popWriter{mw}
+	}
+	return &crlfWriter{w: w}
+}
+
+// popWriter is the POP3 server's writer; it ends the message itself.
+type popWriter struct{ pop3.MessageWriter }
+
+func (p popWriter) octets() int64 { return p.MessageOctets() }
+func (p popWriter) finish() error { return nil }
 
 // crlfWriter passes a message through, turning every LF that is not
 // preceded by CR into CRLF, and counts the octets it writes. finish adds the
@@ -60,6 +87,8 @@ func (c *crlfWriter) write(p []byte) error {
 	}
 	return err
 }
+
+func (c *crlfWriter) octets() int64 { return c.n }
 
 // finish ends a non-empty message with CRLF.
 func (c *crlfWriter) finish() error {

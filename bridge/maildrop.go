@@ -185,15 +185,15 @@ func (m *maildrop) List() []pop3.Message { return m.msgs }
 // octets sent are exact (invariant 4).
 func (m *maildrop) Retr(ctx context.Context, n int, w io.Writer) error {
 	uid, msg := m.uids[n-1], m.msgs[n-1]
-	cw := &crlfWriter{w: w}
+	cw := sized(w)
 	handled, err := m.retrAhead(ctx, n, cw)
 	if !handled {
 		err = m.withConn(ctx, func(c *upstream.Conn) error {
-			if cw.n > 0 {
+			if cw.octets() > 0 {
 				return errMidway
 			}
 			_, err := c.WriteMessage(ctx, uid, cw)
-			if err != nil && cw.n > 0 {
+			if err != nil && cw.octets() > 0 {
 				// A reconnect could not continue the message: do not
 				// make the client wait for one.
 				return fmt.Errorf("%w: %w", errMidway, err)
@@ -206,13 +206,13 @@ func (m *maildrop) Retr(ctx context.Context, n int, w io.Writer) error {
 		err = cw.finish()
 	}
 	if err != nil {
-		if cw.n == 0 {
+		if cw.octets() == 0 {
 			return toPOP3(err)
 		}
 		return err
 	}
-	if cw.n != msg.Size {
-		m.measured[msg.UIDL] = cw.n
+	if size := cw.octets(); size != msg.Size {
+		m.measured[msg.UIDL] = size
 	}
 	if m.b.cfg.Upstream.MarkSeenOnRetr {
 		if err := m.conn.AddFlags(ctx, []uint32{uid}, []string{`\Seen`}); err != nil {
@@ -228,13 +228,13 @@ var errMidway = errors.New("upstream failed in the middle of a message")
 // Top implements pop3.Maildrop.
 func (m *maildrop) Top(ctx context.Context, n, lines int, w io.Writer) error {
 	uid := m.uids[n-1]
-	cw := &crlfWriter{w: w}
+	cw := sized(w)
 	err := m.withConn(ctx, func(c *upstream.Conn) error {
-		if cw.n > 0 {
+		if cw.octets() > 0 {
 			return errMidway
 		}
 		err := c.WriteTop(ctx, uid, lines, cw)
-		if err != nil && cw.n > 0 {
+		if err != nil && cw.octets() > 0 {
 			return fmt.Errorf("%w: %w", errMidway, err)
 		}
 		return err
@@ -242,7 +242,7 @@ func (m *maildrop) Top(ctx context.Context, n, lines int, w io.Writer) error {
 	if err == nil {
 		err = cw.finish()
 	}
-	if err != nil && cw.n == 0 {
+	if err != nil && cw.octets() == 0 {
 		return toPOP3(err)
 	}
 	return err

@@ -125,8 +125,8 @@ func readSized(body io.Reader, size int64) ([]byte, error) {
 	return nil, err
 }
 
-// isWritten reports whether w (a *crlfWriter) has passed on any octet.
+// isWritten reports whether w (a sizedWriter) has passed on any octet.
 func isWritten(w io.Writer) bool {
-	cw, ok := w.(*crlfWriter)
-	return !ok || cw.n > 0
+	sw, ok := w.(sizedWriter)
+	return !ok || sw.octets() > 0
 }

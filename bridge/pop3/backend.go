@@ -40,6 +40,17 @@ type Message struct {
 	UIDL string // 1–70 characters in 0x21–0x7E, unique and stable (RFC 1939 §7)
 }
 
+// MessageWriter is implemented by the writer that Maildrop.Retr and
+// Maildrop.Top are given. It turns bare LFs into CRLF and ends the message
+// with CRLF itself, so a backend need not; MessageOctets returns the size
+// of what was written so far as the client receives it before
+// dot-stuffing (RFC 1939 §3), counting the final CRLF the server adds
+// when the data lacks one: after a whole RETR, the message's exact size.
+type MessageWriter interface {
+	io.Writer
+	MessageOctets() int64
+}
+
 // Maildrop is one user's mailbox as seen by one session. Its message list is
 // fixed at login: message n is List()[n-1] until the session ends.
 // The protocol layer calls its methods from one goroutine, one at a time.

@@ -15,6 +15,7 @@ type msgWriter struct {
 	bol     bool   // at the beginning of a line
 	cr      bool   // the last octet written was CR
 	n       int64  // octets accepted, before stuffing
+	out     int64  // octets sent for them, with CRLF line ends, before stuffing
 	err     error  // first error writing to the client
 }
 
@@ -61,8 +62,10 @@ func (w *msgWriter) Write(p []byte) (int, error) {
 			off = i + 1
 		}
 		bw.Write(p[:end])
+		w.out += int64(end)
 		if bare {
 			bw.WriteString("\r\n")
+			w.out += 2
 			end++
 		}
 		last := p[end-1]
@@ -76,6 +79,16 @@ func (w *msgWriter) Write(p []byte) (int, error) {
 		w.err = err
 	}
 	return n, w.err
+}
+
+var _ MessageWriter = (*msgWriter)(nil)
+
+// MessageOctets implements MessageWriter.
+func (w *msgWriter) MessageOctets() int64 {
+	if w.out == 0 || w.bol {
+		return w.out
+	}
+	return w.out + 2
 }
 
 // close ends the response, sending the status line first if no data came.
