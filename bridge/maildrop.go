@@ -35,6 +35,7 @@ type maildrop struct {
 	target    string     // the mailbox of the move policy, once known
 	ahead     *readAhead // the read-ahead of sequential RETRs, or nil
 	lastRetr  int        // the message number of the last RETR
+	arena     []byte     // the read-ahead's buffer, reused by every batch
 	closeOnce sync.Once
 	release   func()
 }

@@ -66,6 +66,10 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w io.Writer) (handled b
 	if len(batch) == 1 {
 		return false, nil
 	}
+	if m.arena == nil {
+		m.arena = make([]byte, readAheadBudget)
+	}
+	arena := &arena{buf: m.arena}
 	ra := &readAhead{done: make(chan struct{}), bodies: make(map[uint32][]byte, len(batch)-1)}
 	first := make(chan error, 1)
 	conn := m.conn
@@ -80,7 +84,7 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w io.Writer) (handled b
 				first <- err
 				return err
 			}
-			b, err := readSized(body, sizes[u])
+			b, err := readSized(body, arena.take(sizes[u]))
 			if err != nil {
 				return err
 			}
@@ -108,12 +112,30 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w io.Writer) (handled b
 	return true, nil
 }
 
-// readSized reads a body whose size the listing gave, into a buffer of
-// that size, without the regrowth of bytes.Buffer. A body longer than said
-// is read on, up to a limit that guards against a server whose RFC822.SIZE
-// lied.
-func readSized(body io.Reader, size int64) ([]byte, error) {
-	buf := make([]byte, size)
+// arena hands out the read-ahead buffers of one batch from the session's
+// budget-sized buffer, which every batch reuses: a session that retrieves
+// its maildrop in order makes no garbage for the messages it reads ahead.
+// A batch starts only when the one before is done with.
+type arena struct {
+	buf []byte
+	off int64
+}
+
+// take returns a buffer of size octets whose capacity ends there, so that
+// appending to it never writes over the next one.
+func (a *arena) take(size int64) []byte {
+	if a.off+size > int64(len(a.buf)) {
+		return make([]byte, size)
+	}
+	b := a.buf[a.off : a.off+size : a.off+size]
+	a.off += size
+	return b
+}
+
+// readSized reads a body whose size the listing gave into buf, a buffer
+// of that size. A body longer than said is read on, up to a limit that
+// guards against a server whose RFC822.SIZE lied.
+func readSized(body io.Reader, buf []byte) ([]byte, error) {
 	n, err := io.ReadFull(body, buf)
 	switch err {
 	case nil:
