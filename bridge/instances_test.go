@@ -2,54 +2,16 @@ package bridge
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/popbridge/popbridge/bridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state/pgstore"
+	"github.com/popbridge/popbridge/state/pgstore/pgtest"
 )
-
-// pgSchema returns a DSN of the test PostgreSQL (POPBRIDGE_TEST_PG, started
-// by .ci/run) whose connections use a schema of their own, dropped at the
-// end of the test.
-func pgSchema(t *testing.T) string {
-	t.Helper()
-	dsn := os.Getenv("POPBRIDGE_TEST_PG")
-	if dsn == "" {
-		t.Skip("POPBRIDGE_TEST_PG is not set (see .ci/pg-start)")
-	}
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var b [8]byte
-	rand.Read(b[:])
-	schema := "popbridge_e2e_" + hex.EncodeToString(b[:])
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn, err := pgx.Connect(ctx, dsn)
-		if err == nil {
-			conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
-			conn.Close(ctx)
-		}
-	})
-	sep := "?"
-	if strings.Contains(dsn, "?") {
-		sep = "&"
-	}
-	return dsn + sep + "search_path=" + schema
-}
 
 // instance is one popbridge process of several behind a load balancer: its
 // own listener, the shared PostgreSQL store.
@@ -83,7 +45,7 @@ func startInstance(t *testing.T, cfg Config, dsn string) string {
 // its maildrop lock across instances (invariant 7), and see each other's
 // deletions.
 func TestInstancesSharePostgres(t *testing.T) {
-	dsn := pgSchema(t)
+	dsn := pgtest.Schema(t)
 	mem := imaptest.NewMemServer(t)
 	up := &upstreamEnv{name: "memserver", addr: mem.Addr, user: mem.User, pass: mem.Pass, box: mem, mem: mem}
 	seed(up, 3)

@@ -2,11 +2,8 @@ package pgstore
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,57 +11,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/popbridge/popbridge/state"
+	"github.com/popbridge/popbridge/state/pgstore/pgtest"
 	"github.com/popbridge/popbridge/state/storetest"
 )
-
-// testDSN returns the DSN of the test database, or skips t.
-func testDSN(t testing.TB) string {
-	dsn := os.Getenv("POPBRIDGE_TEST_PG")
-	if dsn == "" {
-		t.Skip("POPBRIDGE_TEST_PG is not set")
-	}
-	return dsn
-}
-
-// newSchema creates a schema of its own for t, dropped when t ends, and
-// returns a DSN whose connections use it.
-func newSchema(t testing.TB) string {
-	t.Helper()
-	dsn := testDSN(t)
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var b [8]byte
-	rand.Read(b[:])
-	schema := "popbridge_test_" + hex.EncodeToString(b[:])
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn, err := pgx.Connect(ctx, dsn)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			t.Error(err)
-		}
-	})
-	// Settings the driver does not know go to the server as run-time
-	// parameters.
-	switch {
-	case !strings.Contains(dsn, "://"):
-		return dsn + " search_path=" + schema
-	case strings.Contains(dsn, "?"):
-		return dsn + "&search_path=" + schema
-	default:
-		return dsn + "?search_path=" + schema
-	}
-}
 
 func mustOpen(t testing.TB, dsn string) *Store {
 	t.Helper()
@@ -77,9 +26,9 @@ func mustOpen(t testing.TB, dsn string) *Store {
 }
 
 func TestConformance(t *testing.T) {
-	testDSN(t)
+	pgtest.DSN(t)
 	storetest.Run(t, func(t *testing.T) func() state.Store {
-		dsn := newSchema(t)
+		dsn := pgtest.Schema(t)
 		return func() state.Store {
 			s, err := Open(t.Context(), dsn, nil)
 			if err != nil {
@@ -91,7 +40,7 @@ func TestConformance(t *testing.T) {
 }
 
 func TestOpenConcurrently(t *testing.T) {
-	dsn := newSchema(t)
+	dsn := pgtest.Schema(t)
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
@@ -107,7 +56,7 @@ func TestOpenConcurrently(t *testing.T) {
 }
 
 func TestNewerSchema(t *testing.T) {
-	dsn := newSchema(t)
+	dsn := pgtest.Schema(t)
 	mustOpen(t, dsn).Close()
 	conn, err := pgx.Connect(t.Context(), dsn)
 	if err != nil {
@@ -126,7 +75,7 @@ func TestNewerSchema(t *testing.T) {
 }
 
 func TestMaxLocks(t *testing.T) {
-	s, err := Open(t.Context(), newSchema(t), &Options{MaxLocks: 2})
+	s, err := Open(t.Context(), pgtest.Schema(t), &Options{MaxLocks: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +105,7 @@ func TestMaxLocks(t *testing.T) {
 }
 
 func TestDamagedRows(t *testing.T) {
-	dsn := newSchema(t)
+	dsn := pgtest.Schema(t)
 	s := mustOpen(t, dsn)
 	ctx := t.Context()
 	if _, err := s.ApplyMailbox(ctx, "INBOX", 0, state.MailboxChange{Put: []state.Entry{{UID: 1, UIDL: "u1"}}}); err != nil {
@@ -193,7 +142,7 @@ func TestDamagedRows(t *testing.T) {
 }
 
 func BenchmarkLoadMailbox100k(b *testing.B) {
-	s := mustOpen(b, newSchema(b))
+	s := mustOpen(b, pgtest.Schema(b))
 	ctx := context.Background()
 	const n = 100_000
 	put := make([]state.Entry, n)
