@@ -13,9 +13,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
-	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // Bridge is the pop3.Backend of popbridge: it resolves a POP3 login to an

@@ -4,7 +4,7 @@ import (
 	"context"
 	"sync"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
 )
 

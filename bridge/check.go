@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // Check logs in to the upstream as account, selects the configured mailbox

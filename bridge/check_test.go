@@ -6,7 +6,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/imaptest"
 )
 
 func TestCheck(t *testing.T) {

@@ -31,7 +31,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/imaptest"
 )
 
 // clientTimeout bounds every external command.

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -12,9 +11,10 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
-	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/internal/netlist"
+	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // Config is popbridge's configuration, read from TOML by LoadConfig.
@@ -227,7 +227,7 @@ func (c *Config) Validate() error {
 	if c.Server.AuthTimeout <= 0 {
 		return bad("server.auth_timeout", "must be positive")
 	}
-	if _, err := parseNetworks(c.Server.ProxyTrusted); err != nil {
+	if _, err := netlist.Parse(c.Server.ProxyTrusted); err != nil {
 		return bad("server.proxy_trusted", "%v", err)
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
@@ -352,33 +352,10 @@ func (l *LimitsConfig) validate() error {
 	if (l.MaxLoginFailuresPerIP > 0 || l.MaxLoginFailuresPerAccount > 0) && l.LoginFailureWindow <= 0 {
 		return bad("login_failure_window", "must be positive")
 	}
-	if _, err := parseNetworks(l.ExemptNetworks); err != nil {
+	if _, err := netlist.Parse(l.ExemptNetworks); err != nil {
 		return bad("exempt_networks", "%v", err)
 	}
 	return nil
-}
-
-// parseNetworks parses addresses ("10.1.2.3", "::1") and networks
-// ("10.0.0.0/8") into prefixes.
-func parseNetworks(list []string) ([]netip.Prefix, error) {
-	out := make([]netip.Prefix, 0, len(list))
-	for _, s := range list {
-		if strings.Contains(s, "/") {
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				return nil, fmt.Errorf("%q is not an address or a network (CIDR)", s)
-			}
-			out = append(out, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not an address or a network (CIDR)", s)
-		}
-		a = a.Unmap()
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
-	}
-	return out, nil
 }
 
 func checkAddr(addr string) error {

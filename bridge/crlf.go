@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"io"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/pop3"
 )
 
 // sizedWriter is where Retr and Top write a message: it passes on the

@@ -16,7 +16,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
 )

@@ -19,8 +19,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
-	"github.com/popbridge/popbridge/bridge/internal/faultproxy"
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/faultproxy"
+	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state"
 )
 

@@ -43,8 +43,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
-	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state/boltstore"
 )
 

@@ -8,7 +8,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state/pgstore"
 	"github.com/popbridge/popbridge/state/pgstore/pgtest"
 )

@@ -11,7 +11,8 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/internal/netlist"
+	"github.com/popbridge/popbridge/pop3"
 )
 
 // Limits is popbridge's abuse control over the [limits] table. As a
@@ -48,7 +49,7 @@ var (
 // a login name to the account its failures count against (nil: the name
 // in lower case).
 func NewLimits(cfg LimitsConfig, account func(login string) string) (*Limits, error) {
-	exempt, err := parseNetworks(cfg.ExemptNetworks)
+	exempt, err := netlist.Parse(cfg.ExemptNetworks)
 	if err != nil {
 		return nil, fmt.Errorf("config: limits.exempt_networks: %w", err)
 	}

@@ -10,9 +10,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
-	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // maildrop is one POP3 session's view of an upstream mailbox. Its message

@@ -10,8 +10,8 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"go.uber.org/zap"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
-	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/pop3"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 var _ pop3.TokenBackend = (*Bridge)(nil)

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/imaptest"
 )
 
 // TestReadAhead: a client that retrieves every message in order costs one

@@ -12,7 +12,10 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/internal/netlist"
+	"github.com/popbridge/popbridge/internal/proxylisten"
+	"github.com/popbridge/popbridge/internal/tlsreload"
+	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
 )
 
@@ -27,8 +30,8 @@ type Server struct {
 	// [limits] table).
 	Limits *Limits
 
-	cert    *certificate   // nil without [tls]
-	trusted []netip.Prefix // server.proxy_trusted
+	cert    *tlsreload.Certificate // nil without [tls]
+	trusted []netip.Prefix         // server.proxy_trusted
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -55,7 +58,7 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	trusted, err := parseNetworks(cfg.Server.ProxyTrusted)
+	trusted, err := netlist.Parse(cfg.Server.ProxyTrusted)
 	if err != nil {
 		return nil, fmt.Errorf("config: server.proxy_trusted: %w", err)
 	}
@@ -68,10 +71,10 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 	ps.LoginFailDelay = cfg.Limits.LoginFailureDelay // used only without a LoginLimiter
 	s := &Server{cfg: cfg, log: log, Bridge: b, POP3: ps, Limits: limits, trusted: trusted}
 	if cfg.TLS.CertFile != "" {
-		if s.cert, err = loadCertificate(cfg.TLS); err != nil {
-			return nil, err
+		if s.cert, err = tlsreload.Load(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+			return nil, fmt.Errorf("config: tls: %w", err)
 		}
-		ps.TLSConfig = s.cert.serverTLS()
+		ps.TLSConfig = s.cert.ServerConfig()
 	}
 	return s, nil
 }
@@ -103,7 +106,7 @@ func (s *Server) listen(addr string) (net.Listener, error) {
 	if err != nil || len(s.trusted) == 0 {
 		return ln, err
 	}
-	return newProxyListener(ln, s.trusted, s.log.Named("proxy")), nil
+	return proxylisten.New(ln, s.trusted, s.log.Named("proxy")), nil
 }
 
 // Addr returns the address of the POP3 listener (after Listen).

@@ -7,8 +7,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/popbridge/popbridge/bridge/upstream"
 	"github.com/popbridge/popbridge/state"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // maxConflicts bounds the retries when another session updated the mailbox

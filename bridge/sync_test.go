@@ -15,7 +15,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/imaptest"
 )
 
 // syncTrace records the upstream protocol of every session (secrets

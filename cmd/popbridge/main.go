@@ -194,7 +194,7 @@ func demo(args []string) error {
 		return err
 	}
 	defer log.Sync()
-	d, err := bridge.StartDemo(*listen, log)
+	d, err := startDemo(*listen, log)
 	if err != nil {
 		return err
 	}
@@ -206,7 +206,7 @@ func demo(args []string) error {
   retrieve:  curl -s pop3://%[1]s/1 -u %[3]s:%[4]s
   uidl:      curl -s pop3://%[1]s/ -u %[3]s:%[4]s -X UIDL
 Delete policy: move (DELE + QUIT moves the message to Trash). Ctrl-C stops.
-`, addr, d.IMAPAddr, bridge.DemoUser, bridge.DemoPassword)
+`, addr, d.IMAPAddr, demoUser, demoPassword)
 	os.Stdout.Sync()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

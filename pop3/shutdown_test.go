@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/pop3"
 )
 
 // listen serves srv on a loopback port and returns its address and the

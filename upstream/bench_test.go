@@ -3,7 +3,7 @@ package upstream_test
 // Listing and streaming benchmarks of issue 5, and the check that a
 // listing streams (its memory does not grow with the mailbox).
 //
-//	go test -run '^$' -bench 'List100k|WriteMessageSizes' -benchmem ./bridge/upstream/
+//	go test -run '^$' -bench 'List100k|WriteMessageSizes' -benchmem ./upstream/
 
 import (
 	"bufio"
@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
-	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // listServer serves one connection: UID FETCH from:* answered for UIDs

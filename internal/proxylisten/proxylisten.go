@@ -1,4 +1,7 @@
-package bridge
+// Package proxylisten puts the PROXY protocol (v1 and v2) in front of a
+// listener for the peers an operator trusts, and refuses it from everyone
+// else.
+package proxylisten
 
 import (
 	"bufio"
@@ -11,16 +14,18 @@ import (
 
 	"github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
+
+	"github.com/popbridge/popbridge/internal/netlist"
 )
 
 // proxyHeaderTimeout bounds the wait for the PROXY header of a trusted
 // peer. Load balancers send it at once.
 const proxyHeaderTimeout = 5 * time.Second
 
-// errUntrustedProxy ends a connection whose peer, not in
+// ErrUntrusted ends a connection whose peer, not in
 // server.proxy_trusted, sent a PROXY header: it would pose as another
 // client.
-var errUntrustedProxy = errors.New("PROXY protocol header from an address not in server.proxy_trusted")
+var ErrUntrusted = errors.New("PROXY protocol header from an address not in server.proxy_trusted")
 
 // Signatures of the PROXY protocol headers, version 1 and 2.
 var (
@@ -28,42 +33,25 @@ var (
 	proxySigV2 = []byte("\r\n\r\n\x00\r\nQUIT\n")
 )
 
-// newProxyListener wraps ln for the PROXY protocol (v1 and v2): a
+// New wraps ln for the PROXY protocol (v1 and v2): a
 // connection from a trusted address must begin with a header, which then
 // gives the client's address (RemoteAddr) for the logs and the limits; a
 // connection from any other address is served as it is, and refused if it
 // sends a header. POP3 servers speak first, so only trusted peers are
 // waited for: for the others the header is looked for in what they send
 // after the greeting.
-func newProxyListener(ln net.Listener, trusted []netip.Prefix, log *zap.Logger) net.Listener {
+func New(ln net.Listener, trusted []netip.Prefix, log *zap.Logger) net.Listener {
 	pl := &proxyproto.Listener{
 		Listener:          ln,
 		ReadHeaderTimeout: proxyHeaderTimeout,
 		ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
-			if ip, ok := addrIP(o.Upstream); ok {
-				for _, p := range trusted {
-					if p.Contains(ip) {
-						return proxyproto.REQUIRE, nil
-					}
-				}
+			if ip, ok := netlist.AddrIP(o.Upstream); ok && netlist.Contains(trusted, ip) {
+				return proxyproto.REQUIRE, nil
 			}
 			return proxyproto.SKIP, nil
 		},
 	}
 	return &proxyListener{Listener: pl, log: log}
-}
-
-// addrIP returns the IP address of a, unmapped.
-func addrIP(a net.Addr) (netip.Addr, bool) {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ip, ok := netip.AddrFromSlice(ta.IP)
-		return ip.Unmap(), ok
-	}
-	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	return ap.Addr().Unmap(), true
 }
 
 type proxyListener struct {
@@ -105,7 +93,7 @@ func (c *proxiedConn) RemoteAddr() net.Addr {
 }
 
 // guardConn is a connection from a peer outside server.proxy_trusted: if
-// it begins with a PROXY header, every read fails with errUntrustedProxy.
+// it begins with a PROXY header, every read fails with ErrUntrusted.
 type guardConn struct {
 	net.Conn
 	br      *bufio.Reader
@@ -118,7 +106,7 @@ func (c *guardConn) Read(p []byte) (int, error) {
 	if !c.checked {
 		c.checked = true
 		if c.startsWithHeader() {
-			c.err = errUntrustedProxy
+			c.err = ErrUntrusted
 			c.log.Warn("connection refused: PROXY protocol header from an untrusted address",
 				zap.String("remote", c.Conn.RemoteAddr().String()))
 		}

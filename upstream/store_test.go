@@ -6,8 +6,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
-	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 func flagged(msgs []imaptest.Message, f imap.Flag) map[uint32]bool {

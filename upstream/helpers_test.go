@@ -12,8 +12,8 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
-	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // forEachUpstream runs fn against every upstream of imaptest.Factories

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/pop3"
 )
 
 // testToken is a bearer token with every b64token character class.

@@ -1,4 +1,4 @@
-package bridge
+package main
 
 import (
 	"bytes"
@@ -16,34 +16,35 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 	"go.uber.org/zap"
 
+	"github.com/popbridge/popbridge/bridge"
 	"github.com/popbridge/popbridge/state/boltstore"
 )
 
-// Demo credentials: the same for the POP3 login and the in-process upstream.
+// demo credentials: the same for the POP3 login and the in-process upstream.
 const (
-	DemoUser     = "demo"
-	DemoPassword = "demo"
+	demoUser     = "demo"
+	demoPassword = "demo"
 )
 
-// Demo is popbridge in front of an in-process IMAP server (go-imap's
+// demoServer is popbridge in front of an in-process IMAP server (go-imap's
 // memory server) seeded with a few realistic messages.
-type Demo struct {
-	*Server
+type demoServer struct {
+	*bridge.Server
 	IMAPAddr net.Addr
 	imap     *imapserver.Server
 	dir      string
 	closeDB  func() error
 }
 
-// StartDemo starts the upstream and popbridge's listener on listen
-// ("127.0.0.1:0" for any free port). Serve the returned Demo's Server, and
+// startDemo starts the upstream and popbridge's listener on listen
+// ("127.0.0.1:0" for any free port). Serve the returned demoServer Server, and
 // Close it when done.
-func StartDemo(listen string, log *zap.Logger) (*Demo, error) {
+func startDemo(listen string, log *zap.Logger) (*demoServer, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
 	mem := imapmemserver.New()
-	u := imapmemserver.NewUser(DemoUser, DemoPassword)
+	u := imapmemserver.NewUser(demoUser, demoPassword)
 	if err := u.Create("INBOX", nil); err != nil {
 		return nil, err
 	}
@@ -81,13 +82,13 @@ func StartDemo(listen string, log *zap.Logger) (*Demo, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	cfg := DefaultConfig()
+	cfg := bridge.DefaultConfig()
 	cfg.Server.Listen = listen
 	cfg.Upstream.Address = iln.Addr().String()
 	cfg.Upstream.Security = "none"    // the upstream is in this process, on loopback
 	cfg.Auth.AllowInsecureAuth = true // deliberately: the demo listens on loopback only
 	cfg.State.Path = filepath.Join(dir, "state.db")
-	srv, err := NewServer(cfg, st, log)
+	srv, err := bridge.NewServer(cfg, st, log)
 	if err == nil {
 		err = srv.Listen()
 	}
@@ -97,11 +98,11 @@ func StartDemo(listen string, log *zap.Logger) (*Demo, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	return &Demo{Server: srv, IMAPAddr: iln.Addr(), imap: is, dir: dir, closeDB: st.Close}, nil
+	return &demoServer{Server: srv, IMAPAddr: iln.Addr(), imap: is, dir: dir, closeDB: st.Close}, nil
 }
 
 // Close shuts the demo down and removes its state.
-func (d *Demo) Close(ctx context.Context) error {
+func (d *demoServer) Close(ctx context.Context) error {
 	err := d.Shutdown(ctx)
 	d.imap.Close()
 	d.closeDB()

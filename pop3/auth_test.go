@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/pop3"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 const oauthToken = "ya29.a0AfH6SMB-token_~+/=="

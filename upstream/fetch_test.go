@@ -13,8 +13,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
-	"github.com/popbridge/popbridge/bridge/internal/imaptest"
-	"github.com/popbridge/popbridge/bridge/upstream"
+	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 func collect(t testing.TB, c *upstream.Conn, from uint32, details bool) []upstream.Msg {
@@ -568,7 +568,7 @@ func streamServer(t testing.TB, size int64) string {
 // ("mem", whose own allocations are counted too) and from a scripted
 // server that allocates nothing ("stream", popbridge's side alone).
 //
-//	go test -run '^$' -bench WriteMessage5MB -benchmem ./bridge/upstream/
+//	go test -run '^$' -bench WriteMessage5MB -benchmem ./upstream/
 func BenchmarkWriteMessage5MB(b *testing.B) {
 	const size = 5 << 20
 	b.Run("mem", func(b *testing.B) {
