@@ -21,72 +21,70 @@ func (c *Conn) FetchBodies(ctx context.Context, uids []uint32, fn func(uid uint3
 	if len(uids) == 0 {
 		return nil
 	}
-	if err := c.alive(op); err != nil {
-		return err
-	}
 	var set imap.UIDSet
 	for _, u := range uids {
 		set.AddNum(imap.UID(u))
 	}
-	wt := c.watch(ctx)
-	sec := &imap.FetchItemBodySection{Peek: true}
-	cmd := c.client.Fetch(set, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{sec}})
-	broken := false // a literal failed midway: the command must not be touched again
-	err := func() error {
-		for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
-			wt.touch()
-			var uid uint32
-			var early []byte // a body that came before the message's UID
-			for item := msg.Next(); item != nil; item = msg.Next() {
-				switch it := item.(type) {
-				case imapclient.FetchItemDataUID:
-					uid = uint32(it.UID)
-				case imapclient.FetchItemDataBodySection:
-					if it.Literal == nil || !it.MatchCommand(sec) {
-						continue
-					}
-					if uid == 0 {
-						var b bytes.Buffer
-						if _, err := c.copyLiteral(op, &b, it.Literal); err != nil {
-							c.abort()
-							broken = true
+	return c.call(ctx, op, phaseCommand, func(wt *watch) error {
+		sec := &imap.FetchItemBodySection{Peek: true}
+		cmd := c.client.Fetch(set, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{sec}})
+		broken := false // a literal failed midway: the command must not be touched again
+		err := func() error {
+			for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
+				wt.touch()
+				var uid uint32
+				var early []byte // a body that came before the message's UID
+				for item := msg.Next(); item != nil; item = msg.Next() {
+					switch it := item.(type) {
+					case imapclient.FetchItemDataUID:
+						uid = uint32(it.UID)
+					case imapclient.FetchItemDataBodySection:
+						if it.Literal == nil || !it.MatchCommand(sec) {
+							continue
+						}
+						if uid == 0 {
+							var b bytes.Buffer
+							if _, err := c.copyLiteral(op, &b, it.Literal); err != nil {
+								c.abort()
+								broken = true
+								return err
+							}
+							early = b.Bytes()
+							continue
+						}
+						// fn may stream to a slow POP3 client: the timeout
+						// bounds only the reads from the upstream, as in
+						// WriteMessage.
+						wt.pause()
+						if failed, err := c.feed(op, uid, wt.literal(it.Literal), fn); err != nil {
+							broken = failed
 							return err
 						}
-						early = b.Bytes()
-						continue
+						wt.touch()
 					}
-					// fn may stream to a slow POP3 client: the timeout
-					// bounds only the reads from the upstream, as in
-					// WriteMessage.
-					wt.pause()
-					if failed, err := c.feed(op, uid, wt.literal(it.Literal), fn); err != nil {
-						broken = failed
+				}
+				if early != nil && uid != 0 {
+					if _, err := c.feed(op, uid, bytesLiteral{bytes.NewReader(early)}, fn); err != nil {
 						return err
 					}
-					wt.touch()
 				}
 			}
-			if early != nil && uid != 0 {
-				if _, err := c.feed(op, uid, bytesLiteral{bytes.NewReader(early)}, fn); err != nil {
-					return err
-				}
+			return nil
+		}()
+		// Close drains the rest, which releases imapclient's reader; but after
+		// a literal failed midway it would read that literal again while the
+		// reader moves on (a data race): the connection is closed, and the
+		// reader ends by itself.
+		if !broken {
+			if cerr := cmd.Close(); err == nil {
+				err = cerr
 			}
 		}
-		return nil
-	}()
-	// Close drains the rest, which releases imapclient's reader; but after
-	// a literal failed midway it would read that literal again while the
-	// reader moves on (a data race): the connection is closed, and the
-	// reader ends by itself.
-	if !broken {
-		if cerr := cmd.Close(); err == nil {
-			err = cerr
+		if err != nil && isExpungeIssued(err) {
+			err = nil // some UIDs vanished: fn was not called for them
 		}
-	}
-	if err != nil && isExpungeIssued(err) {
-		err = nil // some UIDs vanished: fn was not called for them
-	}
-	return wt.end(op, err, phaseCommand)
+		return err
+	})
 }
 
 // feed hands one body to fn and checks that fn read all of it. On an

@@ -90,73 +90,67 @@ func (e errIncomplete) Error() string {
 
 func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, details bool, fn func(Msg) error) error {
 	const op = "fetch"
-	if err := c.alive(op); err != nil {
-		return err
-	}
-	w := c.watch(ctx)
-	opts := fetchOptions(details)
-	var last uint32
-	var err error
-	retries := 0
-	sets = slices.Clone(sets) // a set may be narrowed for a retry
-	for i := 0; i < len(sets); i++ {
-		set := sets[i]
-		w.touch()
-		cmd := c.client.Fetch(set, opts)
-		var again imap.UIDSet // what is left of set, to ask for again
-		for msg := cmd.Next(); msg != nil && err == nil; msg = cmd.Next() {
+	return c.call(ctx, op, phaseCommand, func(w *watch) error {
+		opts := fetchOptions(details)
+		var last uint32
+		var err error
+		retries := 0
+		sets = slices.Clone(sets) // a set may be narrowed for a retry
+		for i := 0; i < len(sets); i++ {
+			set := sets[i]
 			w.touch()
-			if again != nil {
-				continue // drained: asked for again below
-			}
-			m, ok, rerr := readMsg(msg, details)
-			var inc errIncomplete
-			switch {
-			case errors.As(rerr, &inc) && inc.uid > last && retries < maxIncompleteRetries:
-				// The answer for this UID was taken by an unsolicited
-				// FETCH: ask again for the rest of the set, so that fn
-				// still sees every message once, in UID order.
-				retries++
-				again = uidsAbove(set, last)
-			case errors.As(rerr, &inc):
-				err = tempError(op, "incomplete FETCH response for UID %d", inc.uid)
-			case rerr != nil:
-				// A literal failed midway: it must not be read again
-				// (imapclient's reader has moved on), so neither may the
-				// command. Drop the connection.
-				c.abort()
-				return w.end(op, rerr, phaseCommand)
-			case !ok:
-				// Without a UID it cannot be an answer to UID FETCH.
-			case m.UID < from:
-			case m.UID == last:
-				// A duplicate FETCH response for the same message.
-			case m.UID < last:
-				err = tempError(op, "server sent UID %d after UID %d", m.UID, last)
-			default:
-				last = m.UID
-				if ferr := fn(m); ferr != nil {
-					err = fnError{ferr}
+			cmd := c.client.Fetch(set, opts)
+			var again imap.UIDSet // what is left of set, to ask for again
+			for msg := cmd.Next(); msg != nil && err == nil; msg = cmd.Next() {
+				w.touch()
+				if again != nil {
+					continue // drained: asked for again below
+				}
+				m, ok, rerr := readMsg(msg, details)
+				var inc errIncomplete
+				switch {
+				case errors.As(rerr, &inc) && inc.uid > last && retries < maxIncompleteRetries:
+					// The answer for this UID was taken by an unsolicited
+					// FETCH: ask again for the rest of the set, so that fn
+					// still sees every message once, in UID order.
+					retries++
+					again = uidsAbove(set, last)
+				case errors.As(rerr, &inc):
+					err = tempError(op, "incomplete FETCH response for UID %d", inc.uid)
+				case rerr != nil:
+					// A literal failed midway: it must not be read again
+					// (imapclient's reader has moved on), so neither may the
+					// command. Drop the connection.
+					c.abort()
+					return rerr
+				case !ok:
+					// Without a UID it cannot be an answer to UID FETCH.
+				case m.UID < from:
+				case m.UID == last:
+					// A duplicate FETCH response for the same message.
+				case m.UID < last:
+					err = tempError(op, "server sent UID %d after UID %d", m.UID, last)
+				default:
+					last = m.UID
+					if ferr := fn(m); ferr != nil {
+						err = fnError{ferr}
+					}
 				}
 			}
+			// Close drains what is left of the response.
+			if cerr := cmd.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				break
+			}
+			if len(again) > 0 {
+				sets[i] = again
+				i--
+			}
 		}
-		// Close drains what is left of the response.
-		if cerr := cmd.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			break
-		}
-		if len(again) > 0 {
-			sets[i] = again
-			i--
-		}
-	}
-	if fe, ok := err.(fnError); ok {
-		w.done()
-		return fe.err
-	}
-	return w.end(op, err, phaseCommand)
+		return err
+	})
 }
 
 // maxIncompleteRetries bounds how often one listing asks again after an
@@ -241,17 +235,16 @@ func parseMessageID(h []byte) string {
 // server has ESEARCH, whose answer is a compact set) and returns the UIDs of
 // every message in the selected mailbox, ascending.
 func (c *Conn) SearchAll(ctx context.Context) ([]uint32, error) {
-	const op = "search"
-	if err := c.alive(op); err != nil {
-		return nil, err
-	}
 	var opts *imap.SearchOptions
 	if c.Caps().Has(imap.CapESearch) {
 		opts = &imap.SearchOptions{ReturnAll: true}
 	}
-	w := c.watch(ctx)
-	data, err := c.client.UIDSearch(&imap.SearchCriteria{}, opts).Wait()
-	if err := w.end(op, err, phaseCommand); err != nil {
+	var data *imap.SearchData
+	err := c.call(ctx, "search", phaseCommand, func(*watch) (err error) {
+		data, err = c.client.UIDSearch(&imap.SearchCriteria{}, opts).Wait()
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
 	all := data.AllUIDs()
@@ -273,17 +266,15 @@ func (c *Conn) SearchAll(ctx context.Context) ([]uint32, error) {
 // Config.Timeout bounds the wait for the body to start, not its streaming.
 func (c *Conn) WriteMessage(ctx context.Context, uid uint32, w io.Writer) (int64, error) {
 	const op = "fetch"
-	if err := c.alive(op); err != nil {
-		return 0, err
-	}
-	wt := c.watch(ctx)
 	var n int64
-	err := c.fetchSection(wt, op, uid, &imap.FetchItemBodySection{Peek: true}, false, func(lit imap.LiteralReader) error {
-		var err error
-		n, err = c.copyLiteral(op, w, lit)
-		return err
+	err := c.call(ctx, op, phaseCommand, func(wt *watch) error {
+		return c.fetchSection(wt, op, uid, &imap.FetchItemBodySection{Peek: true}, false, func(lit imap.LiteralReader) error {
+			var err error
+			n, err = c.copyLiteral(op, w, lit)
+			return err
+		})
 	})
-	return n, wt.end(op, err, phaseCommand)
+	return n, err
 }
 
 // WriteTop writes the header of message uid (UID FETCH uid
@@ -296,41 +287,39 @@ func (c *Conn) WriteMessage(ctx context.Context, uid uint32, w io.Writer) (int64
 // errors are as in WriteMessage.
 func (c *Conn) WriteTop(ctx context.Context, uid uint32, lines int, w io.Writer) error {
 	const op = "fetch"
-	if err := c.alive(op); err != nil {
-		return err
-	}
-	wt := c.watch(ctx)
-	hdr := &imap.FetchItemBodySection{Specifier: imap.PartSpecifierHeader, Peek: true}
-	err := c.fetchSection(wt, op, uid, hdr, false, func(lit imap.LiteralReader) error {
-		_, err := c.copyLiteral(op, w, lit)
-		return err
-	})
-	if err != nil || lines <= 0 {
-		return wt.end(op, err, phaseCommand)
-	}
-	tw := &topWriter{w: w, left: lines}
-	offset := int64(0)
-	size := min(int64(lines)*100+1024, maxPartial)
-	for tw.left > 0 {
-		wt.touch()
-		sec := &imap.FetchItemBodySection{
-			Specifier: imap.PartSpecifierText,
-			Peek:      true,
-			Partial:   &imap.SectionPartial{Offset: offset, Size: size},
-		}
-		var got int64
-		err = c.fetchSection(wt, op, uid, sec, true, func(lit imap.LiteralReader) error {
-			var err error
-			got, err = c.copyLiteral(op, tw, lit)
+	return c.call(ctx, op, phaseCommand, func(wt *watch) error {
+		hdr := &imap.FetchItemBodySection{Specifier: imap.PartSpecifierHeader, Peek: true}
+		err := c.fetchSection(wt, op, uid, hdr, false, func(lit imap.LiteralReader) error {
+			_, err := c.copyLiteral(op, w, lit)
 			return err
 		})
-		if err != nil || got < size {
-			break // an error, or the end of the body
+		if err != nil || lines <= 0 {
+			return err
 		}
-		offset += got
-		size = min(size*2, maxPartial)
-	}
-	return wt.end(op, err, phaseCommand)
+		tw := &topWriter{w: w, left: lines}
+		offset := int64(0)
+		size := min(int64(lines)*100+1024, maxPartial)
+		for tw.left > 0 {
+			wt.touch()
+			sec := &imap.FetchItemBodySection{
+				Specifier: imap.PartSpecifierText,
+				Peek:      true,
+				Partial:   &imap.SectionPartial{Offset: offset, Size: size},
+			}
+			var got int64
+			err = c.fetchSection(wt, op, uid, sec, true, func(lit imap.LiteralReader) error {
+				var err error
+				got, err = c.copyLiteral(op, tw, lit)
+				return err
+			})
+			if err != nil || got < size {
+				break // an error, or the end of the body
+			}
+			offset += got
+			size = min(size*2, maxPartial)
+		}
+		return err
+	})
 }
 
 // topWriter passes on its input up to and including the LF that ends
