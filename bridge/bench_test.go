@@ -721,7 +721,11 @@ func BenchmarkRetr(b *testing.B) {
 			b.SetBytes(box.size(1))
 			b.ReportAllocs()
 			for b.Loop() {
-				if err := md.Retr(b.Context(), 1, io.Discard); err != nil {
+				w, end := pop3.NewMessageWriter(io.Discard)
+				if err := md.Retr(b.Context(), 1, w); err != nil {
+					b.Fatal(err)
+				}
+				if err := end(); err != nil {
 					b.Fatal(err)
 				}
 			}

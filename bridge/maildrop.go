@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"sync"
 
@@ -181,20 +180,20 @@ func (m *maildrop) finish(ctx context.Context, rec *state.Mailbox, p *state.Pend
 // List implements pop3.Maildrop.
 func (m *maildrop) List() []pop3.Message { return m.msgs }
 
-// Retr implements pop3.Maildrop: it streams BODY.PEEK[] through a writer
-// that turns bare LFs into CRLF and ends the message with CRLF, so that the
-// octets sent are exact (invariant 4).
-func (m *maildrop) Retr(ctx context.Context, n int, w io.Writer) error {
+// Retr implements pop3.Maildrop: it streams BODY.PEEK[] to the POP3
+// writer, which repairs line ends and counts the octets the client
+// receives, so that a size the upstream got wrong is corrected
+// (invariant 4).
+func (m *maildrop) Retr(ctx context.Context, n int, cw pop3.MessageWriter) error {
 	uid, msg := m.uids[n-1], m.msgs[n-1]
-	cw := sized(w)
 	handled, err := m.retrAhead(ctx, n, cw)
 	if !handled {
 		err = m.withConn(ctx, func(c *upstream.Conn) error {
-			if cw.octets() > 0 {
+			if cw.MessageOctets() > 0 {
 				return errMidway
 			}
 			_, err := c.WriteMessage(ctx, uid, cw)
-			if err != nil && cw.octets() > 0 {
+			if err != nil && cw.MessageOctets() > 0 {
 				// A reconnect could not continue the message: do not
 				// make the client wait for one.
 				return fmt.Errorf("%w: %w", errMidway, err)
@@ -203,16 +202,13 @@ func (m *maildrop) Retr(ctx context.Context, n int, w io.Writer) error {
 		})
 	}
 	m.lastRetr = n
-	if err == nil {
-		err = cw.finish()
-	}
 	if err != nil {
-		if cw.octets() == 0 {
+		if cw.MessageOctets() == 0 {
 			return toPOP3(err)
 		}
 		return err
 	}
-	if size := cw.octets(); size != msg.Size {
+	if size := cw.MessageOctets(); size != msg.Size {
 		m.measured[msg.UIDL] = size
 	}
 	if m.b.cfg.Upstream.MarkSeenOnRetr {
@@ -227,23 +223,19 @@ func (m *maildrop) Retr(ctx context.Context, n int, w io.Writer) error {
 var errMidway = errors.New("upstream failed in the middle of a message")
 
 // Top implements pop3.Maildrop.
-func (m *maildrop) Top(ctx context.Context, n, lines int, w io.Writer) error {
+func (m *maildrop) Top(ctx context.Context, n, lines int, cw pop3.MessageWriter) error {
 	uid := m.uids[n-1]
-	cw := sized(w)
 	err := m.withConn(ctx, func(c *upstream.Conn) error {
-		if cw.octets() > 0 {
+		if cw.MessageOctets() > 0 {
 			return errMidway
 		}
 		err := c.WriteTop(ctx, uid, lines, cw)
-		if err != nil && cw.octets() > 0 {
+		if err != nil && cw.MessageOctets() > 0 {
 			return fmt.Errorf("%w: %w", errMidway, err)
 		}
 		return err
 	})
-	if err == nil {
-		err = cw.finish()
-	}
-	if err != nil && cw.octets() == 0 {
+	if err != nil && cw.MessageOctets() == 0 {
 		return toPOP3(err)
 	}
 	return err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+
+	"github.com/popbridge/popbridge/pop3"
 )
 
 // Read-ahead for clients that retrieve a maildrop message after message:
@@ -37,7 +39,7 @@ var errNotSent = errors.New("read-ahead did not deliver the message")
 // retrAhead serves RETR n from the read-ahead, or starts a batch with n
 // first when the client reads in order. It returns handled=false when the
 // ordinary path must serve n; then it has written nothing.
-func (m *maildrop) retrAhead(ctx context.Context, n int, w io.Writer) (handled bool, err error) {
+func (m *maildrop) retrAhead(ctx context.Context, n int, w pop3.MessageWriter) (handled bool, err error) {
 	uid := m.uids[n-1]
 	m.settle()
 	if ra := m.ahead; ra != nil {
@@ -99,7 +101,7 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w io.Writer) (handled b
 		}
 	}()
 	err = <-first
-	if err != nil && !errors.Is(err, errNotSent) && isWritten(w) {
+	if err != nil && !errors.Is(err, errNotSent) && w.MessageOctets() > 0 {
 		return true, err
 	}
 	if err != nil {
@@ -145,10 +147,4 @@ func readSized(body io.Reader, buf []byte) ([]byte, error) {
 		return buf[:n], nil
 	}
 	return nil, err
-}
-
-// isWritten reports whether w (a sizedWriter) has passed on any octet.
-func isWritten(w io.Writer) bool {
-	sw, ok := w.(sizedWriter)
-	return !ok || sw.octets() > 0
 }

@@ -40,8 +40,8 @@ type Message struct {
 	UIDL string // 1–70 characters in 0x21–0x7E, unique and stable (RFC 1939 §7)
 }
 
-// MessageWriter is implemented by the writer that Maildrop.Retr and
-// Maildrop.Top are given. It turns bare LFs into CRLF and ends the message
+// MessageWriter is the writer that Maildrop.Retr and Maildrop.Top are
+// given. It turns bare LFs into CRLF and ends the message
 // with CRLF itself, so a backend need not; MessageOctets returns the size
 // of what was written so far as the client receives it before
 // dot-stuffing (RFC 1939 §3), counting the final CRLF the server adds
@@ -57,14 +57,14 @@ type MessageWriter interface {
 type Maildrop interface {
 	// List returns the messages of the maildrop. The caller must not modify it.
 	List() []Message
-	// Retr writes message n (1-based) to w with CRLF line ends and without
-	// dot-stuffing. If it returns an error before writing anything, the client
-	// gets "-ERR"; after that, the connection is closed without the
-	// terminating dot.
-	Retr(ctx context.Context, n int, w io.Writer) error
+	// Retr writes message n (1-based) to w as the upstream stores it; w
+	// repairs line ends and dot-stuffs. If it returns an error before
+	// writing anything, the client gets "-ERR"; after that, the connection
+	// is closed without the terminating dot.
+	Retr(ctx context.Context, n int, w MessageWriter) error
 	// Top writes the header of message n, the blank line after it, and the
 	// first lines lines of its body, like Retr.
-	Top(ctx context.Context, n, lines int, w io.Writer) error
+	Top(ctx context.Context, n, lines int, w MessageWriter) error
 	// Commit applies the DELE marks: deleted holds the 1-based message
 	// numbers, ascending. It is called only for QUIT in the TRANSACTION state;
 	// an error is answered with "-ERR" and nothing is assumed deleted.

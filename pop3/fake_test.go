@@ -156,11 +156,11 @@ func (d *fakeDrop) serve(n int, w io.Writer, part func(string) string) error {
 	return d.write(w, part(m.body))
 }
 
-func (d *fakeDrop) Retr(ctx context.Context, n int, w io.Writer) error {
+func (d *fakeDrop) Retr(ctx context.Context, n int, w pop3.MessageWriter) error {
 	return d.serve(n, w, func(s string) string { return s })
 }
 
-func (d *fakeDrop) Top(ctx context.Context, n, lines int, w io.Writer) error {
+func (d *fakeDrop) Top(ctx context.Context, n, lines int, w pop3.MessageWriter) error {
 	return d.serve(n, w, func(s string) string {
 		head, body, found := strings.Cut(s, "\r\n\r\n")
 		if !found {

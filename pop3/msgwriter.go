@@ -1,6 +1,10 @@
 package pop3
 
-import "bytes"
+import (
+	"bufio"
+	"bytes"
+	"io"
+)
 
 // msgWriter is the io.Writer handed to Maildrop.Retr and Maildrop.Top. It
 // sends the status line on the first octet, so that a failure before any
@@ -9,18 +13,40 @@ import "bytes"
 // doubled at the start of a line. close ends the response with CRLF if the
 // data lacks it, then ".".
 type msgWriter struct {
-	c       *conn
-	status  string // sent before the first octet
-	started bool   // status sent
-	bol     bool   // at the beginning of a line
-	cr      bool   // the last octet written was CR
-	n       int64  // octets accepted, before stuffing
-	out     int64  // octets sent for them, with CRLF line ends, before stuffing
-	err     error  // first error writing to the client
+	c       *conn         // nil outside a session (NewMessageWriter)
+	bw      *bufio.Writer // where the framed message goes
+	status  string        // sent before the first octet
+	started bool          // status sent
+	bol     bool          // at the beginning of a line
+	cr      bool          // the last octet written was CR
+	n       int64         // octets accepted, before stuffing
+	out     int64         // octets sent for them, with CRLF line ends, before stuffing
+	err     error         // first error writing to the client
 }
 
 func (c *conn) newMsgWriter(status string) *msgWriter {
-	return &msgWriter{c: c, status: status, bol: true}
+	return &msgWriter{c: c, bw: c.bw, status: status, bol: true}
+}
+
+// NewMessageWriter returns a MessageWriter that frames a message onto w
+// exactly as RETR sends it (CRLF line ends, dot-stuffing), for callers
+// outside a POP3 session such as tools and benchmarks, and end, which
+// writes the terminating line (after a CRLF when the data lacks one) and
+// flushes.
+func NewMessageWriter(w io.Writer) (mw MessageWriter, end func() error) {
+	m := &msgWriter{bw: bufio.NewWriter(w), started: true, bol: true}
+	return m, func() error {
+		m.close()
+		return m.bw.Flush()
+	}
+}
+
+// begin sends the status line before the first octet of the message.
+func (w *msgWriter) begin() {
+	if !w.started {
+		w.started = true
+		w.c.reply(w.status)
+	}
 }
 
 func (w *msgWriter) Write(p []byte) (int, error) {
@@ -30,11 +56,8 @@ func (w *msgWriter) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	bw := w.c.bw
-	if !w.started {
-		w.started = true
-		w.c.reply(w.status)
-	}
+	bw := w.bw
+	w.begin()
 	// Write the longest spans that go out unchanged in one call each, so
 	// that a large message reaches the socket in large writes: a span ends
 	// after a LF that is followed by a dot (stuffed next), or before a
@@ -93,12 +116,9 @@ func (w *msgWriter) MessageOctets() int64 {
 
 // close ends the response, sending the status line first if no data came.
 func (w *msgWriter) close() {
-	if !w.started {
-		w.started = true
-		w.c.reply(w.status)
-	}
+	w.begin()
 	if !w.bol {
-		w.c.bw.WriteString("\r\n")
+		w.bw.WriteString("\r\n")
 	}
-	w.c.bw.WriteString(".\r\n")
+	w.bw.WriteString(".\r\n")
 }
