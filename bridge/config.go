@@ -12,7 +12,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/popbridge/popbridge/internal/netlist"
-	"github.com/popbridge/popbridge/pop3"
+	"github.com/popbridge/popbridge/internal/saslmech"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/upstream"
 )
@@ -146,7 +146,7 @@ func DefaultConfig() Config {
 		},
 		Auth: AuthConfig{
 			DeviceSeparator: "#",
-			OAuthMechanisms: []string{pop3.MechXOAuth2, pop3.MechOAuthBearer},
+			OAuthMechanisms: []string{saslmech.XOAuth2, saslmech.OAuthBearer},
 		},
 		Delete: DeleteConfig{Policy: PolicyMove, Flags: []string{`\Seen`, "$POP3Deleted"}},
 		UIDL:   UIDLConfig{Format: state.DefaultUIDLFormat},
@@ -252,7 +252,7 @@ func (c *Config) Validate() error {
 		return bad("auth.device_separator", "must be one character, or empty for no device tags")
 	}
 	for i, m := range c.Auth.OAuthMechanisms {
-		if m != pop3.MechXOAuth2 && m != pop3.MechOAuthBearer {
+		if !saslmech.IsToken(m) {
 			return bad("auth.oauth_mechanisms", "unknown mechanism %q (want XOAUTH2 or OAUTHBEARER)", m)
 		}
 		if slices.Contains(c.Auth.OAuthMechanisms[:i], m) {
@@ -269,7 +269,7 @@ func (c *Config) Validate() error {
 		return bad("delete.policy", "unknown value %q (want move, expunge, flag or hide)", c.Delete.Policy)
 	}
 	for _, f := range c.Delete.Flags {
-		if !validFlag(f) {
+		if !upstream.ValidFlag(f) {
 			return bad("delete.flags", "%q is not an IMAP flag or keyword", f)
 		}
 	}
@@ -363,23 +363,4 @@ func checkAddr(addr string) error {
 		return fmt.Errorf("%q is not host:port", addr)
 	}
 	return nil
-}
-
-// validFlag reports whether f is a system flag (\Seen) or a keyword atom
-// (RFC 9051 §2.3.2, flag-keyword).
-func validFlag(f string) bool {
-	switch strings.ToLower(f) {
-	case `\seen`, `\answered`, `\flagged`, `\deleted`, `\draft`:
-		return true
-	}
-	if f == "" || strings.HasPrefix(f, `\`) {
-		return false
-	}
-	for i := 0; i < len(f); i++ {
-		c := f[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`(){%*"\]`, c) >= 0 {
-			return false
-		}
-	}
-	return true
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"go.uber.org/zap"
 
+	"github.com/popbridge/popbridge/internal/saslmech"
 	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/upstream"
 )
@@ -48,9 +49,9 @@ func (b *Bridge) openUpstreamToken(ctx context.Context, mech, account, token str
 	caps := conn.Caps()
 	use := mech
 	if !caps.Has(imap.AuthCap(mech)) {
-		other := upstream.MechXOAuth2
-		if mech == upstream.MechXOAuth2 {
-			other = upstream.MechOAuthBearer
+		other := saslmech.XOAuth2
+		if mech == saslmech.XOAuth2 {
+			other = saslmech.OAuthBearer
 		}
 		if !caps.Has(imap.AuthCap(other)) {
 			return fail(&upstream.Error{Kind: upstream.KindPerm, Op: "authenticate",
@@ -59,7 +60,7 @@ func (b *Bridge) openUpstreamToken(ctx context.Context, mech, account, token str
 		use = other
 	}
 	var sc *upstream.OAuthClient
-	if use == upstream.MechXOAuth2 {
+	if use == saslmech.XOAuth2 {
 		sc = upstream.NewXOAuth2Client(account, token)
 	} else {
 		host, portStr, _ := net.SplitHostPort(b.cfg.Upstream.Address)

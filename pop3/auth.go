@@ -11,6 +11,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"go.uber.org/zap"
+
+	"github.com/popbridge/popbridge/internal/saslmech"
 )
 
 // authAllowed reports whether USER/PASS and AUTH may be used: only over
@@ -73,22 +75,16 @@ func (c *conn) cmdPass(cmd command) error {
 	})
 }
 
-// Mechanisms offered by AUTH (RFC 5034) and listed by CAPA SASL.
-const (
-	mechPlain = "PLAIN" // RFC 4616
-	mechLogin = "LOGIN" // draft-murchison-sasl-login
-)
-
 // errAuthzID refuses a PLAIN authorization identity other than the user.
 var errAuthzID = &Error{Code: CodeAuth, Text: "authorization identity not supported"}
 
 // mechanisms returns the SASL mechanisms offered, in CAPA's order.
 func (c *conn) mechanisms() []string {
-	mechs := []string{mechPlain, mechLogin}
+	mechs := []string{saslmech.Plain, saslmech.Login}
 	if tb, ok := c.srv.Backend.(TokenBackend); ok {
 		var offered []string
 		c.safely("TokenMechanisms", func() { offered = tb.TokenMechanisms() })
-		for _, m := range []string{MechXOAuth2, MechOAuthBearer} {
+		for _, m := range []string{saslmech.XOAuth2, saslmech.OAuthBearer} {
 			if slices.Contains(offered, m) {
 				mechs = append(mechs, m)
 			}
@@ -127,7 +123,7 @@ func (c *conn) cmdAuth(cmd command) error {
 	var srv sasl.Server
 	var bearer *bearerServer
 	switch mech {
-	case mechPlain:
+	case saslmech.Plain:
 		srv = sasl.NewPlainServer(func(identity, username, password string) error {
 			user, pass = username, password
 			if identity != "" && identity != username {
@@ -135,11 +131,11 @@ func (c *conn) cmdAuth(cmd command) error {
 			}
 			return nil
 		})
-	case mechLogin:
+	case saslmech.Login:
 		srv = &loginServer{done: func(username, password string) {
 			user, pass = username, password
 		}}
-	case MechXOAuth2, MechOAuthBearer:
+	case saslmech.XOAuth2, saslmech.OAuthBearer:
 		bearer = newBearerServer(mech)
 		srv = bearer
 	}

@@ -75,30 +75,18 @@ type Maildrop interface {
 	Close() error
 }
 
-// SASL mechanisms that carry an OAuth 2.0 bearer token instead of a
-// password (see TokenBackend).
-const (
-	// MechXOAuth2 is Google's and Microsoft's XOAUTH2:
-	// "user=" user ^A "auth=Bearer " token ^A ^A.
-	MechXOAuth2 = "XOAUTH2"
-	// MechOAuthBearer is RFC 7628's OAUTHBEARER: a GS2 header with the
-	// authorization identity ("n,a=user,"), then key=value pairs
-	// separated by ^A, among them "auth=Bearer " token.
-	MechOAuthBearer = "OAUTHBEARER"
-)
-
 // TokenBackend is an optional interface of a Backend: it accepts OAuth 2.0
 // bearer tokens given with AUTH XOAUTH2 and AUTH OAUTHBEARER (RFC 5034,
 // RFC 7628). CAPA's SASL line and AUTH list the mechanisms it returns from
 // TokenMechanisms.
 type TokenBackend interface {
 	Backend
-	// TokenMechanisms returns the token mechanisms to offer: MechXOAuth2,
-	// MechOAuthBearer, both or none; other names are ignored. It is
+	// TokenMechanisms returns the token mechanisms to offer:
+	// saslmech.XOAuth2, saslmech.OAuthBearer, both or none; other names are ignored. It is
 	// called for every CAPA and AUTH command, so it must be cheap.
 	TokenMechanisms() []string
 	// LoginToken is Login for a bearer token: mech is the mechanism the
-	// client used (MechXOAuth2 or MechOAuthBearer), username the user it
+	// client used (saslmech.XOAuth2 or saslmech.OAuthBearer), username the user it
 	// named (the OAUTHBEARER authorization identity). The token is a
 	// secret like a password. A refused token is answered with
 	// ErrAuthFailed or another *Error with Code CodeAuth; the client then

@@ -12,9 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popbridge/popbridge/pop3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/popbridge/popbridge/pop3"
 )
 
 const (

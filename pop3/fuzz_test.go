@@ -11,10 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popbridge/popbridge/pop3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/popbridge/popbridge/internal/saslmech"
+	"github.com/popbridge/popbridge/pop3"
 )
 
 // Session prefixes the fuzzer's input is appended to, by mode.
@@ -70,7 +72,7 @@ func FuzzSession(f *testing.F) {
 }
 
 // saslMechs are the mechanisms FuzzSASL picks from.
-var saslMechs = []string{"PLAIN", "LOGIN", pop3.MechXOAuth2, pop3.MechOAuthBearer}
+var saslMechs = []string{"PLAIN", "LOGIN", saslmech.XOAuth2, saslmech.OAuthBearer}
 
 // FuzzSASL runs an AUTH exchange with arbitrary responses: ir (if not
 // empty) is the initial response, cont the response to the first
@@ -114,7 +116,7 @@ func FuzzSASL(f *testing.F) {
 			mech, rest, _ := strings.Cut(call, " ")
 			i := strings.LastIndexByte(rest, ' ')
 			user, token := rest[:i], rest[i+1:]
-			if mech != pop3.MechXOAuth2 && mech != pop3.MechOAuthBearer {
+			if mech != saslmech.XOAuth2 && mech != saslmech.OAuthBearer {
 				t.Fatalf("LoginToken with mechanism %q", mech)
 			}
 			if user == "" || strings.ContainsFunc(user, func(r rune) bool { return r < 0x20 || r == 0x7f }) {

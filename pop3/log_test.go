@@ -6,10 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popbridge/popbridge/pop3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/popbridge/popbridge/pop3"
 )
 
 // observedServer returns a server logging at Debug level to an observer.

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-sasl"
+
+	"github.com/popbridge/popbridge/internal/saslmech"
 )
 
 // Limits of the OAuth SASL responses.
@@ -38,7 +40,7 @@ type bearerServer struct {
 }
 
 func newBearerServer(mech string) *bearerServer {
-	if mech == MechXOAuth2 {
+	if mech == saslmech.XOAuth2 {
 		return &bearerServer{parse: parseXOAuth2, failure: xoauth2Failure}
 	}
 	return &bearerServer{parse: parseOAuthBearer, failure: oauthBearerFailure}

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/popbridge/popbridge/internal/saslmech"
 	"github.com/popbridge/popbridge/pop3"
 )
 
@@ -25,7 +26,7 @@ var _ pop3.TokenBackend = (*tokenBackend)(nil)
 
 func newTokenBackend(mechs ...string) *tokenBackend {
 	if mechs == nil {
-		mechs = []string{pop3.MechXOAuth2, pop3.MechOAuthBearer}
+		mechs = []string{saslmech.XOAuth2, saslmech.OAuthBearer}
 	}
 	return &tokenBackend{fakeBackend: newFakeBackend(), mechs: mechs}
 }
@@ -63,7 +64,7 @@ func TestTokenMechanismsOffered(t *testing.T) {
 	}{
 		"password backend": {newFakeBackend(), "SASL PLAIN LOGIN"},
 		"both":             {newTokenBackend(), "SASL PLAIN LOGIN XOAUTH2 OAUTHBEARER"},
-		"xoauth2 only":     {newTokenBackend(pop3.MechXOAuth2, "CRAM-MD5"), "SASL PLAIN LOGIN XOAUTH2"},
+		"xoauth2 only":     {newTokenBackend(saslmech.XOAuth2, "CRAM-MD5"), "SASL PLAIN LOGIN XOAUTH2"},
 		"none":             {newTokenBackend([]string{}...), "SASL PLAIN LOGIN"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -75,7 +76,7 @@ func TestTokenMechanismsOffered(t *testing.T) {
 					"RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "UIDL", "IMPLEMENTATION popbridge", ".")},
 				{"AUTH", append(append(ok("+OK mechanisms follow"), mechs...), ".")},
 			})
-			for _, m := range []string{pop3.MechXOAuth2, pop3.MechOAuthBearer, "CRAM-MD5"} {
+			for _, m := range []string{saslmech.XOAuth2, saslmech.OAuthBearer, "CRAM-MD5"} {
 				if !strings.Contains(tc.sasl, m) {
 					c.run([]step{{"AUTH " + m + " " + xoauth2(testUser, testToken), ok("-ERR unsupported authentication mechanism")}})
 				}

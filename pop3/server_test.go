@@ -11,10 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popbridge/popbridge/pop3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/popbridge/popbridge/pop3"
 )
 
 func itoa(n int) string { return strconv.Itoa(n) }

@@ -88,18 +88,6 @@ func TestParseMessageID(t *testing.T) {
 	}
 }
 
-func TestValidFlag(t *testing.T) {
-	for f, want := range map[string]bool{
-		`\Seen`: true, `\Deleted`: true, "$POP3Deleted": true, "NonJunk": true,
-		"": false, `\`: false, "a b": false, "a(": false, "a)": false, `a"`: false,
-		"a*": false, "a%": false, "a]": false, "a{": false, "ä": false, `a\b`: false,
-	} {
-		if got := validFlag(f); got != want {
-			t.Errorf("validFlag(%q) = %v, want %v", f, got, want)
-		}
-	}
-}
-
 func TestTopWriter(t *testing.T) {
 	body := "one\r\ntwo\nthree\r\nfour"
 	for n := 0; n <= 5; n++ {

@@ -6,12 +6,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-sasl"
-)
 
-// SASL mechanism names of the OAuth 2.0 clients below.
-const (
-	MechXOAuth2     = "XOAUTH2"     // Google, Microsoft
-	MechOAuthBearer = "OAUTHBEARER" // RFC 7628
+	"github.com/popbridge/popbridge/internal/saslmech"
 )
 
 // OAuthClient is a go-sasl client for a bearer-token mechanism. On
@@ -33,7 +29,7 @@ var _ sasl.Client = (*OAuthClient)(nil)
 // challenge with an empty response.
 func NewXOAuth2Client(username, token string) *OAuthClient {
 	return &OAuthClient{
-		mech: MechXOAuth2,
+		mech: saslmech.XOAuth2,
 		ir:   []byte("user=" + username + "\x01auth=Bearer " + token + "\x01\x01"),
 	}
 }
@@ -57,7 +53,7 @@ func NewOAuthBearerClient(username, token, host string, port int) *OAuthClient {
 		b.WriteString("\x01port=" + strconv.Itoa(port))
 	}
 	b.WriteString("\x01auth=Bearer " + token + "\x01\x01")
-	return &OAuthClient{mech: MechOAuthBearer, ir: []byte(b.String())}
+	return &OAuthClient{mech: saslmech.OAuthBearer, ir: []byte(b.String())}
 }
 
 // Start implements sasl.Client: it returns the whole credential as the
@@ -80,7 +76,7 @@ func (c *OAuthClient) Next(challenge []byte) ([]byte, error) {
 		return nil, errOAuthChallenge
 	}
 	c.failure = append([]byte{}, challenge...)
-	if c.mech == MechOAuthBearer {
+	if c.mech == saslmech.OAuthBearer {
 		return []byte{0x01}, nil
 	}
 	return []byte{}, nil

@@ -76,7 +76,7 @@ func checkFlags(op string, flags []string) ([]imap.Flag, int, error) {
 	out := make([]imap.Flag, 0, len(flags))
 	n := 0
 	for _, f := range flags {
-		if !validFlag(f) {
+		if !ValidFlag(f) {
 			return nil, 0, permError(op, "invalid flag %q", truncate(f, 40))
 		}
 		out = append(out, imap.Flag(f))
@@ -85,14 +85,20 @@ func checkFlags(op string, flags []string) ([]imap.Flag, int, error) {
 	return out, n, nil
 }
 
-func validFlag(f string) bool {
-	kw := strings.TrimPrefix(f, `\`)
-	if kw == "" || len(f) > 200 {
+// ValidFlag reports whether f can be set with STORE: a system flag a
+// client may set (\Seen, \Answered, \Flagged, \Deleted, \Draft) or a
+// keyword atom (RFC 9051 §2.3.2, flag-keyword) of at most 200 octets.
+func ValidFlag(f string) bool {
+	switch strings.ToLower(f) {
+	case `\seen`, `\answered`, `\flagged`, `\deleted`, `\draft`:
+		return true
+	}
+	if f == "" || len(f) > 200 || strings.HasPrefix(f, `\`) {
 		return false
 	}
-	for i := 0; i < len(kw); i++ {
-		ch := kw[i]
-		if ch <= ' ' || ch >= 0x7f || strings.IndexByte(`(){%*"\]`, ch) >= 0 {
+	for i := 0; i < len(f); i++ {
+		c := f[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`(){%*"\]`, c) >= 0 {
 			return false
 		}
 	}
