@@ -179,7 +179,7 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 // openUpstream dials the upstream, logs in with the POP3 credentials and
 // selects the configured mailbox.
 func (b *Bridge) openUpstream(ctx context.Context, account, password string) (*upstream.Conn, upstream.Status, error) {
-	conn, err := upstream.Dial(ctx, b.up)
+	conn, err := upstream.Dial(ctx, b.dialFor(account))
 	if err != nil {
 		return nil, upstream.Status{}, err
 	}

@@ -119,6 +119,12 @@ type StateConfig struct {
 type LogConfig struct {
 	Level  string `toml:"level"`  // debug | info | warn | error
 	Format string `toml:"format"` // json | console
+	// UpstreamTrace logs every line exchanged with the upstream (one log
+	// line each, "C: " for what popbridge sent, "S: " for what it
+	// received), with credentials redacted; UpstreamTraceAccounts limits
+	// it to those accounts (empty: every account).
+	UpstreamTrace         bool     `toml:"upstream_trace"`
+	UpstreamTraceAccounts []string `toml:"upstream_trace_accounts"`
 }
 
 // Delete policies (DESIGN.md, "Delete policies").

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
@@ -70,6 +71,7 @@ type env struct {
 	srv       *Server
 	addr      string
 	done      chan error
+	logger    *zap.Logger // nil: the test's own
 }
 
 func newEnv(t *testing.T, up *upstreamEnv, mutate ...func(*Config)) *env {
@@ -96,7 +98,11 @@ func (e *env) start() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	srv, err := NewServer(e.cfg, st, zaptest.NewLogger(e.t))
+	log := e.logger
+	if log == nil {
+		log = zaptest.NewLogger(e.t)
+	}
+	srv, err := NewServer(e.cfg, st, log)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ func (b *Bridge) LoginToken(ctx context.Context, ci *pop3.ConnInfo, mech, userna
 // openUpstreamToken dials the upstream, authenticates as account with the
 // bearer token and selects the configured mailbox.
 func (b *Bridge) openUpstreamToken(ctx context.Context, mech, account, token string) (*upstream.Conn, upstream.Status, error) {
-	conn, err := upstream.Dial(ctx, b.up)
+	conn, err := upstream.Dial(ctx, b.dialFor(account))
 	if err != nil {
 		return nil, upstream.Status{}, err
 	}
