@@ -44,15 +44,10 @@ func Check(ctx context.Context, cfg Config, account, password string, w io.Write
 		return "no"
 	}
 	fmt.Fprintf(w, "capabilities: UIDPLUS %s, MOVE %s, CONDSTORE %s\n", yes(conn.HasUIDPlus()), yes(conn.HasMove()), yes(conn.HasCondStore()))
-	switch cfg.Delete.Policy {
-	case PolicyExpunge:
-		if !conn.HasUIDPlus() {
-			return fmt.Errorf("delete.policy = expunge needs UIDPLUS (UID EXPUNGE), which this server lacks: choose move, flag or hide")
-		}
-	case PolicyMove:
-		if !conn.HasMove() && !conn.HasUIDPlus() {
-			return fmt.Errorf("delete.policy = move needs MOVE or UIDPLUS, which this server lacks: choose flag or hide")
-		}
+	if err := policyNeeds(conn, cfg.Delete.Policy); err != nil {
+		return err
+	}
+	if cfg.Delete.Policy == PolicyMove {
 		target := cfg.Delete.MoveTo
 		if target == "" {
 			if target, err = conn.SpecialUse(ctx, `\Trash`); err != nil {

@@ -127,14 +127,6 @@ type LogConfig struct {
 	UpstreamTraceAccounts []string `toml:"upstream_trace_accounts"`
 }
 
-// Delete policies (DESIGN.md, "Delete policies").
-const (
-	PolicyMove    = "move"
-	PolicyExpunge = "expunge"
-	PolicyFlag    = "flag"
-	PolicyHide    = "hide"
-)
-
 // DefaultConfig returns the configuration every key falls back to.
 func DefaultConfig() Config {
 	return Config{

@@ -259,17 +259,13 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 		p.UIDs = append(p.UIDs, m.uids[n-1])
 		p.UIDLs = append(p.UIDLs, m.msgs[n-1].UIDL)
 	}
+	if err := policyNeeds(m.conn, cfg.Policy); err != nil {
+		return &pop3.Error{Code: pop3.CodeSysPerm, Text: err.Error() + "; nothing was deleted"}
+	}
 	switch cfg.Policy {
 	case PolicyFlag:
 		p.Flags = slices.Clone(cfg.Flags)
-	case PolicyExpunge:
-		if !m.conn.HasUIDPlus() {
-			return &pop3.Error{Code: pop3.CodeSysPerm, Text: "the upstream server has no UID EXPUNGE (UIDPLUS); nothing was deleted"}
-		}
 	case PolicyMove:
-		if !m.conn.HasMove() && !m.conn.HasUIDPlus() {
-			return &pop3.Error{Code: pop3.CodeSysPerm, Text: "the upstream server has neither MOVE nor UIDPLUS; nothing was deleted"}
-		}
 		target, err := m.moveTarget(ctx)
 		if err != nil {
 			return err
