@@ -29,6 +29,17 @@ type Config struct {
 	State    StateConfig    `toml:"state"`
 	Limits   LimitsConfig   `toml:"limits"`
 	Log      LogConfig      `toml:"log"`
+	Admin    AdminConfig    `toml:"admin"`
+}
+
+// AdminConfig is the [admin] table: the operator's HTTP endpoints
+// (/healthz, /readyz, /metrics, and /debug/pprof when Pprof is set).
+type AdminConfig struct {
+	Listen string `toml:"listen"` // host:port; "" turns the endpoints off
+	Pprof  bool   `toml:"pprof"`  // serve /debug/pprof/ too
+	// ReadyCache is how long one round of readiness checks answers
+	// /readyz, so that probes cannot hammer the store and the upstream.
+	ReadyCache time.Duration `toml:"ready_cache"`
 }
 
 // ServerConfig is the [server] table: the POP3 side.
@@ -159,7 +170,8 @@ func DefaultConfig() Config {
 			LoginFailureWindow:         15 * time.Minute,
 			ExemptNetworks:             []string{"127.0.0.0/8", "::1"},
 		},
-		Log: LogConfig{Level: "info", Format: "json"},
+		Log:   LogConfig{Level: "info", Format: "json", UpstreamTraceAccounts: []string{}},
+		Admin: AdminConfig{ReadyCache: 5 * time.Second},
 	}
 }
 
@@ -293,6 +305,14 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return bad("log.level", "unknown value %q (want debug, info, warn or error)", c.Log.Level)
+	}
+	if c.Admin.Listen != "" {
+		if err := checkAddr(c.Admin.Listen); err != nil {
+			return bad("admin.listen", "%v", err)
+		}
+	}
+	if c.Admin.ReadyCache <= 0 {
+		return bad("admin.ready_cache", "must be positive")
 	}
 	switch c.Log.Format {
 	case "json", "console":

@@ -9,9 +9,13 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/popbridge/popbridge/internal/admin"
 	"github.com/popbridge/popbridge/internal/netlist"
 	"github.com/popbridge/popbridge/internal/proxylisten"
 	"github.com/popbridge/popbridge/internal/tlsreload"
@@ -32,6 +36,14 @@ type Server struct {
 
 	cert    *tlsreload.Certificate // nil without [tls]
 	trusted []netip.Prefix         // server.proxy_trusted
+	store   state.Store
+
+	// Metrics is the server's Prometheus registry, served on the admin
+	// listener's /metrics.
+	Metrics *prometheus.Registry
+	admin   *admin.Server // nil without [admin] listen
+	adminLn net.Listener
+	serving atomic.Bool // the POP3 listeners are being served
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -69,7 +81,10 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 	ps.ConnLimiter = limits
 	ps.LoginLimiter = limits
 	ps.LoginFailDelay = cfg.Limits.LoginFailureDelay // used only without a LoginLimiter
-	s := &Server{cfg: cfg, log: log, Bridge: b, POP3: ps, Limits: limits, trusted: trusted}
+	s := &Server{cfg: cfg, log: log, Bridge: b, POP3: ps, Limits: limits, trusted: trusted, store: st, Metrics: newRegistry()}
+	if cfg.Admin.Listen != "" {
+		s.admin = admin.New(admin.Options{Registry: s.Metrics, Checks: s.readiness(), Pprof: cfg.Admin.Pprof, CacheFor: cfg.Admin.ReadyCache})
+	}
 	if cfg.TLS.CertFile != "" {
 		if s.cert, err = tlsreload.Load(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
 			return nil, fmt.Errorf("config: tls: %w", err)
@@ -96,7 +111,26 @@ func (s *Server) Listen() error {
 		}
 		s.listeners = append(s.listeners, tls.NewListener(tln, s.POP3.TLSConfig))
 	}
+	if s.admin != nil {
+		aln, err := net.Listen("tcp", s.cfg.Admin.Listen)
+		if err != nil {
+			for _, l := range s.listeners {
+				l.Close()
+			}
+			return fmt.Errorf("admin.listen: %w", err)
+		}
+		s.adminLn = aln
+	}
 	return nil
+}
+
+// AdminAddr returns the address of the admin listener, or nil without
+// [admin] listen.
+func (s *Server) AdminAddr() net.Addr {
+	if s.adminLn == nil {
+		return nil
+	}
+	return s.adminLn.Addr()
 }
 
 // listen opens a TCP listener on addr, with the PROXY protocol in front
@@ -123,7 +157,15 @@ func (s *Server) TLSAddr() net.Addr {
 // Serve serves every listener until Shutdown or Close and returns the first
 // error that is not the normal end.
 func (s *Server) Serve() error {
-	errc := make(chan error, len(s.listeners))
+	errc := make(chan error, len(s.listeners)+1)
+	if s.adminLn != nil {
+		go func() {
+			if err := s.admin.Serve(s.adminLn); err != nil {
+				s.log.Error("admin listener failed", zap.Error(err))
+			}
+		}()
+	}
+	s.serving.Store(true)
 	for _, ln := range s.listeners {
 		s.wg.Add(1)
 		go func() {
@@ -144,5 +186,10 @@ func (s *Server) Serve() error {
 // Shutdown stops accepting, lets sessions finish until ctx ends, then
 // closes the rest. A session in the middle of its UPDATE finishes it.
 func (s *Server) Shutdown(ctx context.Context) error {
-	return s.POP3.Shutdown(ctx)
+	s.serving.Store(false)
+	err := s.POP3.Shutdown(ctx)
+	if s.admin != nil {
+		s.admin.Shutdown(ctx)
+	}
+	return err
 }

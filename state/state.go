@@ -121,6 +121,12 @@ type Store interface {
 	Close() error
 }
 
+// Pinger is an optional interface of a Store: Ping reports whether the
+// store answers now (for readiness probes). It changes nothing.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // Versioner is an optional interface of a Store: MailboxVersion returns the
 // version of a mailbox record (0 when there is none) without reading its
 // entries, so that a caller holding that version in memory can skip

@@ -471,6 +471,11 @@ func (s *Store) Lock(ctx context.Context, k state.ClientKey) (release func(), er
 	}, nil
 }
 
+// Ping implements state.Pinger: a read transaction on the file.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.db.View(func(*bolt.Tx) error { return nil })
+}
+
 // Close frees every lock and closes the file. The Store must not be used
 // afterwards, except that release functions may still be called.
 func (s *Store) Close() error {

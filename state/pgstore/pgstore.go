@@ -475,6 +475,11 @@ func discard(c *pgxpool.Conn) {
 	c.Release()
 }
 
+// Ping implements state.Pinger: a round trip to the database.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.pool.Ping(ctx)
+}
+
 // Close frees the locks still held, which ends their sessions' claim on the
 // maildrops, and closes the pools. Release functions may still be called.
 func (s *Store) Close() error {
