@@ -3,6 +3,7 @@
 //	popbridge serve -config FILE   run the server (SIGHUP reloads the TLS certificate)
 //	popbridge demo                 run against an in-process IMAP server with sample mail
 //	popbridge check -config FILE   validate the configuration, then try the upstream
+//	popbridge health [-ready]      ask a running popbridge's admin listener (for container health checks)
 //	popbridge version              print the version
 package main
 
@@ -28,8 +29,9 @@ import (
 	"github.com/popbridge/popbridge/state/pgstore"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "0.1.0-dev"
+// version is set at build time with -ldflags "-X main.version=…"
+// (contrib/build.sh); empty means: ask the build information.
+var version string
 
 const usage = `usage:
   popbridge serve -config FILE     serve POP3 from the upstream IMAP server
@@ -37,6 +39,9 @@ const usage = `usage:
   popbridge check -config FILE [-user NAME]
                                    validate the configuration; with -user, log in
                                    upstream (password from POPBRIDGE_PASSWORD or stdin)
+  popbridge health [-addr HOST:PORT] [-ready]
+                                   ask the admin listener of a running popbridge:
+                                   /healthz, or /readyz with -ready; exit 1 unless OK
   popbridge version                print the version
 `
 
@@ -53,8 +58,10 @@ func main() {
 		err = demo(os.Args[2:])
 	case "check":
 		err = check(os.Args[2:], os.Stdin, os.Stdout)
+	case "health":
+		err = health(os.Args[2:], os.Stdout)
 	case "version", "-version", "--version":
-		fmt.Println("popbridge", version)
+		fmt.Println("popbridge", buildVersion())
 	case "help", "-h", "-help", "--help":
 		fmt.Print(usage)
 	default:
@@ -128,7 +135,7 @@ func serve(args []string) error {
 		return err
 	}
 	fields := []zap.Field{zap.String("pop3", srv.Addr().String()), zap.String("upstream", cfg.Upstream.Address),
-		zap.String("delete_policy", cfg.Delete.Policy), zap.String("version", version)}
+		zap.String("delete_policy", cfg.Delete.Policy), zap.String("version", buildVersion())}
 	if a := srv.TLSAddr(); a != nil {
 		fields = append(fields, zap.String("pop3s", a.String()))
 	}
