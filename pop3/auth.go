@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -44,6 +45,10 @@ func (c *conn) cmdUser(cmd command) error {
 	}
 	if len(cmd.args) != 1 {
 		c.fail("syntax error: USER name")
+		return nil
+	}
+	c.user = ""
+	if c.badName(cmd.args[0]) {
 		return nil
 	}
 	c.user = cmd.args[0]
@@ -118,17 +123,13 @@ func (c *conn) cmdAuth(cmd command) error {
 		c.fail("unsupported authentication mechanism")
 		return nil
 	}
-	var user, pass string
-	var authzErr error
+	var user, pass, authzid string
 	var srv sasl.Server
 	var bearer *bearerServer
 	switch mech {
 	case saslmech.Plain:
 		srv = sasl.NewPlainServer(func(identity, username, password string) error {
-			user, pass = username, password
-			if identity != "" && identity != username {
-				authzErr = errAuthzID
-			}
+			user, pass, authzid = username, password, identity
 			return nil
 		})
 	case saslmech.Login:
@@ -150,6 +151,9 @@ func (c *conn) cmdAuth(cmd command) error {
 	if ok, err := c.saslExchange(srv, ir); !ok || err != nil {
 		return err
 	}
+	if authzid != "" && c.badName(authzid) {
+		return nil
+	}
 	if bearer != nil {
 		user, token := bearer.user, bearer.token
 		tb := c.srv.Backend.(TokenBackend)
@@ -158,11 +162,30 @@ func (c *conn) cmdAuth(cmd command) error {
 		})
 	}
 	return c.authenticate(user, nil, func() (Maildrop, error) {
-		if authzErr != nil {
-			return nil, authzErr
+		if authzid != "" && authzid != user {
+			return nil, errAuthzID
 		}
 		return c.srv.Backend.Login(c.ctx, &c.info, user, pass)
 	})
+}
+
+// badName answers a login name that CheckLoginName refuses, counts it as
+// a protocol error and logs it, and reports whether it did. The name is
+// logged quoted, in ASCII, and cut short.
+func (c *conn) badName(name string) bool {
+	err := CheckLoginName(name)
+	if err == nil {
+		return false
+	}
+	c.errs++
+	shown := name
+	if len(shown) > 64 {
+		shown = shown[:64]
+	}
+	c.log.Info("login name refused", zap.String("remote", addrString(c.info.RemoteAddr)),
+		zap.String("user", strconv.QuoteToASCII(shown)), zap.String("reason", err.Error()))
+	c.reply(errorLine(err.(*Error)))
+	return true
 }
 
 // saslExchange runs srv to its end (RFC 5034 §4): each challenge goes out
@@ -184,7 +207,7 @@ func (c *conn) saslExchange(srv sasl.Server, resp []byte) (ok bool, err error) {
 		if err := c.bw.Flush(); err != nil {
 			return false, err
 		}
-		if err := c.nc.SetReadDeadline(time.Now().Add(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout))); err != nil {
+		if err := c.nc.SetReadDeadline(c.authDeadline); err != nil {
 			return false, err
 		}
 		line, err := c.readLine(maxSASLLineLength)
@@ -255,6 +278,9 @@ func (s *loginServer) Next(resp []byte) ([]byte, bool, error) {
 // failure, when set, is the mechanism's error challenge (RFC 7628 §3.2.2),
 // sent first when the credentials were refused.
 func (c *conn) authenticate(user string, failure []byte, check func() (Maildrop, error)) error {
+	if c.badName(user) {
+		return nil
+	}
 	c.name = user
 	var end func(failed bool) time.Duration
 	if l := c.srv.LoginLimiter; l != nil {
@@ -336,7 +362,7 @@ func (c *conn) loginFailed(err error, delay time.Duration, refused bool, failure
 		if err := c.bw.Flush(); err != nil {
 			return err
 		}
-		if err := c.nc.SetReadDeadline(time.Now().Add(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout))); err != nil {
+		if err := c.nc.SetReadDeadline(c.authDeadline); err != nil {
 			return err
 		}
 		if _, err := c.readLine(maxSASLLineLength); err != nil && !errors.Is(err, errLineTooLong) {
@@ -369,7 +395,7 @@ func (c *conn) cmdStls(cmd command) error {
 		c.br.Discard(n)
 	}
 	tc := tls.Server(c.raw, c.srv.TLSConfig)
-	if err := c.raw.SetDeadline(time.Now().Add(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout))); err != nil {
+	if err := c.raw.SetDeadline(c.authDeadline); err != nil {
 		return err
 	}
 	if err := tc.HandshakeContext(c.ctx); err != nil {

@@ -77,7 +77,7 @@ func TestAuthLogin(t *testing.T) {
 			{b64(testUser), pass},
 			{"*", ok("-ERR authentication cancelled")},
 			{"AUTH LOGIN =", pass},
-			{b64(testPass), ok("-ERR [AUTH] authentication failed")},
+			{b64(testPass), ok("-ERR [AUTH] invalid user name: empty")},
 			{"AUTH LOGIN " + b64(testUser), pass},
 			{b64(testPass), loggedIn},
 		},

@@ -63,15 +63,16 @@ type conn struct {
 	cancel context.CancelFunc
 	info   ConnInfo
 
-	state    state
-	lines    int    // command lines read
-	errs     int    // protocol errors and failed logins
-	authFail int    // failed logins
-	user     string // USER argument awaiting PASS
-	name     string // the last login name given, for the log
-	md       Maildrop
-	msgs     []Message
-	deleted  []bool // DELE marks, by message number - 1
+	state        state
+	authDeadline time.Time // the end of the time allowed to log in (Server.AuthTimeout)
+	lines        int       // command lines read
+	errs         int       // protocol errors and failed logins
+	authFail     int       // failed logins
+	user         string    // USER argument awaiting PASS
+	name         string    // the last login name given, for the log
+	md           Maildrop
+	msgs         []Message
+	deleted      []bool // DELE marks, by message number - 1
 
 	nretr, ntop int
 	bytesOut    int64 // message octets sent, before dot-stuffing
@@ -248,7 +249,11 @@ func (c *conn) run() error {
 		}
 		c.release = release
 	}
-	if err := c.handshake(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout)); err != nil {
+	// One deadline for the whole AUTHORIZATION state, from here to the
+	// login, whatever the client sends meanwhile: a client that keeps
+	// talking without logging in must not keep the connection for ever.
+	c.authDeadline = time.Now().Add(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout))
+	if err := c.handshake(c.authDeadline); err != nil {
 		return err
 	}
 	c.reply("+OK POP3 server ready")
@@ -279,14 +284,14 @@ func (c *conn) run() error {
 // connection, which is done only to tell the client why.
 const refuseTimeout = 10 * time.Second
 
-// handshake runs the TLS handshake of an implicit-TLS connection within
-// timeout; it does nothing on a cleartext one.
-func (c *conn) handshake(timeout time.Duration) error {
+// handshake runs the TLS handshake of an implicit-TLS connection before
+// deadline; it does nothing on a cleartext one.
+func (c *conn) handshake(deadline time.Time) error {
 	tc, ok := c.raw.(*tls.Conn)
 	if !ok {
 		return nil
 	}
-	if err := c.raw.SetDeadline(time.Now().Add(timeout)); err != nil {
+	if err := c.raw.SetDeadline(deadline); err != nil {
 		return err
 	}
 	if err := tc.HandshakeContext(c.ctx); err != nil {
@@ -304,7 +309,7 @@ func (c *conn) handshake(timeout time.Duration) error {
 func (c *conn) refuse(err error) error {
 	c.outcome = outcomeRefused
 	c.reason = err.Error()
-	if err := c.handshake(min(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout), refuseTimeout)); err != nil {
+	if err := c.handshake(time.Now().Add(min(orDefault(c.srv.AuthTimeout, DefaultAuthTimeout), refuseTimeout))); err != nil {
 		return errEnd
 	}
 	var pe *Error
@@ -317,14 +322,14 @@ func (c *conn) refuse(err error) error {
 	return errEnd
 }
 
-// readCommand reads one command line, with the autologout deadline of the
-// current state.
+// readCommand reads one command line: before login by the deadline of the
+// AUTHORIZATION state, after it within the autologout timer.
 func (c *conn) readCommand() (string, error) {
-	timeout := orDefault(c.srv.ReadTimeout, DefaultReadTimeout)
-	if c.state == stateAuthorization {
-		timeout = orDefault(c.srv.AuthTimeout, DefaultAuthTimeout)
+	deadline := c.authDeadline
+	if c.state != stateAuthorization {
+		deadline = time.Now().Add(orDefault(c.srv.ReadTimeout, DefaultReadTimeout))
 	}
-	if err := c.nc.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+	if err := c.nc.SetReadDeadline(deadline); err != nil {
 		return "", err
 	}
 	if c.state == stateAuthorization && !c.lineBuffered() {

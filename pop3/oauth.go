@@ -10,11 +10,6 @@ import (
 	"github.com/popbridge/popbridge/internal/saslmech"
 )
 
-// Limits of the OAuth SASL responses.
-const (
-	maxTokenUser = 256 // octets of the user name
-)
-
 // Error challenges sent when the Backend refuses a token: RFC 7628 §3.2.2
 // for OAUTHBEARER, and the JSON Google and Microsoft send for XOAUTH2.
 // They say only that the token was refused.
@@ -96,7 +91,7 @@ func parseXOAuth2(b []byte) (user, token string, err error) {
 			}
 		}
 	}
-	if !haveUser || !haveAuth || !validTokenUser(user) {
+	if !haveUser || !haveAuth || user == "" {
 		return "", "", errBadBearer
 	}
 	return user, token, nil
@@ -123,7 +118,7 @@ func parseOAuthBearer(b []byte) (user, token string, err error) {
 	if !ok {
 		return "", "", errBadBearer
 	}
-	if user, ok = decodeSASLName(string(name)); !ok || !validTokenUser(user) {
+	if user, ok = decodeSASLName(string(name)); !ok || user == "" {
 		return "", "", errBadBearer
 	}
 	rest, ok = bytes.CutPrefix(rest, []byte{1})
@@ -225,19 +220,4 @@ func decodeSASLName(s string) (string, bool) {
 		i += 2
 	}
 	return b.String(), true
-}
-
-// validTokenUser reports whether a user named in a bearer response is
-// usable: not empty, not too long, printable (no controls, which would
-// corrupt the logs and the upstream exchange).
-func validTokenUser(u string) bool {
-	if u == "" || len(u) > maxTokenUser {
-		return false
-	}
-	for i := 0; i < len(u); i++ {
-		if u[i] < 0x20 || u[i] == 0x7f {
-			return false
-		}
-	}
-	return true
 }

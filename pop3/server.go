@@ -14,7 +14,7 @@ import (
 
 // Defaults set by NewServer, and used for a zero field.
 const (
-	// DefaultAuthTimeout bounds the wait for each line before login.
+	// DefaultAuthTimeout bounds the time a client has to log in.
 	DefaultAuthTimeout = 60 * time.Second
 	// DefaultReadTimeout is the autologout timer of the TRANSACTION state:
 	// RFC 1939 §3 requires it to be at least 10 minutes.
@@ -63,8 +63,9 @@ type Server struct {
 	// §6.9); empty omits the line.
 	Implementation string
 
-	// AuthTimeout bounds the wait for each line, and the TLS handshake,
-	// before login. Zero means DefaultAuthTimeout.
+	// AuthTimeout bounds the whole AUTHORIZATION state: from the
+	// connection (TLS handshake included) to the login, however many
+	// commands the client sends meanwhile. Zero means DefaultAuthTimeout.
 	AuthTimeout time.Duration
 	// ReadTimeout is the autologout timer after login (RFC 1939 §3: at
 	// least 10 minutes). Zero means DefaultReadTimeout.
