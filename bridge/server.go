@@ -41,6 +41,7 @@ type Server struct {
 	// Metrics is the server's Prometheus registry, served on the admin
 	// listener's /metrics.
 	Metrics *prometheus.Registry
+	metrics *metrics
 	admin   *admin.Server // nil without [admin] listen
 	adminLn net.Listener
 	serving atomic.Bool // the POP3 listeners are being served
@@ -81,7 +82,10 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 	ps.ConnLimiter = limits
 	ps.LoginLimiter = limits
 	ps.LoginFailDelay = cfg.Limits.LoginFailureDelay // used only without a LoginLimiter
-	s := &Server{cfg: cfg, log: log, Bridge: b, POP3: ps, Limits: limits, trusted: trusted, store: st, Metrics: newRegistry()}
+	m, reg := newMetrics()
+	ps.Observer = m
+	b.up.Observe = m.observeUpstream
+	s := &Server{cfg: cfg, log: log, Bridge: b, POP3: ps, Limits: limits, trusted: trusted, store: st, Metrics: reg, metrics: m}
 	if cfg.Admin.Listen != "" {
 		s.admin = admin.New(admin.Options{Registry: s.Metrics, Checks: s.readiness(), Pprof: cfg.Admin.Pprof, CacheFor: cfg.Admin.ReadyCache})
 	}

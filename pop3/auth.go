@@ -177,6 +177,7 @@ func (c *conn) badName(name string) bool {
 	if err == nil {
 		return false
 	}
+	c.observeLogin(err)
 	c.errs++
 	shown := name
 	if len(shown) > 64 {
@@ -290,6 +291,7 @@ func (c *conn) authenticate(user string, failure []byte, check func() (Maildrop,
 			err = errors.New("pop3: LoginLimiter.BeginLogin returned no end function")
 		}
 		if err != nil {
+			c.observeLogin(err)
 			c.authFail++
 			c.errs++
 			c.log.Info("login throttled", zap.String("remote", addrString(c.info.RemoteAddr)),
@@ -316,6 +318,7 @@ func (c *conn) authenticate(user string, failure []byte, check func() (Maildrop,
 	if err == nil && md == nil {
 		err = errors.New("pop3: Backend returned a nil Maildrop")
 	}
+	c.observeLogin(err)
 	if err != nil {
 		var pe *Error
 		refused := errors.As(err, &pe) && pe.Code == CodeAuth
@@ -407,4 +410,22 @@ func (c *conn) cmdStls(cmd command) error {
 	c.user = ""
 	c.setConn(tc)
 	return nil
+}
+
+// observeLogin tells the Observer how a login attempt ended: "ok", or the
+// response code the client is answered with.
+func (c *conn) observeLogin(err error) {
+	o := c.srv.Observer
+	if o == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		result = CodeSysTemp // what replyErr answers an error that is not an *Error
+		var pe *Error
+		if errors.As(err, &pe) {
+			result = pe.Code
+		}
+	}
+	c.safely("Observer", func() { o.Login(result) })
 }

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/pop3"
 )
 
 // TestAuthTimeoutIsOneDeadline: server.auth_timeout bounds the whole time

@@ -124,3 +124,31 @@ type LoginLimiter interface {
 	// the wait applies to failed attempts only.
 	BeginLogin(remote net.Addr, username string) (end func(failed bool) time.Duration, err error)
 }
+
+// Observer is told what sessions do, for metrics (see Server.Observer). Its
+// methods are called from the sessions' goroutines: they must be cheap, safe
+// for concurrent use, and must not block.
+type Observer interface {
+	// SessionStarted is called for every accepted connection, and
+	// SessionEnded once when it ends, with what it did.
+	SessionStarted()
+	SessionEnded(s SessionSummary)
+	// Command is called for every command line, with its upper-case name,
+	// or "unknown" for a line that is not a POP3 command.
+	Command(name string)
+	// Login is called after every login attempt with its result: "ok", or
+	// the RFC 3206 code of the refusal ("AUTH", "LOGIN-DELAY", "IN-USE",
+	// "SYS/TEMP", "SYS/PERM"), "" for a refusal without one.
+	Login(result string)
+}
+
+// SessionSummary is what one session did, as its log line says.
+type SessionSummary struct {
+	Outcome  string // quit, quit-failed, dropped, timeout, too-many-errors, shutdown, panic, auth-failed, closed, refused
+	TLS      bool
+	Retr     int
+	Top      int
+	Dele     int   // messages marked at the end (deleted at QUIT only when Outcome is quit)
+	BytesOut int64 // octets of RETR and TOP responses sent
+	Duration time.Duration
+}

@@ -212,6 +212,12 @@ func (c *conn) finish() {
 		fields = append(fields, zap.String("reason", c.reason))
 	}
 	c.log.Info("session", fields...)
+	if o := c.srv.Observer; o != nil {
+		c.safely("Observer", func() {
+			o.SessionEnded(SessionSummary{Outcome: c.outcome, TLS: c.info.TLS != nil, Retr: c.nretr, Top: c.ntop,
+				Dele: c.marked(), BytesOut: c.bytesOut, Duration: time.Since(c.start)})
+		})
+	}
 }
 
 // safely calls a backend function whose panic must not escape a deferred
@@ -242,6 +248,9 @@ func (c *conn) run() error {
 	// Behind the PROXY protocol, RemoteAddr reads the header: this is the
 	// connection's own goroutine, so a slow proxy holds up no one else.
 	c.info.RemoteAddr = c.raw.RemoteAddr()
+	if o := c.srv.Observer; o != nil {
+		c.safely("Observer", o.SessionStarted)
+	}
 	if cl := c.srv.ConnLimiter; cl != nil {
 		release, err := cl.AcquireConn(c.info.RemoteAddr)
 		if err != nil {

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/popbridge/popbridge/bridge/pop3"
+	"github.com/popbridge/popbridge/pop3"
 )
 
 // badLoginNames are names an upstream could read differently from the

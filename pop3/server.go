@@ -97,6 +97,9 @@ type Server struct {
 	// a failure (growing delays, limits on failures per address and per
 	// account).
 	LoginLimiter LoginLimiter
+	// Observer, when set, is told about sessions, commands and logins
+	// (for metrics).
+	Observer Observer
 
 	mu        sync.Mutex
 	closed    bool // no new connections: set by Close and Shutdown

@@ -68,6 +68,13 @@ func (c *conn) execute(line string, readErr error) error {
 			msg = "unknown command"
 		}
 	}
+	if o := c.srv.Observer; o != nil {
+		name := cmd.name
+		if msg != "" {
+			name = "unknown"
+		}
+		c.safely("Observer", func() { o.Command(name) })
+	}
 	if msg != "" {
 		c.fail(msg)
 		if first {

@@ -68,6 +68,15 @@ type Conn struct {
 // cleartext); with SecurityNone it stays in cleartext. Dialing and the
 // greeting are bounded by cfg.Timeout.
 func Dial(ctx context.Context, cfg Config) (*Conn, error) {
+	start := time.Now()
+	c, err := dial(ctx, cfg)
+	if cfg.Observe != nil {
+		cfg.Observe("dial", time.Since(start), err)
+	}
+	return c, err
+}
+
+func dial(ctx context.Context, cfg Config) (*Conn, error) {
 	const op = "dial"
 	timeout := cfg.Timeout
 	if timeout <= 0 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -58,6 +59,10 @@ type Config struct {
 	// AUTHENTICATE payloads are replaced with "[redacted]". Message bodies
 	// are traced as they are; enable it for debugging only.
 	Trace io.Writer
+	// Observe, when set, is called after every command (and after each
+	// Dial, as "dial") with how long it took and its error, for metrics.
+	// It must be cheap and safe for concurrent use.
+	Observe func(op string, took time.Duration, err error)
 }
 
 // Status is what SELECT reports about the selected mailbox.
@@ -96,6 +101,22 @@ type Error struct {
 
 func (e *Error) Error() string { return "upstream " + e.Op + ": " + e.Err.Error() }
 func (e *Error) Unwrap() error { return e.Err }
+
+// String names the kind for logs and metric labels: "temporary", "auth",
+// "permanent" or "gone".
+func (k Kind) String() string {
+	switch k {
+	case KindTemp:
+		return "temporary"
+	case KindAuth:
+		return "auth"
+	case KindPerm:
+		return "permanent"
+	case KindGone:
+		return "gone"
+	}
+	return "Kind(" + strconv.Itoa(int(k)) + ")"
+}
 
 // KindOf returns the kind of err: that of the first *Error in its chain, or
 // KindTemp.

@@ -119,11 +119,22 @@ func (c *Conn) call(ctx context.Context, op string, ph phase, f func(w *watch) e
 	if err := c.alive(op); err != nil {
 		return err
 	}
+	start := time.Now()
 	w := c.watch(ctx)
 	err := f(w)
 	if fe, ok := err.(fnError); ok {
 		w.done()
+		c.observe(op, start, nil)
 		return fe.err
 	}
-	return w.end(op, err, ph)
+	err = w.end(op, err, ph)
+	c.observe(op, start, err)
+	return err
+}
+
+// observe reports one operation to Config.Observe.
+func (c *Conn) observe(op string, start time.Time, err error) {
+	if c.cfg.Observe != nil {
+		c.cfg.Observe(op, time.Since(start), err)
+	}
 }
