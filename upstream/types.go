@@ -33,6 +33,19 @@ func ParseSecurity(s string) (Security, error) {
 	return 0, fmt.Errorf("unknown security %q (want tls, starttls or none)", s)
 }
 
+// UnmarshalText implements encoding.TextUnmarshaler (configuration files).
+func (s *Security) UnmarshalText(b []byte) error {
+	v, err := ParseSecurity(string(b))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (s Security) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
 func (s Security) String() string {
 	switch s {
 	case SecurityTLS:
