@@ -73,6 +73,7 @@ func TestLoginBurstHoldsTheLimits(t *testing.T) {
 					t.Fatalf("%d of %d attempts unanswered", tc.n-len(got), tc.n)
 				}
 			}
+			t.Logf("%d simultaneous wrong passwords: %d reached the upstream, the limit is %d", tc.n, reached, tc.limit)
 			if reached > tc.limit {
 				t.Errorf("%d of %d simultaneous wrong passwords reached the upstream; the limit is %d", reached, tc.n, tc.limit)
 			}
