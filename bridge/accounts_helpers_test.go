@@ -214,7 +214,7 @@ func mustLogin(t *testing.T, addr, user, pass string) *popLogin {
 	return p
 }
 
-// answer is one login's answer: the line, or why there was none.
+// answerOf is one login's answer: the line, or why there was none.
 func answerOf(r string, err error) string {
 	if err != nil {
 		return "error: " + err.Error()
