@@ -29,6 +29,18 @@ type Bridge struct {
 	uidl  *state.UIDLFormatter
 	cache *recordCache
 	now   func() time.Time
+	ahead *aheadPool // the read-ahead buffers of every session
+
+	// sessions, when set, counts the sessions of each account
+	// (limits.max_sessions_per_account).
+	sessions sessionLimiter
+}
+
+// sessionLimiter admits the sessions of an account (Limits does).
+type sessionLimiter interface {
+	// AcquireSession counts a session of the account of login, or
+	// refuses it; release frees its place.
+	AcquireSession(login string) (release func(), err error)
 }
 
 // NewBridge returns the backend for cfg, which must be valid.
@@ -44,7 +56,8 @@ func NewBridge(cfg Config, st state.Store, log *zap.Logger) (*Bridge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: uidl.format: %w", err)
 	}
-	return &Bridge{cfg: cfg, log: log, store: st, up: up, uidl: f, cache: newRecordCache(), now: time.Now}, nil
+	return &Bridge{cfg: cfg, log: log, store: st, up: up, uidl: f, cache: newRecordCache(), now: time.Now,
+		ahead: newAheadPool(readAheadTotal)}, nil
 }
 
 // dialConfig turns the [upstream] table into an upstream.Config,
@@ -79,6 +92,10 @@ func dialConfig(c UpstreamConfig, log *zap.Logger) (upstream.Config, error) {
 			log.Warn("upstream TLS certificates are NOT verified (upstream.insecure_skip_verify = true): anyone on the path can read the mail and the passwords")
 		}
 	}
+	if sec == upstream.SecurityNone && !loopbackAddr(c.Address) {
+		log.Warn("upstream.allow_cleartext_remote = true: passwords and mail go to the upstream in clear (upstream.security = \"none\"), over a network that is not loopback; anyone on that network can read them",
+			zap.String("upstream", c.Address))
+	}
 	return upstream.Config{Address: c.Address, Security: sec, TLSConfig: tc, Timeout: c.Timeout, Logger: log.Named("upstream")}, nil
 }
 
@@ -110,10 +127,48 @@ func validDevice(d string) bool {
 	return true
 }
 
+// accountKey is the one name of an upstream account in everything
+// popbridge keeps about it: the mailbox record and the maildrop locks
+// (mailboxKey), the counts of failed logins and of sessions (Limits,
+// through AccountKey). Two logins get the same key exactly when the
+// upstream takes them for the same account: with auth.fold_case, names
+// that differ only in the case of ASCII letters (as Dovecot's %Lu folds
+// them; a fold of other letters could join two accounts the upstream
+// keeps apart); without it, the same name octet for octet.
+func (b *Bridge) accountKey(account string) string {
+	if !b.cfg.Auth.FoldCase {
+		return account
+	}
+	return asciiLower(account)
+}
+
+// AccountKey returns the account key (accountKey) of a POP3 login name,
+// device tag left out: what the per-account limits count by.
+func (b *Bridge) AccountKey(login string) string {
+	account, _ := b.splitLogin(login)
+	return b.accountKey(account)
+}
+
+// asciiLower maps A-Z to a-z and leaves every other octet alone.
+func asciiLower(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if c := b[j]; c >= 'A' && c <= 'Z' {
+					b[j] = c + 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}
+
 // mailboxKey names the mailbox record of account: every device of the
-// account shares it.
+// account shares it, and the maildrop locks are keyed by it.
 func (b *Bridge) mailboxKey(account string) string {
-	return "imap://" + strings.ToLower(account) + "@" + strings.ToLower(b.cfg.Upstream.Address) + "/" + b.cfg.Upstream.Mailbox
+	return "imap://" + b.accountKey(account) + "@" + strings.ToLower(b.cfg.Upstream.Address) + "/" + b.cfg.Upstream.Mailbox
 }
 
 // LogFields implements pop3.LogFielder: the account and the device tag.
@@ -142,6 +197,11 @@ type upstreamOpener func(ctx context.Context, account string) (*upstream.Conn, u
 // opens the maildrop.
 // The maildrop keeps open to reconnect with the same credentials.
 func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username string, open upstreamOpener) (pop3.Maildrop, error) {
+	// The pop3 package has checked the name already; a Backend checks
+	// what it is given.
+	if err := pop3.CheckLoginName(username); err != nil {
+		return nil, err
+	}
 	account, device := b.splitLogin(username)
 	if account == "" {
 		return nil, pop3.ErrAuthFailed
@@ -150,6 +210,30 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 		return nil, &pop3.Error{Code: pop3.CodeAuth, Text: "invalid device tag (letters, digits and ._-+=@ only, at most 64)"}
 	}
 	log := b.log.With(zap.String("session", ci.ID), zap.String("account", account), zap.String("device", device))
+	endSession := func() {}
+	if b.sessions != nil {
+		var err error
+		if endSession, err = b.sessions.AcquireSession(username); err != nil {
+			log.Info("login refused", zap.String("reason", err.Error()))
+			return nil, err
+		}
+	}
+	md, err := b.openMaildrop(ctx, log, account, device, open)
+	if err != nil {
+		endSession()
+		return nil, err
+	}
+	lockRelease := md.release
+	md.release = func() {
+		lockRelease()
+		endSession()
+	}
+	return md, nil
+}
+
+// openMaildrop opens the upstream, takes the maildrop lock and opens the
+// maildrop of (account, device).
+func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, device string, open upstreamOpener) (*maildrop, error) {
 	conn, st, err := open(ctx, account)
 	if err != nil {
 		log.Info("upstream login failed", zap.Error(err))
@@ -162,6 +246,9 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 		if errors.Is(err, state.ErrLocked) {
 			return nil, pop3.ErrInUse
 		}
+		if pe := storeTrouble(log, err); pe != nil {
+			return nil, pe
+		}
 		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable, try again later", Err: err}
 	}
 	md := &maildrop{
@@ -169,7 +256,11 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 		conn: conn, status: st, release: release, measured: map[string]int64{},
 	}
 	if err := md.open(ctx); err != nil {
+		// Close calls release, which is the lock's alone here.
 		md.Close()
+		if pe := storeTrouble(log, err); pe != nil {
+			return nil, pe
+		}
 		log.Warn("opening the maildrop failed", zap.Error(err))
 		return nil, toPOP3(err)
 	}
@@ -205,6 +296,9 @@ func toPOP3(err error) error {
 	}
 	var ue *upstream.Error
 	if !errors.As(err, &ue) {
+		if pe, ok := storeProblem(err); ok {
+			return pe
+		}
 		return &pop3.Error{Code: pop3.CodeSysTemp, Text: "internal error, try again later", Err: err}
 	}
 	switch ue.Kind {

@@ -438,11 +438,13 @@ func startSynthProcess(tb testing.TB, boxes map[string]synthBox) string {
 // dir, no logs) in front of upstream.
 func startBenchServer(tb testing.TB, upstream string) *Server {
 	tb.Helper()
-	text := fmt.Sprintf("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\naddress = %q\nsecurity = \"none\"\ntimeout = \"1m\"\n"+
+	// The upstream may be another machine's (BenchmarkExternalUpstream).
+	text := fmt.Sprintf("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\naddress = %q\nsecurity = \"none\"\ntimeout = \"1m\"\nallow_cleartext_remote = true\n"+
 		"[auth]\nallow_insecure_auth = true\n[delete]\npolicy = \"hide\"\n[state]\npath = %q\n",
 		upstream, filepath.Join(tb.TempDir(), "state.db"))
-	// Up to 1,000 sessions stay open at once here.
-	cfg, err := ParseConfig(text + "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\n")
+	// Up to 1,000 sessions of one account stay open, and log in, at once.
+	cfg, err := ParseConfig(text + "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\n" +
+		"max_login_failures_per_account = 0\nmax_sessions_per_account = 0\n")
 	if err != nil {
 		tb.Fatal(err)
 	}

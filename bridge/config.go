@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -73,12 +74,26 @@ type UpstreamConfig struct {
 	InsecureSkipVerify bool          `toml:"insecure_skip_verify"` // never in production
 	Timeout            time.Duration `toml:"timeout"`              // dial and command timeout
 	MarkSeenOnRetr     bool          `toml:"mark_seen_on_retr"`    // set \Seen upstream after each RETR
+	// AllowCleartextRemote lets security "none" reach an upstream that
+	// is not on loopback (passwords and mail cross that network in
+	// clear); logged as a warning at every start.
+	AllowCleartextRemote bool `toml:"allow_cleartext_remote"`
 }
 
 // AuthConfig is the [auth] table: how POP3 logins are read.
 type AuthConfig struct {
 	DeviceSeparator   string `toml:"device_separator"`    // "alice#phone": account "alice", device "phone"
 	AllowInsecureAuth bool   `toml:"allow_insecure_auth"` // USER/PASS without TLS; loopback and sidecars only
+	// AllowInsecureAuthRemote lets AllowInsecureAuth apply to a
+	// server.listen that is not on loopback (a sidecar's private
+	// network); logged as a warning at every start.
+	AllowInsecureAuthRemote bool `toml:"allow_insecure_auth_remote"`
+	// FoldCase says that the upstream reads user names without regard to
+	// case (ASCII letters), as Dovecot's default auth_username_format %Lu,
+	// Gmail and Microsoft do: "Bob" and "bob" are one account, under one
+	// lock, one record and one count of failures and sessions. Set it to
+	// false for an upstream whose user names are case-sensitive.
+	FoldCase bool `toml:"fold_case"`
 	// OAuthMechanisms are the SASL mechanisms whose bearer token is
 	// passed through to the upstream: XOAUTH2, OAUTHBEARER. Empty: none.
 	OAuthMechanisms []string `toml:"oauth_mechanisms"`
@@ -105,6 +120,10 @@ type LimitsConfig struct {
 	// per-address limits do not apply to; the account and total limits
 	// still do.
 	ExemptNetworks []string `toml:"exempt_networks"`
+	// MaxSessionsPerAccount caps the sessions of one account (all its
+	// devices, logins in progress included) on this instance; beyond it
+	// a login is refused with [IN-USE] before the upstream is asked.
+	MaxSessionsPerAccount int `toml:"max_sessions_per_account"`
 }
 
 // DeleteConfig is the [delete] table: what a POP3 DELE becomes at QUIT.
@@ -155,6 +174,7 @@ func DefaultConfig() Config {
 		},
 		Auth: AuthConfig{
 			DeviceSeparator: "#",
+			FoldCase:        true,
 			OAuthMechanisms: []string{saslmech.XOAuth2, saslmech.OAuthBearer},
 		},
 		Delete: DeleteConfig{Policy: PolicyMove, Flags: []string{`\Seen`, "$POP3Deleted"}},
@@ -169,6 +189,7 @@ func DefaultConfig() Config {
 			MaxLoginFailuresPerAccount: 30,
 			LoginFailureWindow:         15 * time.Minute,
 			ExemptNetworks:             []string{"127.0.0.0/8", "::1"},
+			MaxSessionsPerAccount:      10,
 		},
 		Log:   LogConfig{Level: "info", Format: "json", UpstreamTraceAccounts: []string{}},
 		Admin: AdminConfig{ReadyCache: 5 * time.Second},
@@ -249,14 +270,21 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Upstream.Address); err != nil {
 		return bad("upstream.address", "%q is not host:port", c.Upstream.Address)
 	}
-	if _, err := upstream.ParseSecurity(c.Upstream.Security); err != nil {
+	sec, err := upstream.ParseSecurity(c.Upstream.Security)
+	if err != nil {
 		return bad("upstream.security", "unknown value %q (want tls, starttls or none)", c.Upstream.Security)
+	}
+	if sec == upstream.SecurityNone && !loopbackAddr(c.Upstream.Address) && !c.Upstream.AllowCleartextRemote {
+		return bad("upstream.security", `"none" would send passwords and mail in clear to %s, which is not loopback: use tls or starttls, or, for a private network, set upstream.allow_cleartext_remote = true`, c.Upstream.Address)
 	}
 	if c.Upstream.Mailbox == "" {
 		return bad("upstream.mailbox", "must not be empty")
 	}
 	if c.Upstream.Timeout <= 0 {
 		return bad("upstream.timeout", "must be positive")
+	}
+	if c.Auth.AllowInsecureAuth && !loopbackAddr(c.Server.Listen) && !c.Auth.AllowInsecureAuthRemote {
+		return bad("auth.allow_insecure_auth", "server.listen %q is not loopback: passwords would cross the network in clear; listen on loopback, use TLS, or, for a private network (a sidecar's), set auth.allow_insecure_auth_remote = true", c.Server.Listen)
 	}
 	if len(c.Auth.DeviceSeparator) > 1 {
 		return bad("auth.device_separator", "must be one character, or empty for no device tags")
@@ -356,6 +384,7 @@ func (l *LimitsConfig) validate() error {
 		{"max_connections_per_ip", l.MaxConnectionsPerIP},
 		{"max_login_failures_per_ip", l.MaxLoginFailuresPerIP},
 		{"max_login_failures_per_account", l.MaxLoginFailuresPerAccount},
+		{"max_sessions_per_account", l.MaxSessionsPerAccount},
 	} {
 		if c.n < 0 {
 			return bad(c.key, "must not be negative (0 turns the limit off)")
@@ -374,6 +403,23 @@ func (l *LimitsConfig) validate() error {
 		return bad("exempt_networks", "%v", err)
 	}
 	return nil
+}
+
+// loopbackAddr reports whether host:port addr names the loopback
+// interface: "localhost" or a loopback IP address. An empty or
+// unspecified host ("", 0.0.0.0, ::) listens on every interface, so it
+// is not loopback; nor is any other name, which DNS could point
+// anywhere.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 func checkAddr(addr string) error {

@@ -34,4 +34,20 @@
 //     upstream is touched, and cleared only after the upstream confirmed it;
 //     an intent left by a crash is finished at that client's next login.
 //  9. POP3 message numbers are fixed at login for the whole session.
+//  10. One login name is one account. A name the upstream could read
+//     differently from its octets (control characters such as NUL, invalid
+//     UTF-8, invisible characters, spaces at either end, quotes) is refused
+//     by pop3.CheckLoginName, on every login path, before the limiter, the
+//     lock and the upstream hear of it. Every key popbridge keeps for an
+//     account (the mailbox record and the maildrop locks, the counts of
+//     failed logins and of sessions) derives from Bridge.accountKey, which
+//     folds case only as auth.fold_case says the upstream does.
+//  11. The limits hold under concurrency: a login in progress counts as a
+//     failure until it succeeds, so at most the limit are outstanding or
+//     failed in the window however many arrive at once; an account has at
+//     most limits.max_sessions_per_account sessions on an instance, counted
+//     before its upstream login and its lock; the AUTHORIZATION state lasts
+//     at most server.auth_timeout in all.
+//  12. Memory read ahead is bounded for the process, not only per session:
+//     when the shared budget is spent, sessions retrieve without it.
 package bridge

@@ -89,7 +89,10 @@ func newHostile(t *testing.T) *hostile {
 	h.e = startTunedEnv(t, up, func(s *pop3.Server) {
 		s.WriteTimeout = hostileWriteTimeout
 		h.pop = s
-	}, func(c *Config) { c.Server.AuthTimeout = hostileAuthTimeout })
+	}, func(c *Config) {
+		c.Server.AuthTimeout = hostileAuthTimeout
+		c.Limits.MaxSessionsPerAccount = 0 // idle-connections holds 20 sessions of one account
+	})
 	h.before = mem.Messages("INBOX")
 	return h
 }

@@ -5,7 +5,6 @@ import (
 	"math"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,7 +19,10 @@ import (
 // address; as a pop3.LoginLimiter it counts failed logins per client
 // address and per account, pauses before answering a failure (a delay
 // that doubles with each recent failure), and refuses logins with
-// [LOGIN-DELAY] once either count reaches its limit.
+// [LOGIN-DELAY] once either count reaches its limit. Logins in progress
+// count as failures until they succeed, so that a burst of guesses sent
+// at once cannot overrun the limit. AcquireSession caps the sessions of
+// one account.
 //
 // A client address is an IPv4 address or an IPv6 /64 (one subscriber's
 // share). The counts of failures decay steadily (token buckets of
@@ -36,6 +38,7 @@ type Limits struct {
 	mu       sync.Mutex
 	conns    int
 	perIP    map[string]int
+	sessions map[string]int // open sessions by account
 	ipFail   failureTable
 	acctFail failureTable
 }
@@ -46,17 +49,17 @@ var (
 )
 
 // NewLimits returns the limits of cfg, which must be valid; account maps
-// a login name to the account its failures count against (nil: the name
-// in lower case).
+// a login name to the account its failures and sessions count against
+// (nil: the name as it is).
 func NewLimits(cfg LimitsConfig, account func(login string) string) (*Limits, error) {
 	exempt, err := netlist.Parse(cfg.ExemptNetworks)
 	if err != nil {
 		return nil, fmt.Errorf("config: limits.exempt_networks: %w", err)
 	}
 	if account == nil {
-		account = strings.ToLower
+		account = func(login string) string { return login }
 	}
-	l := &Limits{cfg: cfg, exempt: exempt, account: account, now: time.Now, perIP: map[string]int{}}
+	l := &Limits{cfg: cfg, exempt: exempt, account: account, now: time.Now, perIP: map[string]int{}, sessions: map[string]int{}}
 	l.ipFail = newFailureTable(cfg.MaxLoginFailuresPerIP, cfg.LoginFailureWindow)
 	l.acctFail = newFailureTable(cfg.MaxLoginFailuresPerAccount, cfg.LoginFailureWindow)
 	return l, nil
@@ -140,11 +143,11 @@ func (l *Limits) BeginLogin(remote net.Addr, username string) (func(failed bool)
 	acctF = l.acctFail.get(acct, now)
 	if ipF.exhausted(now) {
 		return nil, &pop3.Error{Code: pop3.CodeLoginDelay, Text: "too many failed logins from your address, try again later",
-			Err: fmt.Errorf("%s reached limits.max_login_failures_per_ip (%d per %v)", key, l.cfg.MaxLoginFailuresPerIP, l.cfg.LoginFailureWindow)}
+			Err: fmt.Errorf("%s reached limits.max_login_failures_per_ip (%d per %v; %s)", key, l.cfg.MaxLoginFailuresPerIP, l.cfg.LoginFailureWindow, ipF.describe(now))}
 	}
 	if acctF.exhausted(now) {
 		return nil, &pop3.Error{Code: pop3.CodeLoginDelay, Text: "too many failed logins for this account, try again later",
-			Err: fmt.Errorf("account %q reached limits.max_login_failures_per_account (%d per %v)", acct, l.cfg.MaxLoginFailuresPerAccount, l.cfg.LoginFailureWindow)}
+			Err: fmt.Errorf("account %q reached limits.max_login_failures_per_account (%d per %v; %s)", acct, l.cfg.MaxLoginFailuresPerAccount, l.cfg.LoginFailureWindow, acctF.describe(now))}
 	}
 	ipF.begin()
 	acctF.begin()
@@ -161,6 +164,36 @@ func (l *Limits) BeginLogin(remote net.Addr, username string) (func(failed bool)
 			}
 		})
 		return delay
+	}, nil
+}
+
+// AcquireSession counts a session of the account of login and refuses it
+// with [IN-USE] when limits.max_sessions_per_account are open already.
+// The caller calls release once, when the session (or the login that
+// failed) ends. A session counts from the start of its login, so that
+// logins in progress cannot overrun the cap either.
+func (l *Limits) AcquireSession(login string) (release func(), err error) {
+	max := l.cfg.MaxSessionsPerAccount
+	if max <= 0 {
+		return func() {}, nil
+	}
+	acct := l.account(login)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := l.sessions[acct]; n >= max {
+		return nil, &pop3.Error{Code: pop3.CodeInUse, Text: fmt.Sprintf("too many sessions for this account (at most %d at once), try again later", max),
+			Err: fmt.Errorf("account %q has %d sessions open (limits.max_sessions_per_account)", acct, n)}
+	}
+	l.sessions[acct]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			if l.sessions[acct]--; l.sessions[acct] <= 0 {
+				delete(l.sessions, acct)
+			}
+		})
 	}, nil
 }
 
@@ -181,21 +214,22 @@ type failures struct {
 	inflight int // attempts begun and not yet ended
 }
 
-// exhausted reports whether no further attempt may start: every allowed
-// failure is used up, or, once some have failed recently, reserved by
-// attempts in flight (so a burst of parallel guesses cannot overrun the
-// limit). Without a recent failure, attempts in flight reserve nothing:
-// many devices of one account may log in at the same moment. A nil
-// *failures (limit off, or exempt) is never exhausted.
+// exhausted reports whether no further attempt may start: the failures
+// allowed are used up by recent failures and attempts in flight
+// together. Every attempt in flight reserves one failure until it ends,
+// so that at most the limit are ever outstanding or failed within the
+// window, however many are sent at once; a success gives its reservation
+// back. A nil *failures (limit off, or exempt) is never exhausted.
 func (f *failures) exhausted(now time.Time) bool {
 	if f == nil {
 		return false
 	}
-	tokens := f.lim.TokensAt(now)
-	if tokens >= float64(f.burst) {
-		return false
-	}
-	return tokens-float64(f.inflight) < 1
+	return f.lim.TokensAt(now)-float64(f.inflight) < 1
+}
+
+// describe says what fills the limit, for the log.
+func (f *failures) describe(now time.Time) string {
+	return fmt.Sprintf("%d recent failures, %d logins in progress", f.recent(now), f.inflight)
 }
 
 func (f *failures) begin() {

@@ -118,37 +118,83 @@ func TestLimitsAccounts(t *testing.T) {
 	}
 }
 
-// Without a recent failure, attempts in flight reserve nothing (many
-// devices of one account log in at once); once one failed, they count
-// against the limit, so concurrent guesses cannot overshoot it.
+// Every attempt in flight reserves one failure until it ends: at most the
+// limit are outstanding or failed at once, a success gives its
+// reservation back, and a failure keeps it (until the count decays).
 func TestLimitsInFlight(t *testing.T) {
 	l, _ := newTestLimits(t, LimitsConfig{MaxLoginFailuresPerIP: 2, LoginFailureWindow: time.Hour})
-	var ends []func(bool) time.Duration
-	for i := range 10 {
-		end, err := l.BeginLogin(tcp(fmt.Sprintf("192.0.2.1:%d", i+1)), "a")
-		if err != nil {
-			t.Fatalf("concurrent attempt %d without any failure: %v", i+1, err)
-		}
-		ends = append(ends, end)
+	e1, err1 := l.BeginLogin(tcp("192.0.2.1:1"), "a")
+	e2, err2 := l.BeginLogin(tcp("192.0.2.1:2"), "b")
+	_, err3 := l.BeginLogin(tcp("192.0.2.1:3"), "c")
+	if err1 != nil || err2 != nil || code(err3) != pop3.CodeLoginDelay {
+		t.Fatalf("three concurrent attempts, limit 2, no failure yet: %v %v %v", err1, err2, err3)
 	}
-	for _, end := range ends {
+	if !strings.Contains(err3.Error(), "2 logins in progress") {
+		t.Errorf("the refusal does not say why: %v", err3)
+	}
+	e1(false) // a success gives its place back
+	e1(true)  // a second call changes nothing
+	e3, err := l.BeginLogin(tcp("192.0.2.1:4"), "d")
+	if err != nil {
+		t.Fatalf("after an attempt in flight succeeded: %v", err)
+	}
+	e2(true) // a failure keeps its place
+	if _, err := l.BeginLogin(tcp("192.0.2.1:5"), "e"); code(err) != pop3.CodeLoginDelay {
+		t.Errorf("one failure and one attempt in flight, limit 2: %v, want [LOGIN-DELAY]", err)
+	}
+	e3(false)
+	e4, err := l.BeginLogin(tcp("192.0.2.1:6"), "f")
+	if err != nil {
+		t.Fatalf("one failure, nothing in flight: %v", err)
+	}
+	e4(true)
+	if _, err := l.BeginLogin(tcp("192.0.2.1:7"), "g"); code(err) != pop3.CodeLoginDelay || !strings.Contains(err.Error(), "2 recent failures") {
+		t.Errorf("two failures, limit 2: %v, want [LOGIN-DELAY]", err)
+	}
+	// Other addresses are not affected.
+	if end, err := l.BeginLogin(tcp("192.0.2.2:1"), "a"); err != nil {
+		t.Errorf("another address: %v", err)
+	} else {
 		end(false)
 	}
+}
 
-	e0, err := l.BeginLogin(tcp("192.0.2.1:20"), "a")
+// AcquireSession counts sessions per account, as the account function
+// names it, and frees a place once per release.
+func TestLimitsSessions(t *testing.T) {
+	l, _ := newTestLimits(t, LimitsConfig{MaxSessionsPerAccount: 2})
+	r1, err1 := l.AcquireSession("alice#phone")
+	r2, err2 := l.AcquireSession("ALICE#laptop")
+	_, err3 := l.AcquireSession("alice")
+	if err1 != nil || err2 != nil || code(err3) != pop3.CodeInUse {
+		t.Fatalf("three sessions of one account, limit 2: %v %v %v", err1, err2, err3)
+	}
+	if r, err := l.AcquireSession("bob"); err != nil {
+		t.Errorf("another account: %v", err)
+	} else {
+		r()
+	}
+	r1()
+	r1()
+	r3, err := l.AcquireSession("alice#desk")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("after a release: %v", err)
 	}
-	e0(true) // one failure: one more is allowed
-	e1, err1 := l.BeginLogin(tcp("192.0.2.1:21"), "b")
-	_, err2 := l.BeginLogin(tcp("192.0.2.1:22"), "c")
-	if err1 != nil || code(err2) != pop3.CodeLoginDelay {
-		t.Fatalf("two concurrent attempts after a failure: %v %v", err1, err2)
+	if _, err := l.AcquireSession("alice#x"); code(err) != pop3.CodeInUse {
+		t.Errorf("a released place was freed twice: %v", err)
 	}
-	e1(false)
-	e1(true) // a second call changes nothing
-	if _, err := l.BeginLogin(tcp("192.0.2.1:23"), "d"); err != nil {
-		t.Errorf("after the attempt in flight succeeded: %v", err)
+	r2()
+	r3()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.sessions) != 0 {
+		t.Errorf("after every release: %v", l.sessions)
+	}
+	off, _ := newTestLimits(t, LimitsConfig{})
+	for range 100 {
+		if _, err := off.AcquireSession("alice"); err != nil {
+			t.Fatalf("limit off: %v", err)
+		}
 	}
 }
 

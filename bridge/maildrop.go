@@ -34,7 +34,7 @@ type maildrop struct {
 	target    string     // the mailbox of the move policy, once known
 	ahead     *readAhead // the read-ahead of sequential RETRs, or nil
 	lastRetr  int        // the message number of the last RETR
-	arena     []byte     // the read-ahead's buffer, reused by every batch
+	arena     []byte     // the read-ahead's buffer, from Bridge.ahead while a batch needs it
 	closeOnce sync.Once
 	release   func()
 }
@@ -273,6 +273,9 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 		p.Target = target
 	}
 	if err := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
+		if pe := storeTrouble(m.log, err); pe != nil {
+			return &pop3.Error{Code: pe.Code, Text: pe.Text + "; nothing was deleted", Err: err}
+		}
 		return &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable; nothing was deleted", Err: err}
 	}
 	if err := m.applyUpstream(ctx, p, p.UIDs); err != nil {
@@ -346,8 +349,7 @@ func (m *maildrop) applyUpstream(ctx context.Context, p *state.Pending, uids []u
 // same UIDVALIDITY, so the UIDs of this session still mean the same
 // messages. op must be safe to run twice.
 func (m *maildrop) withConn(ctx context.Context, op func(*upstream.Conn) error) error {
-	m.settle()
-	m.ahead = nil
+	m.dropAhead()
 	err := op(m.conn)
 	if err == nil || errors.Is(err, errMidway) || upstream.KindOf(err) != upstream.KindTemp || ctx.Err() != nil {
 		return err
@@ -410,7 +412,7 @@ func (m *maildrop) Close() error {
 		// makes imapclient close the command under its reader (a data
 		// race). After a dropped connection its context has ended, so it
 		// stops at once.
-		m.settle()
+		m.dropAhead()
 		if m.conn != nil {
 			m.conn.Close()
 		}

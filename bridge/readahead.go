@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 
 	"github.com/popbridge/popbridge/pop3"
 )
@@ -12,12 +13,64 @@ import (
 // one UID FETCH asks for the next small messages too, the requested one
 // streams to the client at once, and the rest are read into memory while
 // the client takes it, so the next RETRs cost no upstream round trip.
-// Bounded: a few messages, each small, in a budget per session.
+// Bounded: a few messages, each small, in a budget per session, and the
+// budgets of all sessions in one budget for the process (aheadPool): when
+// that is spent, sessions retrieve without reading ahead.
 const (
 	readAheadMessages   = 32        // messages per UID FETCH
 	readAheadMaxMessage = 256 << 10 // larger messages are never read ahead
 	readAheadBudget     = 2 << 20   // octets held ahead per session
+	readAheadTotal      = 64 << 20  // octets held ahead by all sessions together
+	readAheadSpare      = 4         // free buffers kept for reuse
 )
+
+// aheadPool hands out the read-ahead buffers, readAheadBudget octets
+// each, within one budget for the whole process. A session takes one for
+// a batch and gives it back once the batch is used up or dropped, so
+// the memory read ahead stays bounded however many sessions there are.
+type aheadPool struct {
+	mu   sync.Mutex
+	max  int      // buffers that may be out at once
+	out  int      // buffers out now
+	free [][]byte // returned buffers, for reuse
+}
+
+func newAheadPool(total int64) *aheadPool {
+	return &aheadPool{max: int(total / readAheadBudget)}
+}
+
+// get returns a buffer, or nil when the budget is spent.
+func (p *aheadPool) get() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.out >= p.max {
+		return nil
+	}
+	p.out++
+	if n := len(p.free); n > 0 {
+		b := p.free[n-1]
+		p.free = p.free[:n-1]
+		return b
+	}
+	return make([]byte, readAheadBudget)
+}
+
+// put gives back a buffer from get.
+func (p *aheadPool) put(b []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.out--
+	if len(p.free) < readAheadSpare {
+		p.free = append(p.free, b)
+	}
+}
+
+// held returns the number of buffers out.
+func (p *aheadPool) held() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out
+}
 
 // readAhead is one batch in flight or done.
 type readAhead struct {
@@ -30,6 +83,17 @@ type readAhead struct {
 func (m *maildrop) settle() {
 	if m.ahead != nil {
 		<-m.ahead.done
+	}
+}
+
+// dropAhead ends the read-ahead: it waits for the batch in flight,
+// forgets what it read and gives its buffer back to the pool.
+func (m *maildrop) dropAhead() {
+	m.settle()
+	m.ahead = nil
+	if m.arena != nil {
+		m.b.ahead.put(m.arena)
+		m.arena = nil
 	}
 }
 
@@ -46,9 +110,12 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w pop3.MessageWriter) (
 		if body, ok := ra.bodies[uid]; ok {
 			delete(ra.bodies, uid)
 			_, err := w.Write(body)
+			if len(ra.bodies) == 0 {
+				m.dropAhead() // used up: the buffer goes back
+			}
 			return true, err
 		}
-		m.ahead = nil
+		m.dropAhead()
 	}
 	if m.b.cfg.Upstream.MarkSeenOnRetr || (n != 1 && m.lastRetr != n-1) {
 		return false, nil
@@ -68,8 +135,8 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w pop3.MessageWriter) (
 	if len(batch) == 1 {
 		return false, nil
 	}
-	if m.arena == nil {
-		m.arena = make([]byte, readAheadBudget)
+	if m.arena = m.b.ahead.get(); m.arena == nil {
+		return false, nil // the process's budget is spent: no read-ahead
 	}
 	arena := &arena{buf: m.arena}
 	ra := &readAhead{done: make(chan struct{}), bodies: make(map[uint32][]byte, len(batch)-1)}
@@ -107,17 +174,16 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w pop3.MessageWriter) (
 	if err != nil {
 		// Nothing reached the client: let the ordinary path (which
 		// reconnects, and knows a vanished message) serve it.
-		m.settle()
-		m.ahead = nil
+		m.dropAhead()
 		return false, nil
 	}
 	return true, nil
 }
 
-// arena hands out the read-ahead buffers of one batch from the session's
-// budget-sized buffer, which every batch reuses: a session that retrieves
-// its maildrop in order makes no garbage for the messages it reads ahead.
-// A batch starts only when the one before is done with.
+// arena hands out the read-ahead buffers of one batch from a budget-sized
+// buffer of the pool, which batches reuse: a session that retrieves its
+// maildrop in order makes no garbage for the messages it reads ahead. A
+// batch starts only when the one before is done with.
 type arena struct {
 	buf []byte
 	off int64

@@ -52,3 +52,72 @@ func TestReadAhead(t *testing.T) {
 	c.ok("NOOP")
 	c.quit()
 }
+
+// TestReadAheadGlobalBudget: read-ahead buffers come from one budget for
+// the whole process. When another session holds it all, a session
+// retrieves in order without reading ahead (one UID per UID FETCH), with
+// the same bytes; once the budget is back, it reads ahead again, and
+// nothing stays held after the sessions end.
+func TestReadAheadGlobalBudget(t *testing.T) {
+	mem := imaptest.NewMemServer(t)
+	const n = 10
+	for i := 1; i <= n; i++ {
+		mem.Append("INBOX", message(fmt.Sprint("gb", i), fmt.Sprint("budget ", i), strings.Repeat(fmt.Sprintf("line %d\r\n", i), 10*i)))
+	}
+	stored := mem.Messages("INBOX")
+	cfg := secConfig(mem.Addr)
+	s := startSec(t, cfg, func(srv *Server) {
+		srv.Bridge.ahead = newAheadPool(readAheadBudget) // room for one session's read-ahead
+	})
+	fetchSets := func() []string {
+		var sets []string
+		for _, c := range mem.CommandsNamed("UID FETCH") {
+			if strings.Contains(c.Args, "BODY.PEEK[]") {
+				sets = append(sets, c.Set())
+			}
+		}
+		mem.ResetCommands()
+		return sets
+	}
+	retr := func(c *popConn, i int) {
+		t.Helper()
+		if got := c.retr(i); !bytes.Equal(got, stored[i-1].Raw) {
+			t.Fatalf("RETR %d differs from the upstream", i)
+		}
+	}
+	a := dialPOP(t, s.addr)
+	a.login(mem.User+"#a", mem.Pass)
+	b := dialPOP(t, s.addr)
+	b.login(mem.User+"#b", mem.Pass)
+	mem.ResetCommands()
+
+	retr(a, 1) // a reads 2..10 ahead and holds the whole budget
+	if sets := fetchSets(); len(sets) != 1 || sets[0] == "1" {
+		t.Fatalf("a's RETR 1 fetched %q, want one batch", sets)
+	}
+	for i := 1; i <= 3; i++ {
+		retr(b, i)
+	}
+	if sets := fetchSets(); strings.Join(sets, " ") != "1 2 3" {
+		t.Errorf("b's RETR 1-3 with the budget taken fetched %q, want 1 2 3, one by one", sets)
+	}
+	for i := 2; i <= n; i++ {
+		retr(a, i)
+	}
+	if sets := fetchSets(); len(sets) != 0 {
+		t.Errorf("a's RETR 2-%d fetched %q, want nothing (read ahead)", n, sets)
+	}
+	// a has used up its read-ahead: the budget is free again for b.
+	retr(b, 4)
+	if sets := fetchSets(); len(sets) != 1 || sets[0] == "4" {
+		t.Errorf("b's RETR 4 after a's read-ahead was used up fetched %q, want one batch", sets)
+	}
+	for i := 5; i <= n; i++ {
+		retr(b, i)
+	}
+	a.quit()
+	b.quit()
+	if held := s.srv.Bridge.ahead.held(); held != 0 {
+		t.Errorf("%d read-ahead buffers still held after the sessions ended", held)
+	}
+}

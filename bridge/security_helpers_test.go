@@ -35,6 +35,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
 )
 
@@ -355,14 +356,20 @@ func secConfig(up string) Config {
 // server accepts anything.
 func startSec(t *testing.T, cfg Config, tune ...func(*Server)) *secServer {
 	t.Helper()
-	obs, logs := observer.New(zapcore.DebugLevel)
-	raw := &logBuffer{}
-	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
-	core := zapcore.NewTee(obs, zapcore.NewCore(enc, raw, zapcore.DebugLevel), zaptest.NewLogger(t).Core())
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "state.db"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startSecStore(t, cfg, st, tune...)
+}
+
+// startSecStore is startSec on the store st, which it closes at the end.
+func startSecStore(t *testing.T, cfg Config, st state.Store, tune ...func(*Server)) *secServer {
+	t.Helper()
+	obs, logs := observer.New(zapcore.DebugLevel)
+	raw := &logBuffer{}
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	core := zapcore.NewTee(obs, zapcore.NewCore(enc, raw, zapcore.DebugLevel), zaptest.NewLogger(t).Core())
 	srv, err := NewServer(cfg, st, zap.New(core))
 	if err != nil {
 		st.Close()

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -64,12 +63,16 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	limits, err := NewLimits(cfg.Limits, func(login string) string {
-		account, _ := b.splitLogin(login)
-		return strings.ToLower(account)
-	})
+	// The limits count by the same account key as the records and the
+	// locks.
+	limits, err := NewLimits(cfg.Limits, b.AccountKey)
 	if err != nil {
 		return nil, err
+	}
+	b.sessions = limits
+	if cfg.Auth.AllowInsecureAuth && !loopbackAddr(cfg.Server.Listen) {
+		log.Warn("auth.allow_insecure_auth_remote = true: POP3 clients may send passwords in clear to a listener that is not loopback; anyone on that network can read them",
+			zap.String("listen", cfg.Server.Listen))
 	}
 	trusted, err := netlist.Parse(cfg.Server.ProxyTrusted)
 	if err != nil {

@@ -30,6 +30,14 @@ var (
 	ErrConflict = errors.New("state: concurrent update")
 	// ErrLocked is returned by Lock when another session holds the lock.
 	ErrLocked = errors.New("state: maildrop locked")
+	// ErrDamaged is wrapped by the errors of a Store whose data is
+	// damaged (a value that does not decode, a broken page): trying
+	// again will not help.
+	ErrDamaged = errors.New("damaged")
+	// ErrFull is wrapped by the errors of a Store that has no room left
+	// for a change (its disk is full). Stores that write files return
+	// the system's error (ENOSPC, EDQUOT) wrapped instead.
+	ErrFull = errors.New("store full")
 )
 
 // Entry is one message of a mailbox record.

@@ -22,11 +22,9 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/term"
 
 	"github.com/popbridge/popbridge/bridge"
-	"github.com/popbridge/popbridge/state"
-	"github.com/popbridge/popbridge/state/boltstore"
-	"github.com/popbridge/popbridge/state/pgstore"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"
@@ -92,18 +90,6 @@ func newLogger(c bridge.LogConfig) (*zap.Logger, error) {
 	return zc.Build()
 }
 
-// openStore opens the state store of [state].
-func openStore(c bridge.StateConfig) (state.Store, error) {
-	switch c.Driver {
-	case "postgres":
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		return pgstore.Open(ctx, c.DSN, nil)
-	default:
-		return boltstore.Open(c.Path, nil)
-	}
-}
-
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	path := fs.String("config", "", "configuration file (TOML)")
@@ -122,7 +108,9 @@ func serve(args []string) error {
 		return err
 	}
 	defer log.Sync()
-	st, err := openStore(cfg.State)
+	octx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	st, err := bridge.OpenStore(octx, cfg, log)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -250,14 +238,34 @@ func check(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	pass := os.Getenv("POPBRIDGE_PASSWORD")
 	if pass == "" {
-		fmt.Fprintf(os.Stderr, "password for %s: ", *user)
-		line, err := bufio.NewReader(stdin).ReadString('\n')
-		if err != nil && line == "" {
-			return errors.New("no password given (set POPBRIDGE_PASSWORD or type it on stdin)")
+		if pass, err = readPassword(stdin, os.Stderr, *user); err != nil {
+			return err
 		}
-		pass = strings.TrimRight(line, "\r\n")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.Upstream.Timeout)
 	defer cancel()
 	return bridge.Check(ctx, cfg, *user, pass, stdout, nil)
+}
+
+// readPassword prompts on prompt and reads the password for user: the
+// first line of stdin. From a terminal it is read with echo off, so that
+// it does not show on the screen (or in a recording of it).
+func readPassword(stdin io.Reader, prompt io.Writer, user string) (string, error) {
+	fmt.Fprintf(prompt, "password for %s: ", user)
+	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(prompt) // the Enter the terminal did not echo
+		if err != nil {
+			return "", fmt.Errorf("reading the password: %w", err)
+		}
+		if len(b) == 0 {
+			return "", errors.New("no password given (set POPBRIDGE_PASSWORD or type it on stdin)")
+		}
+		return string(b), nil
+	}
+	line, err := bufio.NewReader(stdin).ReadString('\n')
+	if err != nil && line == "" {
+		return "", errors.New("no password given (set POPBRIDGE_PASSWORD or type it on stdin)")
+	}
+	return strings.TrimRight(line, "\r\n"), nil
 }

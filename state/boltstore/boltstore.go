@@ -12,6 +12,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/popbridge/popbridge/state"
 )
@@ -74,7 +75,7 @@ const initialMmapSize = 256 << 20
 func openDB(path string, timeout time.Duration) (db *bolt.DB, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("damaged file: %v", r)
+			err = fmt.Errorf("%w file: %v", state.ErrDamaged, r)
 		}
 	}()
 	// A large initial mapping (address space, not memory) spares bbolt
@@ -157,16 +158,20 @@ func (s *Store) recoverDamage(err *error) {
 	}
 }
 
-// corrupt reports damaged data.
+// corrupt reports damaged data (state.ErrDamaged).
 func (s *Store) corrupt(format string, args ...any) error {
-	return fmt.Errorf("damaged: %s", fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: %s", state.ErrDamaged, fmt.Sprintf(format, args...))
 }
 
 // wrap prefixes an error from a transaction with the package and the path.
-// state.ErrConflict is returned as it is.
+// state.ErrConflict is returned as it is. bbolt's errors for a broken
+// file are marked state.ErrDamaged.
 func (s *Store) wrap(err error) error {
 	if err == nil || err == state.ErrConflict {
 		return err
+	}
+	if !errors.Is(err, state.ErrDamaged) && (errors.Is(err, bolterrors.ErrInvalid) || errors.Is(err, bolterrors.ErrChecksum) || errors.Is(err, bolterrors.ErrInvalidMapping) || errors.Is(err, bolterrors.ErrVersionMismatch)) {
+		err = fmt.Errorf("%w: %w", state.ErrDamaged, err)
 	}
 	return fmt.Errorf("boltstore: %s: %w", s.path, err)
 }

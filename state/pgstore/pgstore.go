@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/popbridge/popbridge/state"
@@ -182,7 +183,7 @@ func (s *Store) LoadMailbox(ctx context.Context, mailbox string) (*state.Mailbox
 		return rows.Err()
 	})
 	if err != nil {
-		return nil, fmt.Errorf("pgstore: load mailbox %q: %w", mailbox, err)
+		return nil, fmt.Errorf("pgstore: load mailbox %q: %w", mailbox, classify(err))
 	}
 	return m, nil
 }
@@ -268,7 +269,7 @@ func (s *Store) ApplyMailbox(ctx context.Context, mailbox string, base uint64, c
 		return 0, state.ErrConflict
 	}
 	if err != nil {
-		return 0, fmt.Errorf("pgstore: apply to mailbox %q: %w", mailbox, err)
+		return 0, fmt.Errorf("pgstore: apply to mailbox %q: %w", mailbox, classify(err))
 	}
 	return base + 1, nil
 }
@@ -333,7 +334,7 @@ func (s *Store) LoadClient(ctx context.Context, k state.ClientKey) (*state.Clien
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("pgstore: load client %q of mailbox %q: %w", k.Client, k.Mailbox, err)
+		return nil, fmt.Errorf("pgstore: load client %q of mailbox %q: %w", k.Client, k.Mailbox, classify(err))
 	}
 	return c, nil
 }
@@ -377,7 +378,7 @@ func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.Cli
 		return tx.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
-		return fmt.Errorf("pgstore: apply to client %q of mailbox %q: %w", k.Client, k.Mailbox, err)
+		return fmt.Errorf("pgstore: apply to client %q of mailbox %q: %w", k.Client, k.Mailbox, classify(err))
 	}
 	return nil
 }
@@ -415,6 +416,23 @@ func (s *Store) Lock(ctx context.Context, k state.ClientKey) (release func(), er
 }
 
 var errClosed = errors.New("pgstore: store closed")
+
+// classify marks the server's errors that last until someone acts: a
+// full disk (SQLSTATE 53100, disk_full) as state.ErrFull, damaged data
+// (XX001 data_corrupted, XX002 index_corrupted) as state.ErrDamaged.
+func classify(err error) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch pe.Code {
+	case "53100":
+		return fmt.Errorf("%w: %w", state.ErrFull, err)
+	case "XX001", "XX002":
+		return fmt.Errorf("%w: %w", state.ErrDamaged, err)
+	}
+	return err
+}
 
 // lock takes the advisory lock of k on a connection of the lock pool.
 func (s *Store) lock(ctx context.Context, k state.ClientKey) (*heldLock, error) {

@@ -242,9 +242,13 @@ level = "warn"
 EOF
 	# Builds with [limits]: here 50 sessions of one account log in at once,
 	# and the per-account budget of failed logins counts the logins in
-	# flight, so it refuses the 31st concurrent login (reported to the lead).
+	# flight, so it refuses the 31st concurrent login; the per-account
+	# session cap (10 by default) refuses the 11th session.
 	if grep -q max_login_failures_per_account "$pb_src/config.toml.example" 2>/dev/null; then
 		printf '[limits]\nmax_login_failures_per_account = 0\n' >>"$d/popbridge.toml"
+		if grep -q max_sessions_per_account "$pb_src/config.toml.example"; then
+			printf 'max_sessions_per_account = 0\n' >>"$d/popbridge.toml"
+		fi
 	fi
 	"$pb" serve -config "$d/popbridge.toml" >"$d/popbridge.log" 2>&1 &
 	pids+=($!)
