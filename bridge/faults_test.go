@@ -768,14 +768,20 @@ func flagDuringListing(t *testing.T, up *upstreamEnv, tot *faultTotals) {
 
 // scriptedIMAP is a minimal IMAP server for one account with two messages
 // that, on the first UID FETCH of the listing, sends an unsolicited FETCH
-// (UID, FLAGS) for the first message ahead of the real answer, as a server
-// does when another session changed the message's flags. imapclient hands
-// that response to the listing in place of the real one, which it then
-// drops.
-func scriptedIMAP(t *testing.T, unsolicited bool) (addr string, bodies []string) {
+// (UID, FLAGS) for the first message, as a server does when another
+// session changed the message's flags: "before" its real answer (imapclient
+// then hands that response to the listing in place of the real one, which
+// it drops), or "after" it (a late flag update of a message already
+// listed); "" sends none.
+func scriptedIMAP(t *testing.T, unsolicited string) (addr string, bodies []string) {
 	bodies = []string{
 		"Message-ID: <s1@example.com>\r\nSubject: one\r\n\r\nfirst\r\n",
 		"Message-ID: <s2@example.com>\r\nSubject: two\r\n\r\nsecond\r\n",
+	}
+	if unsolicited == "rolling" {
+		for i := 3; i <= 6; i++ {
+			bodies = append(bodies, fmt.Sprintf("Message-ID: <s%d@example.com>\r\nSubject: %d\r\n\r\nbody %d\r\n", i, i, i))
+		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -801,15 +807,27 @@ func scriptedIMAP(t *testing.T, unsolicited bool) (addr string, bodies []string)
 			case cmd == "CAPABILITY":
 				fmt.Fprintf(c, "* CAPABILITY %s\r\n%s OK done\r\n", caps, tag)
 			case strings.HasPrefix(cmd, "SELECT "):
-				fmt.Fprintf(c, "* 2 EXISTS\r\n* FLAGS (\\Seen \\Flagged)\r\n* OK [UIDVALIDITY 7] v\r\n* OK [UIDNEXT 3] n\r\n%s OK [READ-WRITE] selected\r\n", tag)
+				fmt.Fprintf(c, "* %d EXISTS\r\n* FLAGS (\\Seen \\Flagged)\r\n* OK [UIDVALIDITY 7] v\r\n* OK [UIDNEXT %d] n\r\n%s OK [READ-WRITE] selected\r\n", len(bodies), len(bodies)+1, tag)
 			case strings.HasPrefix(cmd, "UID FETCH ") && strings.Contains(cmd, "RFC822.SIZE"):
-				if unsolicited && listings.Add(1) == 1 {
-					fmt.Fprintf(c, "* 1 FETCH (UID 1 FLAGS (\\Flagged))\r\n")
-				}
+				n := int(listings.Add(1))
+				from, _ := strconv.Atoi(strings.Split(strings.Fields(cmd)[2], ":")[0])
 				for i, b := range bodies {
+					uid := i + 1
+					if uid < from {
+						continue
+					}
+					// "rolling": the k-th listing meets a flag update of
+					// the k-th message ahead of its answer, so every
+					// retry gets one message further.
+					if unsolicited == "before" && n == 1 && uid == 1 || unsolicited == "rolling" && uid == n {
+						fmt.Fprintf(c, "* %d FETCH (UID %d FLAGS (\\Flagged))\r\n", uid, uid)
+					}
 					hdr := b[:strings.Index(b, "\r\n")+2] + "\r\n"
 					fmt.Fprintf(c, "* %d FETCH (UID %d RFC822.SIZE %d INTERNALDATE \"26-Nov-2026 10:00:00 +0000\" BODY[HEADER.FIELDS (MESSAGE-ID)] {%d}\r\n%s)\r\n",
-						i+1, i+1, len(b), len(hdr), hdr)
+						uid, uid, len(b), len(hdr), hdr)
+					if unsolicited == "after" && n == 1 && uid == 1 {
+						fmt.Fprintf(c, "* 1 FETCH (UID 1 FLAGS (\\Flagged))\r\n")
+					}
 				}
 				fmt.Fprintf(c, "%s OK fetched\r\n", tag)
 			case strings.HasPrefix(cmd, "UID FETCH "):
@@ -843,7 +861,15 @@ func scriptedIMAP(t *testing.T, unsolicited bool) (addr string, bodies []string)
 // unsolicited FETCH that took the place of a message's answer; popbridge
 // asks again instead of failing the login, and lists both messages.
 func TestUnsolicitedFetchDuringListing(t *testing.T) {
-	addr, bodies := scriptedIMAP(t, true)
+	for _, when := range []string{"before", "after", "rolling"} {
+		t.Run(when, func(t *testing.T) { testUnsolicitedFetch(t, when) })
+	}
+}
+
+// testUnsolicitedFetch logs in to a listing that meets an unsolicited
+// FETCH before or after the first message's answer.
+func testUnsolicitedFetch(t *testing.T, when string) {
+	addr, bodies := scriptedIMAP(t, when)
 	e := newEnv(t, &upstreamEnv{name: "scripted", addr: addr, user: "alice", pass: "pass"})
 	c := dialPOP(t, e.addr)
 	c.ok("USER alice")
@@ -851,8 +877,13 @@ func TestUnsolicitedFetchDuringListing(t *testing.T) {
 		t.Fatalf("login with an unsolicited FETCH in the listing = %q", r)
 	}
 	l := c.list()
-	if len(l) != 2 || l[0].uidl != "0000000100000007" || l[1].uidl != "0000000200000007" {
-		t.Fatalf("listing %+v", l)
+	if len(l) != len(bodies) {
+		t.Fatalf("listing %+v, want %d messages", l, len(bodies))
+	}
+	for i, m := range l {
+		if want := fmt.Sprintf("%08x00000007", i+1); m.uidl != want {
+			t.Errorf("message %d: UIDL %s, want %s", i+1, m.uidl, want)
+		}
 	}
 	for i, b := range bodies {
 		if got := string(c.retr(i + 1)); got != b {

@@ -95,6 +95,7 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 		var last uint32
 		var err error
 		retries := 0
+		progress := uint32(0)     // last, at the latest retry
 		sets = slices.Clone(sets) // a set may be narrowed for a retry
 		for i := 0; i < len(sets); i++ {
 			set := sets[i]
@@ -112,7 +113,13 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 				case errors.As(rerr, &inc) && inc.uid > last && retries < maxIncompleteRetries:
 					// The answer for this UID was taken by an unsolicited
 					// FETCH: ask again for the rest of the set, so that fn
-					// still sees every message once, in UID order.
+					// still sees every message once, in UID order. Only
+					// retries that made no progress count against the
+					// bound: on a busy mailbox whose flags change all the
+					// time, a long listing may need many.
+					if last > progress {
+						retries, progress = 0, last
+					}
 					retries++
 					again = uidsAbove(set, last)
 				case errors.As(rerr, &inc):
@@ -153,7 +160,8 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 	})
 }
 
-// maxIncompleteRetries bounds how often one listing asks again after an
+// maxIncompleteRetries bounds how often in a row, without a message
+// listed in between, one listing asks again after an
 // incomplete FETCH response.
 const maxIncompleteRetries = 3
 
