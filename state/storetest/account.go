@@ -205,9 +205,13 @@ func putAccount(t *testing.T, as state.AccountStore, a *state.Account) {
 	a.Version = v
 }
 
+// lockGrant takes a grant lock that should be free; it fails the test
+// rather than wait long.
 func lockGrant(t *testing.T, as state.AccountStore, name string) func() {
 	t.Helper()
-	release, err := as.LockGrant(t.Context(), name)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	release, err := as.LockGrant(ctx, name)
 	if err != nil {
 		t.Fatalf("LockGrant(%q): %v", name, err)
 	}
