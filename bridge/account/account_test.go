@@ -56,6 +56,9 @@ func TestAddVerify(t *testing.T) {
 			if s.Name() != "alice@contoso.example" || s.Label() != "scanner" {
 				t.Errorf("session of %q: name %q label %q", login.name, s.Name(), s.Label())
 			}
+			if acc := s.Account(); acc.Upstream != "m365" || acc.LoginUser() != "shared@contoso.example" || acc.Identity != "alice@contoso.example" {
+				t.Errorf("Account of the session = %+v", acc)
+			}
 			checkGrant(t, mustGrant(t, s), g)
 		}
 

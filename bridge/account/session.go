@@ -24,6 +24,7 @@ type Session struct {
 	name       string
 	label      string
 	dekVersion uint64
+	info       *Info // as unlocked
 
 	mu   sync.Mutex
 	dek  []byte // nil once closed
@@ -31,7 +32,7 @@ type Session struct {
 }
 
 func (r *Registry) newSession(a *state.Account, label string, dek []byte) *Session {
-	return &Session{r: r, name: a.Name, label: label, dekVersion: a.DEKVersion, dek: dek, seen: a.GrantVersion}
+	return &Session{r: r, name: a.Name, label: label, dekVersion: a.DEKVersion, dek: dek, seen: a.GrantVersion, info: r.info(a)}
 }
 
 // Verify checks password against the app passwords of the login name
@@ -252,7 +253,12 @@ func (s *Session) setSeen(v uint64) {
 	s.seen = v
 }
 
-// Info returns what may be shown of the account now.
+// Account returns the account as it was when the session was opened:
+// where and as whom to log in upstream (Upstream, Provider, LoginUser).
+// The caller must not modify it.
+func (s *Session) Account() *Info { return s.info }
+
+// Info reads the account again and returns what may be shown of it now.
 func (s *Session) Info(ctx context.Context) (*Info, error) { return s.r.Lookup(ctx, s.name) }
 
 // Grant reads and opens the account's grant as stored now. It fails with
@@ -410,7 +416,8 @@ func (s *Session) putGrant(ctx context.Context, a *state.Account, dek []byte, g 
 }
 
 // MarkReconsent records that the account's grant needs a new consent, and
-// why.
+// why. It takes the grant lock: from within UpdateGrant's refresh, return
+// an error that wraps ErrReconsentNeeded instead.
 func (s *Session) MarkReconsent(ctx context.Context, reason string) error {
 	return s.r.MarkReconsent(ctx, s.name, reason)
 }
