@@ -12,8 +12,12 @@
 //     deleted with the flag or hide policies (its private view), and the
 //     pending UPDATE written before popbridge touches the upstream at QUIT.
 //
+// A third record, the account record (account.go), belongs to the optional
+// AccountStore interface: an enrolled account, its app passwords and its
+// OAuth grant, the secrets only sealed (see bridge/account).
+//
 // Store is implemented by state/boltstore (embedded, the default) and
-// state/pgstore (shared by several instances). state/storetest holds the
+// state/pgstore (shared by several instances); both implement AccountStore. state/storetest holds the
 // conformance suite both must pass. The pure logic that turns an upstream
 // listing and a stored record into a change lives here too (reconcile.go).
 package state

@@ -36,6 +36,8 @@ type Store struct {
 
 	mu     sync.Mutex
 	locks  map[state.ClientKey]struct{} // maildrop locks held now
+	grants map[string]*grantLock        // grant locks held or waited for
+	done   chan struct{}                // closed by Close
 	closed bool
 }
 
@@ -60,7 +62,8 @@ func Open(path string, opts *Options) (s *Store, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
-	s = &Store{db: db, path: path, locks: make(map[state.ClientKey]struct{})}
+	s = &Store{db: db, path: path, locks: make(map[state.ClientKey]struct{}),
+		grants: make(map[string]*grantLock), done: make(chan struct{})}
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -84,21 +87,35 @@ func openDB(path string, timeout time.Duration) (db *bolt.DB, err error) {
 	return bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, InitialMmapSize: initialMmapSize})
 }
 
-// init checks the format version of the file, and lays out a new file.
+// init checks the format version of the file, lays out a new file, and
+// adds the accounts bucket to a file made before it existed.
 func (s *Store) init() error {
-	fresh := false
+	fresh, accounts := false, false
 	err := s.view(func(tx *bolt.Tx) error {
 		var err error
 		fresh, err = s.checkFormat(tx)
+		accounts = tx.Bucket(bucketAccounts) != nil
 		return err
 	})
-	if err != nil || !fresh {
+	if err != nil {
 		return s.wrap(err)
+	}
+	if !fresh {
+		if accounts {
+			return nil
+		}
+		return s.wrap(s.update(func(tx *bolt.Tx) error {
+			_, err := tx.CreateBucketIfNotExists(bucketAccounts)
+			return err
+		}))
 	}
 	return s.wrap(s.update(func(tx *bolt.Tx) error {
 		// Check again: another Open may not have run in between (the
 		// file is locked), but this keeps init correct on its own.
 		if fresh, err := s.checkFormat(tx); err != nil || !fresh {
+			return err
+		}
+		if _, err := tx.CreateBucket(bucketAccounts); err != nil {
 			return err
 		}
 		meta, err := tx.CreateBucket(bucketMeta)
@@ -481,10 +498,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	return s.db.View(func(*bolt.Tx) error { return nil })
 }
 
-// Close frees every lock and closes the file. The Store must not be used
+// Close frees every maildrop lock, makes LockGrant calls that wait fail,
+// and closes the file. The Store must not be used
 // afterwards, except that release functions may still be called.
 func (s *Store) Close() error {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.done) // waiters for grant locks give up
+	}
 	s.closed = true
 	s.locks = nil
 	s.mu.Unlock()

@@ -24,6 +24,8 @@
 //	    "hidden"              bucket
 //	      <UIDL bytes>        empty value: this client hid that UIDL
 //	    "pending"             the outstanding UPDATE, if any (below)
+//	accounts                  bucket
+//	  <account name bytes>    one account record (below)
 //
 // A mailbox key is the mailbox name as a string (so "" is a name like any
 // other); a client key is the mailbox name as a string followed by the client
@@ -43,7 +45,19 @@
 // A client record with nothing hidden and no pending UPDATE is deleted, so
 // LoadClient reports it as unknown again.
 //
-// Open creates the three top-level buckets and "format" in a new file, and
+// An account value is: the byte 1 (its layout), version uvarint, Kind,
+// Upstream, Provider, Identity and Mailbox strings, uvarint count then that
+// many passwords (Label string, Hash string, WrappedDEK string, Created
+// time, LastUsed time), DEKVersion uvarint, ServerWrappedDEK string,
+// SealedGrant string, GrantVersion uvarint, GrantExpiry time, GrantUpdated
+// time, GrantStatus string, GrantReason string, GrantSince time, Created
+// time, Updated time. A time is uvarint 0 for the zero time, else uvarint 1,
+// varint Unix seconds and uvarint nanoseconds, read back in UTC. Secrets are
+// in it only sealed or wrapped by bridge/account. The "accounts" bucket came
+// after format 1 was first written: Open adds it to a file without it, and
+// earlier builds, which do not look at it, still open such a file.
+//
+// Open creates the top-level buckets and "format" in a new file, and
 // refuses a file whose format it does not know, or that holds other buckets
 // and no "format": a later format bumps the number and migrates older files in
 // Open. Every value is checked while it is decoded, and a bad one is reported
@@ -56,7 +70,9 @@
 // by default) with an error naming the path. Within the process, bbolt runs
 // one write transaction at a time: ApplyMailbox reads the version and writes
 // the change in one transaction, which is what makes the version check
-// atomic. Maildrop locks live in memory, in the Store; as no other process
-// can open the file, that is enough to make them exclusive for every session
-// that shares the store.
+// atomic; PutAccount's version check works the same way. Maildrop locks and
+// grant locks live in memory, in the Store; as no other process can open the
+// file, that is enough to make them exclusive for every session that shares
+// the store. A grant lock is a one-token channel per account name that
+// LockGrant waits on (until its context ends or the Store is closed).
 package boltstore

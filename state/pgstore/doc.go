@@ -14,6 +14,17 @@
 //	popbridge_entry    (mailbox, uid) PRIMARY KEY, uidl, size, fingerprint
 //	popbridge_client   (mailbox, client) PRIMARY KEY, pending (jsonb or NULL)
 //	popbridge_hidden   (mailbox, client, uidl) PRIMARY KEY
+//	popbridge_account  name PRIMARY KEY, version, kind, upstream, provider,
+//	                   identity, mailbox, dek_version, server_wrapped_dek,
+//	                   sealed_grant, grant_version, grant_expiry,
+//	                   grant_updated, grant_status, grant_reason,
+//	                   grant_since, created, updated
+//	popbridge_account_password (account, position) PRIMARY KEY, label,
+//	                   hash, wrapped_dek, created, last_used
+//
+// Account times are timestamptz (microseconds; the zero time is NULL); the
+// sealed and wrapped secrets are bytea; ListAccounts orders by name
+// COLLATE "C", the bytes of the name.
 //
 // Names, UIDLs and the strings of a pending UPDATE are text columns, so they
 // must be valid in the database encoding and hold no NUL byte; the database
@@ -37,6 +48,16 @@
 // of a second pool kept for locks and holds that connection until release,
 // so each open POP3 session keeps one connection to PostgreSQL. When the
 // connection dies the server frees its lock.
+//
+// PutAccount is a compare-and-swap like ApplyMailbox: UPDATE ... WHERE
+// version = base (INSERT ... ON CONFLICT DO NOTHING for base 0), then the
+// account's passwords are replaced, in one transaction. LockGrant waits in
+// pg_advisory_lock(0x706f7062, hashtext(name)) on a connection of a third
+// pool (Options.MaxGrantLocks connections), held until release. Locks on
+// two int4 keys are a key space apart from the bigint keys of maildrop
+// locks; two account names with the same 32-bit hash share a lock, which
+// only makes one wait for the other. A wait that ends with its context is
+// cancelled on the server, and its connection closed.
 //
 // # Building
 //

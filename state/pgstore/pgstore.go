@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/popbridge/popbridge/state"
@@ -29,6 +30,10 @@ var migrationFS embed.FS
 // Options do not say otherwise.
 const DefaultMaxLocks = 100
 
+// DefaultMaxGrantLocks is the number of grant locks a Store holds or waits
+// for at once when Options do not say otherwise.
+const DefaultMaxGrantLocks = 10
+
 // Options tune Open. A nil *Options is equivalent to a zero Options value.
 type Options struct {
 	// MaxLocks bounds the maildrop locks held at once through the Store,
@@ -37,19 +42,30 @@ type Options struct {
 	// max_connections must leave room for MaxLocks plus the data pool
 	// (pool_max_conns in the DSN) of every instance.
 	MaxLocks int
+	// MaxGrantLocks bounds the grant locks (state.AccountStore) held or
+	// waited for at once through the Store, each on a connection of its
+	// own; zero or less means DefaultMaxGrantLocks. LockGrant waits for a
+	// connection beyond it. max_connections must leave room for these
+	// too.
+	MaxGrantLocks int
 }
 
 // Store is a state.Store kept in PostgreSQL. Its methods are safe for
 // concurrent use. The Hidden map of a Client it loads is never nil.
 type Store struct {
-	pool     *pgxpool.Pool // records
-	lockPool *pgxpool.Pool // one connection per held maildrop lock
-	maxLocks int
+	pool      *pgxpool.Pool // records
+	lockPool  *pgxpool.Pool // one connection per held maildrop lock
+	grantPool *pgxpool.Pool // one connection per grant lock held or waited for
+	maxLocks  int
 
-	mu     sync.Mutex
-	slots  int // locks held or being taken, at most maxLocks
-	held   map[*heldLock]struct{}
-	closed bool
+	closing context.Context // done once Close has begun
+	close   context.CancelFunc
+
+	mu         sync.Mutex
+	slots      int // locks held or being taken, at most maxLocks
+	held       map[*heldLock]struct{}
+	grantsHeld map[*heldGrant]struct{}
+	closed     bool
 }
 
 var _ state.Store = (*Store)(nil)
@@ -75,12 +91,30 @@ func Open(ctx context.Context, dsn string, opts *Options) (*Store, error) {
 	lockCfg := cfg.Copy()
 	lockCfg.MinConns = 0
 	lockCfg.MaxConns = int32(min(maxLocks, math.MaxInt32))
+	maxGrants := DefaultMaxGrantLocks
+	if opts != nil && opts.MaxGrantLocks > 0 {
+		maxGrants = opts.MaxGrantLocks
+	}
+	grantCfg := cfg.Copy()
+	grantCfg.MinConns = 0
+	grantCfg.MaxConns = int32(min(maxGrants, math.MaxInt32))
+	// A cancelled wait for a grant lock is cancelled on the server too, at
+	// once, rather than by breaking the connection.
+	grantCfg.ConnConfig.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 5 * time.Second}
+	}
 
-	s := &Store{maxLocks: maxLocks, held: make(map[*heldLock]struct{})}
+	s := &Store{maxLocks: maxLocks, held: make(map[*heldLock]struct{}), grantsHeld: make(map[*heldGrant]struct{})}
+	s.closing, s.close = context.WithCancel(context.Background())
 	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("pgstore: %w", err)
 	}
 	if s.lockPool, err = pgxpool.NewWithConfig(ctx, lockCfg); err != nil {
+		s.pool.Close()
+		return nil, fmt.Errorf("pgstore: %w", err)
+	}
+	if s.grantPool, err = pgxpool.NewWithConfig(ctx, grantCfg); err != nil {
+		s.lockPool.Close()
 		s.pool.Close()
 		return nil, fmt.Errorf("pgstore: %w", err)
 	}
@@ -499,14 +533,21 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // Close frees the locks still held, which ends their sessions' claim on the
-// maildrops, and closes the pools. Release functions may still be called.
+// maildrops, makes LockGrant calls that wait fail, and closes the pools.
+// Release functions may still be called.
 func (s *Store) Close() error {
+	s.close()
 	s.mu.Lock()
 	s.closed = true
 	held := s.held
 	s.held = map[*heldLock]struct{}{}
 	s.slots = 0
+	grants := s.grantsHeld
+	s.grantsHeld = map[*heldGrant]struct{}{}
 	s.mu.Unlock()
+	for l := range grants {
+		unlockGrant(l)
+	}
 	for l := range held {
 		// Unlock explicitly: a closed connection's locks are freed only
 		// when the server notices, a moment later.
@@ -515,6 +556,7 @@ func (s *Store) Close() error {
 		cancel()
 		discard(l.conn)
 	}
+	s.grantPool.Close()
 	s.lockPool.Close()
 	s.pool.Close()
 	return nil

@@ -40,6 +40,10 @@
 //     by another session, frees nothing; one called after Close is
 //     harmless; Close frees the locks of the Store.
 //
+// A store that implements state.AccountStore is held to it too (see
+// account.go for what the suite adds to its documentation); for one that
+// does not, those checks are skipped.
+//
 // Names used by the suite are valid UTF-8 without NUL bytes, so that stores
 // keeping them in SQL text columns can pass; a store that takes any bytes
 // should test that in its own package.
@@ -112,6 +116,7 @@ func Run(t *testing.T, b Backend, opts *Options) {
 		t.Run("Shared/Conflict", s.sharedConflict)
 		t.Run("Shared/Lock", s.sharedLock)
 	}
+	s.runAccounts(t)
 }
 
 type suite struct {
