@@ -78,6 +78,9 @@ func (c *Client) Upstream() (address string, security upstream.Security) {
 	return c.r.upAddress, c.r.upSecurity
 }
 
+// Endpoint returns the provider's endpoints, the tenant filled in.
+func (c *Client) Endpoint() oauth2.Endpoint { return c.oauth2Config("").Endpoint }
+
 // RefreshBefore returns how long before expiry tokens are refreshed.
 func (c *Client) RefreshBefore() time.Duration { return c.r.refreshBefore }
 

@@ -22,13 +22,16 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout); err != nil {
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	if err := run(os.Args[1:], os.Stdout, stop); err != nil {
 		fmt.Fprintln(os.Stderr, "fakeoauth:", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string, out io.Writer) error {
+// run serves until stop delivers.
+func run(args []string, out io.Writer, stop <-chan os.Signal) error {
 	fs := flag.NewFlagSet("fakeoauth", flag.ContinueOnError)
 	providerAddr := fs.String("provider-listen", "127.0.0.1:0", "address of the OAuth provider (HTTP)")
 	imapAddr := fs.String("imap-listen", "127.0.0.1:0", "address of the OAuth-only IMAP server (cleartext)")
@@ -67,9 +70,7 @@ func run(args []string, out io.Writer) error {
 	defer env.Close()
 	printSetup(out, env, *autoApprove, *user)
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	s := <-sig
+	s := <-stop
 	fmt.Fprintf(out, "fakeoauth: %v, stopping\n", s)
 	return nil
 }
