@@ -305,3 +305,22 @@ func TestClientCredentials(t *testing.T) {
 		t.Errorf("error %q: temporary, or shows the secret", err)
 	}
 }
+
+// A confidential client in the device flow: the device authorization
+// request carries only the client ID, the polls the secret too.
+func TestDeviceFlowConfidentialClient(t *testing.T) {
+	e := oauthtest.Start(t, oauthtest.Options{AutoApprove: oauthtest.OtherUser})
+	cfg := genericConfig(e, oauth.FlowDevice)
+	cfg.ClientID = oauthtest.ConfidentialClientID
+	cfg.ClientSecretEnv = "TEST_OAUTH_DESKTOP_SECRET"
+	cfg.AuthStyle = "params"
+	t.Setenv(cfg.ClientSecretEnv, oauthtest.ConfidentialSecret)
+	c := newClient(t, cfg, nil)
+	g, err := c.DeviceFlow(t.Context(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub, _, ok := e.Provider.Validate(g.AccessToken); !ok || sub != oauthtest.OtherUser {
+		t.Errorf("Validate = %q, %v", sub, ok)
+	}
+}

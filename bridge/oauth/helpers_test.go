@@ -90,17 +90,28 @@ type memStore struct {
 	saves     []oauth.Grant // every grant saved, in order
 	failSaves int           // saves to fail from now on
 	onSave    func(oauth.Grant)
+	// beforeUpdate, when set, runs at the start of Update, outside the
+	// lock; onLoad after each Load.
+	beforeUpdate func()
+	onLoad       func()
 }
 
 func newStore(g oauth.Grant) *memStore { return &memStore{g: g} }
 
 func (s *memStore) Load(context.Context) (oauth.Grant, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.g, nil
+	g := s.g
+	s.mu.Unlock()
+	if s.onLoad != nil {
+		s.onLoad()
+	}
+	return g, nil
 }
 
 func (s *memStore) Update(ctx context.Context, fn func(oauth.Grant) (oauth.Grant, error)) (oauth.Grant, error) {
+	if s.beforeUpdate != nil {
+		s.beforeUpdate()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ng, err := fn(s.g)

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -245,6 +246,16 @@ func TestKeeperUnreachableProvider(t *testing.T) {
 func TestKeeperInstancesRefreshOnce(t *testing.T) {
 	e, clock, c, store := keeperEnv(t, oauthtest.RotateStrict)
 	clock.Advance(time.Hour)
+	// Both instances have read the expired grant before either takes the
+	// lock: without the check inside the lock, both would refresh.
+	var loads atomic.Int32
+	bothLoaded := make(chan struct{})
+	store.onLoad = func() {
+		if loads.Add(1) == 2 {
+			close(bothLoaded)
+		}
+	}
+	store.beforeUpdate = func() { <-bothLoaded }
 	keepers := []*oauth.Keeper{oauth.NewKeeper(c, store), oauth.NewKeeper(c, store)}
 	toks := make([]string, 2*len(keepers))
 	errs := make([]error, len(toks))

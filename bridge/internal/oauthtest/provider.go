@@ -266,18 +266,6 @@ func (p *Provider) AddSharedMailbox(mailbox string, delegates ...string) {
 	}
 }
 
-// Users returns the addresses of the users, sorted.
-func (p *Provider) Users() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []string
-	for _, u := range p.users {
-		out = append(out, u)
-	}
-	slices.Sort(out)
-	return out
-}
-
 // Mailboxes returns every mailbox address: the users' and the shared
 // ones, sorted.
 func (p *Provider) Mailboxes() []string {
@@ -370,6 +358,7 @@ const (
 	PathRevoke     = "/fake/revoke"
 	PathExpire     = "/fake/expire"
 	PathStats      = "/fake/stats"
+	PathPending    = "/fake/pending"
 )
 
 // AuthURL, TokenURL and DeviceAuthURL are the endpoints of the server
@@ -382,7 +371,8 @@ func (p *Provider) DeviceAuthURL() string { return p.URL() + PathDeviceCode }
 // authorization endpoints, the verification page, and for scripts
 // POST /fake/approve (user_code, user), /fake/deny (user_code),
 // /fake/revoke (user), /fake/expire (user: its access tokens expire now)
-// and GET /fake/stats (JSON).
+// and GET /fake/stats (JSON) and /fake/pending (the user codes waiting
+// for approval, one a line).
 func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case PathToken:
@@ -398,6 +388,11 @@ func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case PathStats:
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(p.Stats())
+	case PathPending:
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		for _, code := range p.PendingUserCodes() {
+			fmt.Fprintln(w, code)
+		}
 	default:
 		http.NotFound(w, r)
 	}
@@ -442,8 +437,11 @@ type tokenResponse struct {
 
 // authenticate finds the client of a token or device request: HTTP Basic
 // (RFC 6749 §2.3.1, form-encoded) or client_id and client_secret in the
-// body. A confidential client must present its secret, a public one none.
-func (p *Provider) authenticate(r *http.Request) (Client, error) {
+// body. A public client must present no secret; a confidential one its
+// secret, except with needSecret false (the device authorization request
+// carries only the client ID, RFC 8628 §3.1), where a secret, if sent,
+// must still be right.
+func (p *Provider) authenticate(r *http.Request, needSecret bool) (Client, error) {
 	id, secret, basic := r.BasicAuth()
 	if basic {
 		id, _ = url.QueryUnescape(id)
@@ -459,6 +457,7 @@ func (p *Provider) authenticate(r *http.Request) (Client, error) {
 		return Client{}, errorf(http.StatusUnauthorized, "invalid_client", "unknown client %q", id)
 	case c.Secret == "" && secret != "":
 		return Client{}, errorf(http.StatusUnauthorized, "invalid_client", "the client is public: it must not present a client secret")
+	case c.Secret != "" && secret == "" && !needSecret:
 	case c.Secret != "" && secret != c.Secret:
 		return Client{}, errorf(http.StatusUnauthorized, "invalid_client", "invalid client secret")
 	}
@@ -489,7 +488,7 @@ func (p *Provider) serveToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	c, err := p.authenticate(r)
+	c, err := p.authenticate(r, true)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -558,7 +557,7 @@ func (p *Provider) serveDeviceCode(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	c, err := p.authenticate(r)
+	c, err := p.authenticate(r, false)
 	if err != nil {
 		writeError(w, err)
 		return

@@ -1,6 +1,7 @@
 package oauthtest_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -350,7 +351,16 @@ func TestDeviceHTTPApprove(t *testing.T) {
 	if got := poll(); got != "slow_down" {
 		t.Errorf("immediate second poll: %q, want slow_down", got)
 	}
-	resp, err := http.PostForm(e.Provider.URL()+oauthtest.PathApprove, url.Values{"user_code": {da.UserCode}, "user": {oauthtest.OtherUser}})
+	resp, err := http.Get(e.Provider.URL() + oauthtest.PathPending)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(pending) != da.UserCode+"\n" {
+		t.Errorf("pending codes %q, want %q", pending, da.UserCode)
+	}
+	resp, err = http.PostForm(e.Provider.URL()+oauthtest.PathApprove, url.Values{"user_code": {string(bytes.TrimSpace(pending))}, "user": {oauthtest.OtherUser}})
 	if err != nil {
 		t.Fatal(err)
 	}

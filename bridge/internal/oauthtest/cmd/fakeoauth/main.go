@@ -121,6 +121,7 @@ client_secret_env = "FAKEOAUTH_APP_SECRET", scopes = [%q], after
   export FAKEOAUTH_APP_SECRET=%s
 
 Script endpoints (POST, form-encoded):
+  curl -s %s%s                                 # user codes waiting (GET)
   curl -s -d user_code=CODE -d user=%s %s%s
   curl -s -d user_code=CODE %s%s
   curl -s -d user=%s %s%s     # revoke every grant of the user
@@ -130,6 +131,7 @@ Script endpoints (POST, form-encoded):
 		oauthtest.PublicClientID, p.AuthURL(), p.TokenURL(), p.DeviceAuthURL(),
 		oauthtest.IMAPScope, env.IMAP.Addr(),
 		oauthtest.AppClientID, oauthtest.AppScope, oauthtest.AppSecret,
+		base, oauthtest.PathPending,
 		oauthtest.User, base, oauthtest.PathApprove,
 		base, oauthtest.PathDeny,
 		oauthtest.User, base, oauthtest.PathRevoke,
