@@ -35,6 +35,7 @@ type memConfig struct {
 	caps       []imap.Cap
 	tls        bool
 	user, pass string
+	oauth      BearerCheck // WithOAuth
 }
 
 // WithCaps sets the capabilities the server offers (go-imap's
@@ -85,6 +86,7 @@ type MemServer struct {
 	faults     map[string]error
 	blocks     map[string]chan struct{}
 	admin      *Admin
+	oauth      BearerCheck // nil: passwords; else OAuth-only (WithOAuth)
 }
 
 var _ Mailboxes = (*MemServer)(nil)
@@ -107,6 +109,7 @@ func NewMemServer(t testing.TB, opts ...Option) *MemServer {
 		specialUse: make(map[string][]imap.MailboxAttr),
 		faults:     make(map[string]error),
 		blocks:     make(map[string]chan struct{}),
+		oauth:      cfg.oauth,
 	}
 	s.mem.AddUser(s.user)
 	s.Create("INBOX")
@@ -117,7 +120,11 @@ func NewMemServer(t testing.TB, opts ...Option) *MemServer {
 	}
 	options := &imapserver.Options{
 		NewSession: func(conn *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return &session{s: s, addr: conn.NetConn().RemoteAddr().String()}, nil, nil
+			sess := &session{s: s, addr: conn.NetConn().RemoteAddr().String()}
+			if s.oauth != nil {
+				return &oauthSession{sess}, nil, nil
+			}
+			return sess, nil, nil
 		},
 		Caps:         caps,
 		InsecureAuth: true,
@@ -294,7 +301,8 @@ func (s *MemServer) Reset(mailbox string) {
 }
 
 // Fail makes every later command of kind cmd from a client (not the
-// helper) answer err, until Fail(cmd, nil). cmd is one of LOGIN, SELECT,
+// helper) answer err, until Fail(cmd, nil). cmd is one of LOGIN (which
+// covers AUTHENTICATE on an OAuth-only server), SELECT,
 // FETCH, STORE, EXPUNGE (UID EXPUNGE), COPY, MOVE, SEARCH, LIST, CREATE.
 // An *imap.Error goes to the client as it is; any other error becomes
 // NO [SERVERBUG].

@@ -30,6 +30,9 @@ func (sess *session) Login(username, password string) error {
 	if err := sess.fault("LOGIN"); err != nil {
 		return err
 	}
+	if sess.s.oauth != nil && !sess.s.isInternal(sess.addr) {
+		return ErrPasswordRefused
+	}
 	if err := sess.s.user.Login(username, password); err != nil {
 		return err
 	}
