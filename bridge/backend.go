@@ -52,21 +52,14 @@ func NewBridge(cfg Config, st state.Store, log *zap.Logger) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := state.NewUIDLFormatter(cfg.UIDL.Format)
-	if err != nil {
-		return nil, fmt.Errorf("config: uidl.format: %w", err)
-	}
-	return &Bridge{cfg: cfg, log: log, store: st, up: up, uidl: f, cache: newRecordCache(), now: time.Now,
+	return &Bridge{cfg: cfg, log: log, store: st, up: up, uidl: &cfg.UIDL.Format, cache: newRecordCache(), now: time.Now,
 		ahead: newAheadPool(readAheadTotal)}, nil
 }
 
 // dialConfig turns the [upstream] table into an upstream.Config,
 // loading the CA file when one is named.
 func dialConfig(c UpstreamConfig, log *zap.Logger) (upstream.Config, error) {
-	sec, err := upstream.ParseSecurity(c.Security)
-	if err != nil {
-		return upstream.Config{}, fmt.Errorf("config: upstream.security: %w", err)
-	}
+	sec := c.Security
 	host, _, err := net.SplitHostPort(c.Address)
 	if err != nil {
 		return upstream.Config{}, fmt.Errorf("config: upstream.address: %w", err)

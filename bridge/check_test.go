@@ -7,6 +7,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 func TestCheck(t *testing.T) {
@@ -14,7 +15,7 @@ func TestCheck(t *testing.T) {
 	mem.Append("INBOX", message("c1", "one", "x\r\n"))
 	cfg := DefaultConfig()
 	cfg.Upstream.Address = mem.Addr
-	cfg.Upstream.Security = "none"
+	cfg.Upstream.Security = upstream.SecurityNone
 
 	var out strings.Builder
 	// The default move policy needs a \Trash mailbox: there is none yet.

@@ -510,7 +510,7 @@ func testClientDelete(t *testing.T, c realClient, policy string, up *upstreamEnv
 	stored := up.box.Messages("INBOX")
 	before := snapshotFlags(stored)
 	uv := up.box.UIDValidity("INBOX")
-	e := newEnv(t, up, func(cfg *Config) { cfg.Delete.Policy = policy })
+	e := newEnv(t, up, func(cfg *Config) { cfg.Delete.Policy = Policy(policy) })
 	r := newClientRunner(t, c, e, c.name)
 
 	got, out := r.run(false)

@@ -10,8 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/BurntSushi/toml"
+	"go.uber.org/zap/zapcore"
 
+	"github.com/popbridge/popbridge/internal/configfile"
 	"github.com/popbridge/popbridge/internal/netlist"
 	"github.com/popbridge/popbridge/internal/saslmech"
 	"github.com/popbridge/popbridge/state"
@@ -54,7 +55,7 @@ type ServerConfig struct {
 	// balancers that send a PROXY protocol header (v1 or v2). Connections
 	// from them must start with one; from anywhere else a header is
 	// refused. Empty: the PROXY protocol is off.
-	ProxyTrusted []string `toml:"proxy_trusted"`
+	ProxyTrusted netlist.List `toml:"proxy_trusted"`
 }
 
 // TLSConfig is the [tls] table: the certificate shown to POP3 clients,
@@ -66,14 +67,14 @@ type TLSConfig struct {
 
 // UpstreamConfig is the [upstream] table: the IMAP server.
 type UpstreamConfig struct {
-	Address            string        `toml:"address"`              // host:port
-	Security           string        `toml:"security"`             // tls | starttls | none
-	Mailbox            string        `toml:"mailbox"`              // the mailbox served as the maildrop
-	CAFile             string        `toml:"ca_file"`              // PEM roots instead of the system's
-	ServerName         string        `toml:"server_name"`          // TLS name to verify; default: the host of address
-	InsecureSkipVerify bool          `toml:"insecure_skip_verify"` // never in production
-	Timeout            time.Duration `toml:"timeout"`              // dial and command timeout
-	MarkSeenOnRetr     bool          `toml:"mark_seen_on_retr"`    // set \Seen upstream after each RETR
+	Address            string            `toml:"address"`              // host:port
+	Security           upstream.Security `toml:"security"`             // tls | starttls | none
+	Mailbox            string            `toml:"mailbox"`              // the mailbox served as the maildrop
+	CAFile             string            `toml:"ca_file"`              // PEM roots instead of the system's
+	ServerName         string            `toml:"server_name"`          // TLS name to verify; default: the host of address
+	InsecureSkipVerify bool              `toml:"insecure_skip_verify"` // never in production
+	Timeout            time.Duration     `toml:"timeout"`              // dial and command timeout
+	MarkSeenOnRetr     bool              `toml:"mark_seen_on_retr"`    // set \Seen upstream after each RETR
 	// AllowCleartextRemote lets security "none" reach an upstream that
 	// is not on loopback (passwords and mail cross that network in
 	// clear); logged as a warning at every start.
@@ -119,7 +120,7 @@ type LimitsConfig struct {
 	// ExemptNetworks are client addresses and networks (CIDR) the
 	// per-address limits do not apply to; the account and total limits
 	// still do.
-	ExemptNetworks []string `toml:"exempt_networks"`
+	ExemptNetworks netlist.List `toml:"exempt_networks"`
 	// MaxSessionsPerAccount caps the sessions of one account (all its
 	// devices, logins in progress included) on this instance; beyond it
 	// a login is refused with [IN-USE] before the upstream is asked.
@@ -128,14 +129,14 @@ type LimitsConfig struct {
 
 // DeleteConfig is the [delete] table: what a POP3 DELE becomes at QUIT.
 type DeleteConfig struct {
-	Policy string   `toml:"policy"`  // move | expunge | flag | hide
+	Policy Policy   `toml:"policy"`  // move | expunge | flag | hide
 	MoveTo string   `toml:"move_to"` // for move: "" = the \Trash special-use mailbox
 	Flags  []string `toml:"flags"`   // for flag
 }
 
 // UIDLConfig is the [uidl] table.
 type UIDLConfig struct {
-	Format string `toml:"format"` // Dovecot-style template with %u and %v
+	Format state.UIDLFormatter `toml:"format"` // Dovecot-style template with %u and %v
 }
 
 // StateConfig is the [state] table.
@@ -147,8 +148,8 @@ type StateConfig struct {
 
 // LogConfig is the [log] table.
 type LogConfig struct {
-	Level  string `toml:"level"`  // debug | info | warn | error
-	Format string `toml:"format"` // json | console
+	Level  zapcore.Level `toml:"level"`  // debug | info | warn | error
+	Format string        `toml:"format"` // json | console
 	// UpstreamTrace logs every line exchanged with the upstream (one log
 	// line each, "C: " for what popbridge sent, "S: " for what it
 	// received), with credentials redacted; UpstreamTraceAccounts limits
@@ -165,10 +166,10 @@ func DefaultConfig() Config {
 			ShutdownTimeout: 30 * time.Second,
 			IdleTimeout:     10 * time.Minute,
 			AuthTimeout:     time.Minute,
-			ProxyTrusted:    []string{},
+			ProxyTrusted:    netlist.List{},
 		},
 		Upstream: UpstreamConfig{
-			Security: "tls",
+			Security: upstream.SecurityTLS,
 			Mailbox:  "INBOX",
 			Timeout:  30 * time.Second,
 		},
@@ -178,7 +179,7 @@ func DefaultConfig() Config {
 			OAuthMechanisms: []string{saslmech.XOAuth2, saslmech.OAuthBearer},
 		},
 		Delete: DeleteConfig{Policy: PolicyMove, Flags: []string{`\Seen`, "$POP3Deleted"}},
-		UIDL:   UIDLConfig{Format: state.DefaultUIDLFormat},
+		UIDL:   UIDLConfig{Format: state.MustUIDLFormatter(state.DefaultUIDLFormat)},
 		State:  StateConfig{Driver: "bolt", Path: "popbridge.db"},
 		Limits: LimitsConfig{
 			MaxConnections:             1000,
@@ -188,10 +189,10 @@ func DefaultConfig() Config {
 			MaxLoginFailuresPerIP:      10,
 			MaxLoginFailuresPerAccount: 30,
 			LoginFailureWindow:         15 * time.Minute,
-			ExemptNetworks:             []string{"127.0.0.0/8", "::1"},
+			ExemptNetworks:             netlist.MustParse("127.0.0.0/8", "::1"),
 			MaxSessionsPerAccount:      10,
 		},
-		Log:   LogConfig{Level: "info", Format: "json", UpstreamTraceAccounts: []string{}},
+		Log:   LogConfig{Level: zapcore.InfoLevel, Format: "json", UpstreamTraceAccounts: []string{}},
 		Admin: AdminConfig{ReadyCache: 5 * time.Second},
 	}
 }
@@ -206,176 +207,213 @@ func LoadConfig(path string) (Config, error) {
 	return ParseConfig(string(data))
 }
 
-// ParseConfig is LoadConfig for a TOML text.
+// ParseConfig is LoadConfig for a TOML text. Every problem is reported at
+// once, not only the first: values that do not decode (each typed value
+// checks itself), then values that do not fit together.
 func ParseConfig(text string) (Config, error) {
 	cfg := DefaultConfig()
-	md, err := toml.Decode(text, &cfg)
-	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			if key := keyAtLine(text, pe.Position.Line); key != "" {
-				return Config{}, fmt.Errorf("config: %s (line %d): %s", key, pe.Position.Line, pe.Message)
+	var list []error
+	failed := map[string]bool{}
+	if err := configfile.Decode(text, &cfg); err != nil {
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			list = j.Unwrap()
+		} else {
+			return Config{}, fmt.Errorf("config: %w", err) // a syntax error: nothing was decoded
+		}
+		for _, e := range list {
+			var ke *configfile.KeyError
+			if errors.As(e, &ke) {
+				failed[ke.Key] = true
 			}
-			return Config{}, fmt.Errorf("config: line %d: %s", pe.Position.Line, pe.Message)
 		}
-		return Config{}, fmt.Errorf("config: %w", err)
 	}
-	if und := md.Undecoded(); len(und) > 0 {
-		keys := make([]string, len(und))
-		for i, k := range und {
-			keys[i] = k.String()
+	// Keys that did not decode kept their defaults: what validation says
+	// of them would only repeat the problem.
+	for _, pr := range cfg.problems() {
+		if !failed[pr.key] {
+			list = append(list, pr)
 		}
-		return Config{}, fmt.Errorf("config: unknown key %s", strings.Join(keys, ", "))
 	}
-	if err := cfg.Validate(); err != nil {
-		return Config{}, err
+	if len(list) > 0 {
+		return Config{}, configErrors(list)
 	}
 	return cfg, nil
 }
 
-// Validate checks every value and returns the first problem, naming its key.
-func (c *Config) Validate() error {
-	bad := func(key, format string, args ...any) error {
-		return fmt.Errorf("config: %s: %s", key, fmt.Sprintf(format, args...))
+// configErrors prefixes one problem with "config: ", and lists several on
+// lines of their own.
+func configErrors(list []error) error {
+	if len(list) == 1 {
+		return fmt.Errorf("config: %w", list[0])
 	}
-	if err := checkAddr(c.Server.Listen); err != nil {
-		return bad("server.listen", "%v", err)
+	var b strings.Builder
+	fmt.Fprintf(&b, "config: %d problems:", len(list))
+	for _, e := range list {
+		b.WriteString("\n  " + e.Error())
 	}
-	if c.Server.ListenTLS != "" {
-		if err := checkAddr(c.Server.ListenTLS); err != nil {
-			return bad("server.listen_tls", "%v", err)
-		}
-		if c.TLS.CertFile == "" {
-			return bad("server.listen_tls", "needs tls.cert_file and tls.key_file")
-		}
-	}
-	if c.Server.ShutdownTimeout < 0 {
-		return bad("server.shutdown_timeout", "must not be negative")
-	}
-	if c.Server.IdleTimeout < 10*time.Minute {
-		return bad("server.idle_timeout", "%v is below the 10 minutes RFC 1939 §3 requires", c.Server.IdleTimeout)
-	}
-	if c.Server.AuthTimeout <= 0 {
-		return bad("server.auth_timeout", "must be positive")
-	}
-	if _, err := netlist.Parse(c.Server.ProxyTrusted); err != nil {
-		return bad("server.proxy_trusted", "%v", err)
-	}
-	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
-		return bad("tls", "cert_file and key_file go together")
-	}
-	if c.Upstream.Address == "" {
-		return bad("upstream.address", "is required (host:port of the IMAP server)")
-	}
-	if _, _, err := net.SplitHostPort(c.Upstream.Address); err != nil {
-		return bad("upstream.address", "%q is not host:port", c.Upstream.Address)
-	}
-	sec, err := upstream.ParseSecurity(c.Upstream.Security)
-	if err != nil {
-		return bad("upstream.security", "unknown value %q (want tls, starttls or none)", c.Upstream.Security)
-	}
-	if sec == upstream.SecurityNone && !loopbackAddr(c.Upstream.Address) && !c.Upstream.AllowCleartextRemote {
-		return bad("upstream.security", `"none" would send passwords and mail in clear to %s, which is not loopback: use tls or starttls, or, for a private network, set upstream.allow_cleartext_remote = true`, c.Upstream.Address)
-	}
-	if c.Upstream.Mailbox == "" {
-		return bad("upstream.mailbox", "must not be empty")
-	}
-	if c.Upstream.Timeout <= 0 {
-		return bad("upstream.timeout", "must be positive")
-	}
-	if c.Auth.AllowInsecureAuth && !loopbackAddr(c.Server.Listen) && !c.Auth.AllowInsecureAuthRemote {
-		return bad("auth.allow_insecure_auth", "server.listen %q is not loopback: passwords would cross the network in clear; listen on loopback, use TLS, or, for a private network (a sidecar's), set auth.allow_insecure_auth_remote = true", c.Server.Listen)
-	}
-	if len(c.Auth.DeviceSeparator) > 1 {
-		return bad("auth.device_separator", "must be one character, or empty for no device tags")
-	}
-	for i, m := range c.Auth.OAuthMechanisms {
-		if !saslmech.IsToken(m) {
-			return bad("auth.oauth_mechanisms", "unknown mechanism %q (want XOAUTH2 or OAUTHBEARER)", m)
-		}
-		if slices.Contains(c.Auth.OAuthMechanisms[:i], m) {
-			return bad("auth.oauth_mechanisms", "%s is listed twice", m)
-		}
-	}
-	switch c.Delete.Policy {
-	case PolicyMove, PolicyExpunge, PolicyHide:
-	case PolicyFlag:
-		if len(c.Delete.Flags) == 0 {
-			return bad("delete.flags", "the flag policy needs at least one flag")
-		}
-	default:
-		return bad("delete.policy", "unknown value %q (want move, expunge, flag or hide)", c.Delete.Policy)
-	}
-	for _, f := range c.Delete.Flags {
-		if !upstream.ValidFlag(f) {
-			return bad("delete.flags", "%q is not an IMAP flag or keyword", f)
-		}
-	}
-	if err := state.CheckUIDLFormat(c.UIDL.Format); err != nil {
-		return bad("uidl.format", "%v", err)
-	}
-	switch c.State.Driver {
-	case "bolt":
-		if c.State.Path == "" {
-			return bad("state.path", "the bolt driver needs a file path")
-		}
-	case "postgres":
-		if c.State.DSN == "" {
-			return bad("state.dsn", "the postgres driver needs a connection string")
-		}
-	default:
-		return bad("state.driver", "unknown value %q (want bolt or postgres)", c.State.Driver)
-	}
-	if err := c.Limits.validate(); err != nil {
-		return err
-	}
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		return bad("log.level", "unknown value %q (want debug, info, warn or error)", c.Log.Level)
-	}
-	if c.Admin.Listen != "" {
-		if err := checkAddr(c.Admin.Listen); err != nil {
-			return bad("admin.listen", "%v", err)
-		}
-	}
-	if c.Admin.ReadyCache <= 0 {
-		return bad("admin.ready_cache", "must be positive")
-	}
-	switch c.Log.Format {
-	case "json", "console":
-	default:
-		return bad("log.format", "unknown value %q (want json or console)", c.Log.Format)
-	}
-	return nil
+	return &multiError{text: b.String(), errs: list}
 }
 
-// keyAtLine returns the dotted key ("server.idle_timeout") assigned on line
-// n (1-based) of a TOML text, or "".
-func keyAtLine(text string, n int) string {
-	lines := strings.Split(text, "\n")
-	if n < 1 || n > len(lines) {
-		return ""
+type multiError struct {
+	text string
+	errs []error
+}
+
+func (e *multiError) Error() string   { return e.text }
+func (e *multiError) Unwrap() []error { return e.errs }
+
+// problem is one value that does not validate.
+type problem struct {
+	key string
+	msg string
+}
+
+func (p *problem) Error() string { return p.key + ": " + p.msg }
+
+// problems collects what the tables' validate methods find.
+type problems []*problem
+
+func (p *problems) add(key, format string, args ...any) {
+	*p = append(*p, &problem{key: key, msg: fmt.Sprintf(format, args...)})
+}
+
+// Validate checks every table, and what the tables ask of each other, and
+// returns every problem found, each naming its key.
+func (c *Config) Validate() error {
+	p := c.problems()
+	if len(p) == 0 {
+		return nil
 	}
-	key, _, ok := strings.Cut(lines[n-1], "=")
-	key = strings.TrimSpace(key)
-	if !ok || key == "" || strings.HasPrefix(key, "#") || strings.HasPrefix(key, "[") {
-		return ""
+	list := make([]error, len(p))
+	for i, e := range p {
+		list[i] = e
 	}
-	for i := n - 2; i >= 0; i-- {
-		l := strings.TrimSpace(lines[i])
-		if strings.HasPrefix(l, "[") {
-			return strings.Trim(l, "[] ") + "." + key
+	return configErrors(list)
+}
+
+func (c *Config) problems() problems {
+	var p problems
+	c.Server.validate(&p)
+	c.TLS.validate(&p)
+	c.Upstream.validate(&p)
+	c.Auth.validate(&p)
+	c.Delete.validate(&p)
+	c.State.validate(&p)
+	c.Limits.validate(&p)
+	c.Log.validate(&p)
+	c.Admin.validate(&p)
+	if c.Server.ListenTLS != "" && c.TLS.CertFile == "" {
+		p.add("server.listen_tls", "needs tls.cert_file and tls.key_file")
+	}
+	if c.Auth.AllowInsecureAuth && !loopbackAddr(c.Server.Listen) && !c.Auth.AllowInsecureAuthRemote {
+		p.add("auth.allow_insecure_auth", "server.listen %q is not loopback: passwords would cross the network in clear; listen on loopback, use TLS, or, for a private network (a sidecar's), set auth.allow_insecure_auth_remote = true", c.Server.Listen)
+	}
+	return p
+}
+
+func (c *ServerConfig) validate(p *problems) {
+	checkAddr(p, "server.listen", c.Listen)
+	if c.ListenTLS != "" {
+		checkAddr(p, "server.listen_tls", c.ListenTLS)
+	}
+	if c.ShutdownTimeout < 0 {
+		p.add("server.shutdown_timeout", "must not be negative")
+	}
+	if c.IdleTimeout < 10*time.Minute {
+		p.add("server.idle_timeout", "%v is below the 10 minutes RFC 1939 §3 requires", c.IdleTimeout)
+	}
+	if c.AuthTimeout <= 0 {
+		p.add("server.auth_timeout", "must be positive")
+	}
+}
+
+func (c *TLSConfig) validate(p *problems) {
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		p.add("tls", "cert_file and key_file go together")
+	}
+}
+
+func (c *UpstreamConfig) validate(p *problems) {
+	switch {
+	case c.Address == "":
+		p.add("upstream.address", "is required (host:port of the IMAP server)")
+	case c.Security == upstream.SecurityNone && !loopbackAddr(c.Address) && !c.AllowCleartextRemote:
+		p.add("upstream.security", `"none" would send passwords and mail in clear to %s, which is not loopback: use tls or starttls, or, for a private network, set upstream.allow_cleartext_remote = true`, c.Address)
+	}
+	if c.Address != "" {
+		checkAddr(p, "upstream.address", c.Address)
+	}
+	if c.Mailbox == "" {
+		p.add("upstream.mailbox", "must not be empty")
+	}
+	if c.Timeout <= 0 {
+		p.add("upstream.timeout", "must be positive")
+	}
+}
+
+func (c *AuthConfig) validate(p *problems) {
+	if len(c.DeviceSeparator) > 1 {
+		p.add("auth.device_separator", "must be one character, or empty for no device tags")
+	}
+	for i, m := range c.OAuthMechanisms {
+		if !saslmech.IsToken(m) {
+			p.add("auth.oauth_mechanisms", "unknown mechanism %q (want XOAUTH2 or OAUTHBEARER)", m)
+		} else if slices.Contains(c.OAuthMechanisms[:i], m) {
+			p.add("auth.oauth_mechanisms", "%s is listed twice", m)
 		}
 	}
-	return key
+}
+
+func (c *DeleteConfig) validate(p *problems) {
+	if c.Policy == PolicyFlag && len(c.Flags) == 0 {
+		p.add("delete.flags", "the flag policy needs at least one flag")
+	}
+	for _, f := range c.Flags {
+		if !upstream.ValidFlag(f) {
+			p.add("delete.flags", "%q is not an IMAP flag or keyword", f)
+		}
+	}
+}
+
+func (c *StateConfig) validate(p *problems) {
+	switch c.Driver {
+	case "bolt":
+		if c.Path == "" {
+			p.add("state.path", "the bolt driver needs a file path")
+		}
+	case "postgres":
+		if c.DSN == "" {
+			p.add("state.dsn", "the postgres driver needs a connection string")
+		}
+	default:
+		p.add("state.driver", "unknown value %q (want bolt or postgres)", c.Driver)
+	}
+}
+
+func (c *LogConfig) validate(p *problems) {
+	switch c.Level {
+	case zapcore.DebugLevel, zapcore.InfoLevel, zapcore.WarnLevel, zapcore.ErrorLevel:
+	default:
+		p.add("log.level", "unknown value %q (want debug, info, warn or error)", c.Level)
+	}
+	switch c.Format {
+	case "json", "console":
+	default:
+		p.add("log.format", "unknown value %q (want json or console)", c.Format)
+	}
+}
+
+func (c *AdminConfig) validate(p *problems) {
+	if c.Listen != "" {
+		checkAddr(p, "admin.listen", c.Listen)
+	}
+	if c.ReadyCache <= 0 {
+		p.add("admin.ready_cache", "must be positive")
+	}
 }
 
 // validate checks the [limits] table.
-func (l *LimitsConfig) validate() error {
-	bad := func(key, format string, args ...any) error {
-		return fmt.Errorf("config: limits.%s: %s", key, fmt.Sprintf(format, args...))
-	}
+func (l *LimitsConfig) validate(p *problems) {
 	for _, c := range []struct {
 		key string
 		n   int
@@ -387,22 +425,18 @@ func (l *LimitsConfig) validate() error {
 		{"max_sessions_per_account", l.MaxSessionsPerAccount},
 	} {
 		if c.n < 0 {
-			return bad(c.key, "must not be negative (0 turns the limit off)")
+			p.add("limits."+c.key, "must not be negative (0 turns the limit off)")
 		}
 	}
 	if l.LoginFailureDelay < 0 {
-		return bad("login_failure_delay", "must not be negative")
+		p.add("limits.login_failure_delay", "must not be negative")
 	}
 	if l.LoginFailureDelayMax < l.LoginFailureDelay {
-		return bad("login_failure_delay_max", "%v is below login_failure_delay (%v)", l.LoginFailureDelayMax, l.LoginFailureDelay)
+		p.add("limits.login_failure_delay_max", "%v is below login_failure_delay (%v)", l.LoginFailureDelayMax, l.LoginFailureDelay)
 	}
 	if (l.MaxLoginFailuresPerIP > 0 || l.MaxLoginFailuresPerAccount > 0) && l.LoginFailureWindow <= 0 {
-		return bad("login_failure_window", "must be positive")
+		p.add("limits.login_failure_window", "must be positive")
 	}
-	if _, err := netlist.Parse(l.ExemptNetworks); err != nil {
-		return bad("exempt_networks", "%v", err)
-	}
-	return nil
 }
 
 // loopbackAddr reports whether host:port addr names the loopback
@@ -422,9 +456,9 @@ func loopbackAddr(addr string) bool {
 	return err == nil && ip.Unmap().IsLoopback()
 }
 
-func checkAddr(addr string) error {
+// checkAddr checks that addr is host:port.
+func checkAddr(p *problems, key, addr string) {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return fmt.Errorf("%q is not host:port", addr)
+		p.add(key, "%q is not host:port", addr)
 	}
-	return nil
 }

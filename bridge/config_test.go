@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"fmt"
 	"os"
 	"reflect"
 	"strings"
@@ -43,7 +44,7 @@ func TestConfigExampleIsValidAndComplete(t *testing.T) {
 func TestConfigErrorsNameTheKey(t *testing.T) {
 	base := "[upstream]\naddress = \"127.0.0.1:143\"\nsecurity = \"none\"\n"
 	tests := []struct{ text, want string }{
-		{base + "adress = \"x\"\n", "unknown key upstream.adress"},
+		{base + "adress = \"x\"\n", "upstream.adress (line 4): unknown key"},
 		{base + "[server]\nlisten = \"nowhere\"\n", "server.listen"},
 		{base + "[server]\nidle_timeout = \"1m\"\n", "server.idle_timeout"},
 		{base + "[server]\nidle_timeout = \"soon\"\n", "idle_timeout"},
@@ -71,7 +72,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{base + "[limits]\nlogin_failure_delay = \"-1s\"\n", "limits.login_failure_delay"},
 		{base + "[limits]\nlogin_failure_window = \"0s\"\n", "limits.login_failure_window"},
 		{base + "[limits]\nexempt_networks = [\"localhost\"]\n", "limits.exempt_networks"},
-		{base + "[limits]\nmax_conections = 1\n", "unknown key limits.max_conections"},
+		{base + "[limits]\nmax_conections = 1\n", "limits.max_conections (line 5): unknown key"},
 	}
 	for _, tc := range tests {
 		_, err := ParseConfig(tc.text)
@@ -87,5 +88,40 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		"[limits]\nmax_login_failures_per_ip = 0\nmax_login_failures_per_account = 0\nlogin_failure_window = \"0s\"\nexempt_networks = []\n")
 	if err != nil || len(cfg.Server.ProxyTrusted) != 2 || len(cfg.Limits.ExemptNetworks) != 0 {
 		t.Errorf("valid config: %v %+v %+v", err, cfg.Server, cfg.Limits)
+	}
+}
+
+// TestConfigReportsEveryProblem: a file with several mistakes gets them
+// all in one error, in the order of the file, each with its key; a value
+// that does not decode and a value that does not validate alike.
+func TestConfigReportsEveryProblem(t *testing.T) {
+	_, err := ParseConfig(`[server]
+listen = "nowhere"
+idle_timeout = "1m"
+[upstream]
+address = "127.0.0.1:143"
+security = "ssl"
+[delete]
+policy = "shred"
+[uidl]
+format = "%v"
+[log]
+level = "loud"
+[nosuch]
+`)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	text := err.Error()
+	want := []string{"config: 7 problems:", "server.listen: \"nowhere\" is not host:port", "server.idle_timeout: 1m0s is below", "upstream.security (line 6)", "delete.policy (line 8)", "uidl.format (line 10)", "log.level (line 12)", "nosuch (line 13): unknown key"}
+	for _, w := range want {
+		if !strings.Contains(text, w) {
+			t.Errorf("error lacks %q:\n%s", w, text)
+		}
+	}
+	// A key that did not decode is not reported again by validation.
+	_, err = ParseConfig("[upstream]\naddress = 143\n")
+	if err == nil || strings.Count(err.Error(), "upstream.address") != 1 {
+		t.Errorf("upstream.address reported %d times:\n%v", strings.Count(fmt.Sprint(err), "upstream.address"), err)
 	}
 }

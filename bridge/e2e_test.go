@@ -20,6 +20,7 @@ import (
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // upstreamEnv is an IMAP account the end-to-end tests run against: the
@@ -79,7 +80,7 @@ func newEnv(t *testing.T, up *upstreamEnv, mutate ...func(*Config)) *env {
 	cfg := DefaultConfig()
 	cfg.Server.Listen = "127.0.0.1:0"
 	cfg.Upstream.Address = up.addr
-	cfg.Upstream.Security = "none"
+	cfg.Upstream.Security = upstream.SecurityNone
 	cfg.Upstream.Timeout = 10 * time.Second
 	cfg.Auth.AllowInsecureAuth = true
 	cfg.Limits.LoginFailureDelay, cfg.Limits.LoginFailureDelayMax = 0, 0 // tests of wrong passwords need no pause
@@ -389,7 +390,7 @@ func TestDeletePolicies(t *testing.T) {
 				seed(up, 4)
 				// Someone else's \Deleted message must survive our expunge.
 				up.box.Append("INBOX", message("other", "someone else's", "x\r\n"), imap.FlagDeleted)
-				e := newEnv(t, up, func(c *Config) { c.Delete.Policy = policy })
+				e := newEnv(t, up, func(c *Config) { c.Delete.Policy = Policy(policy) })
 				c := e.session("laptop")
 				uidls := c.uidls()
 				c.ok("DELE 1")

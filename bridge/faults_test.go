@@ -86,7 +86,7 @@ func newFx(t *testing.T, up *upstreamEnv, policy string, tot *faultTotals) *fx {
 	via.addr = p.Addr
 	e := newEnv(t, &via, func(c *Config) {
 		c.Upstream.Timeout = faultTimeout
-		c.Delete.Policy = policy
+		c.Delete.Policy = Policy(policy)
 	})
 	f := &fx{t: t, up: up, p: p, e: e, policy: policy, tot: tot}
 	tot.scenarios.Add(1)

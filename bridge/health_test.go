@@ -17,6 +17,7 @@ import (
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // flakyStore is a store whose Ping can be made to fail, as a PostgreSQL
@@ -47,7 +48,7 @@ func TestAdminEndpoints(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Server.Listen = "127.0.0.1:0"
 	cfg.Upstream.Address = proxy.Addr
-	cfg.Upstream.Security = "none"
+	cfg.Upstream.Security = upstream.SecurityNone
 	cfg.Upstream.Timeout = time.Second
 	cfg.Admin.Listen = "127.0.0.1:0"
 	cfg.Admin.ReadyCache = 100 * time.Millisecond

@@ -46,6 +46,7 @@ import (
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // Bounds of hostileCase (see the file comment).
@@ -121,7 +122,7 @@ func startTunedEnv(t *testing.T, up *upstreamEnv, tune func(*pop3.Server), mutat
 	cfg := DefaultConfig()
 	cfg.Server.Listen = "127.0.0.1:0"
 	cfg.Upstream.Address = up.addr
-	cfg.Upstream.Security = "none"
+	cfg.Upstream.Security = upstream.SecurityNone
 	cfg.Upstream.Timeout = 10 * time.Second
 	cfg.Auth.AllowInsecureAuth = true
 	cfg.Limits.LoginFailureDelay, cfg.Limits.LoginFailureDelayMax = 0, 0

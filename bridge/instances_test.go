@@ -11,6 +11,7 @@ import (
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state/pgstore"
 	"github.com/popbridge/popbridge/state/pgstore/pgtest"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // instance is one popbridge process of several behind a load balancer: its
@@ -52,7 +53,7 @@ func TestInstancesSharePostgres(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Server.Listen = "127.0.0.1:0"
 	cfg.Upstream.Address = mem.Addr
-	cfg.Upstream.Security = "none"
+	cfg.Upstream.Security = upstream.SecurityNone
 	cfg.Auth.AllowInsecureAuth = true
 	cfg.Delete.Policy = PolicyHide
 	cfg.State.Driver, cfg.State.DSN = "postgres", dsn

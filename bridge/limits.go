@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/popbridge/popbridge/internal/netlist"
 	"github.com/popbridge/popbridge/pop3"
 )
 
@@ -52,10 +51,7 @@ var (
 // a login name to the account its failures and sessions count against
 // (nil: the name as it is).
 func NewLimits(cfg LimitsConfig, account func(login string) string) (*Limits, error) {
-	exempt, err := netlist.Parse(cfg.ExemptNetworks)
-	if err != nil {
-		return nil, fmt.Errorf("config: limits.exempt_networks: %w", err)
-	}
+	exempt := cfg.ExemptNetworks
 	if account == nil {
 		account = func(login string) string { return login }
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/popbridge/popbridge/internal/netlist"
 	"github.com/popbridge/popbridge/pop3"
 )
 
@@ -199,7 +200,7 @@ func TestLimitsSessions(t *testing.T) {
 }
 
 func TestLimitsAddresses(t *testing.T) {
-	l, _ := newTestLimits(t, LimitsConfig{MaxConnections: 100, MaxConnectionsPerIP: 2, ExemptNetworks: []string{"10.0.0.0/8", "::1"}})
+	l, _ := newTestLimits(t, LimitsConfig{MaxConnections: 100, MaxConnectionsPerIP: 2, ExemptNetworks: netlist.MustParse("10.0.0.0/8", "::1")})
 	for _, tc := range []struct {
 		addr, key string
 		exempt    bool

@@ -254,7 +254,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 		return nil
 	}
 	cfg := m.b.cfg.Delete
-	p := &state.Pending{Policy: cfg.Policy, UIDValidity: m.status.UIDValidity, Created: m.b.now()}
+	p := &state.Pending{Policy: string(cfg.Policy), UIDValidity: m.status.UIDValidity, Created: m.b.now()}
 	for _, n := range deleted {
 		p.UIDs = append(p.UIDs, m.uids[n-1])
 		p.UIDLs = append(p.UIDLs, m.msgs[n-1].UIDL)

@@ -29,6 +29,7 @@ import (
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // The concurrency model (docs/reliability.md, "Concurrency model").
@@ -1049,10 +1050,10 @@ func runModel(t *testing.T, dovecot bool) {
 			cfg := DefaultConfig()
 			cfg.Server.Listen = "127.0.0.1:0"
 			cfg.Upstream.Address = addr
-			cfg.Upstream.Security = "none"
+			cfg.Upstream.Security = upstream.SecurityNone
 			cfg.Upstream.Timeout = 60 * time.Second
 			cfg.Auth.AllowInsecureAuth = true
-			cfg.Delete.Policy = policy
+			cfg.Delete.Policy = Policy(policy)
 			cfg.Delete.MoveTo = "Trash"
 			srv, err := NewServer(cfg, m.spy, log)
 			if err != nil {

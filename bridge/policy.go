@@ -2,6 +2,20 @@ package bridge
 
 import "fmt"
 
+// Policy is what a POP3 DELE becomes upstream at QUIT: one of the
+// constants below. It decodes itself from configuration text.
+type Policy string
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (p *Policy) UnmarshalText(b []byte) error {
+	switch v := Policy(b); v {
+	case PolicyMove, PolicyExpunge, PolicyFlag, PolicyHide:
+		*p = v
+		return nil
+	}
+	return fmt.Errorf("unknown value %q (want move, expunge, flag or hide)", b)
+}
+
 // Delete policies: what a POP3 DELE becomes upstream at QUIT.
 const (
 	PolicyMove    = "move"    // UID MOVE to the Trash (COPY + UID EXPUNGE without MOVE)
@@ -20,7 +34,7 @@ type capabilities interface {
 // policyNeeds returns why the upstream cannot carry out policy, or nil
 // when it can. `popbridge check` and QUIT both ask it, so they never
 // disagree.
-func policyNeeds(caps capabilities, policy string) error {
+func policyNeeds(caps capabilities, policy Policy) error {
 	switch policy {
 	case PolicyExpunge:
 		if !caps.HasUIDPlus() {

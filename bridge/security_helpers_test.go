@@ -37,6 +37,7 @@ import (
 
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // The account of the test upstream, and the secrets the tests look for in
@@ -344,7 +345,7 @@ func secConfig(up string) Config {
 	cfg := DefaultConfig()
 	cfg.Server.Listen = "127.0.0.1:0"
 	cfg.Upstream.Address = up
-	cfg.Upstream.Security = "none"
+	cfg.Upstream.Security = upstream.SecurityNone
 	cfg.Upstream.Timeout = 10 * time.Second
 	cfg.Auth.AllowInsecureAuth = true
 	cfg.Limits = LimitsConfig{LoginFailureWindow: time.Hour}

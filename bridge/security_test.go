@@ -20,8 +20,10 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/popbridge/popbridge/internal/netlist"
 	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -208,7 +210,7 @@ func TestConnectionLimits(t *testing.T) {
 
 	t.Run("exempt networks", func(t *testing.T) {
 		cfg := secConfig(up.addr)
-		cfg.Limits = LimitsConfig{MaxConnectionsPerIP: 1, ExemptNetworks: []string{"127.0.0.0/24"}}
+		cfg.Limits = LimitsConfig{MaxConnectionsPerIP: 1, ExemptNetworks: netlist.MustParse("127.0.0.0/24")}
 		s := startSec(t, cfg)
 		dialFrom(t, "127.0.0.1", s.addr)
 		dialFrom(t, "127.0.0.1", s.addr)
@@ -241,7 +243,7 @@ func proxyHeaderV2(t *testing.T, src string) []byte {
 func TestProxyProtocol(t *testing.T) {
 	up := startTestUpstream(t, upOpts{})
 	cfg := secConfig(up.addr)
-	cfg.Server.ProxyTrusted = []string{"127.0.0.1"}
+	cfg.Server.ProxyTrusted = netlist.MustParse("127.0.0.1")
 	cfg.Limits = LimitsConfig{MaxConnectionsPerIP: 1, LoginFailureWindow: time.Hour}
 	s := startSec(t, cfg)
 
@@ -500,7 +502,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 	up := startTestUpstream(t, upOpts{})
 	var trace logBuffer
 	cfg := secConfig(up.addr)
-	cfg.Log.Level = "debug"
+	cfg.Log.Level = zapcore.DebugLevel
 	s := startSec(t, cfg, func(srv *Server) { srv.Bridge.up.Trace = &trace })
 	wrongPass := "Wr0ng-" + secPassword[3:]
 	wrongToken := "ya29.WRONG-" + secToken[10:]
@@ -599,9 +601,9 @@ func TestUpstreamTLSVerification(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			up := startTestUpstream(t, tc.up)
 			cfg := secConfig(up.addr)
-			cfg.Upstream.Security = "starttls"
+			cfg.Upstream.Security = upstream.SecurityStartTLS
 			if tc.up.implicitTLS {
-				cfg.Upstream.Security = "tls"
+				cfg.Upstream.Security = upstream.SecurityTLS
 			}
 			tc.mutate(&cfg.Upstream)
 			r := login(t, cfg)
@@ -617,7 +619,7 @@ func TestUpstreamTLSVerification(t *testing.T) {
 	t.Run("warning at every start", func(t *testing.T) {
 		core, logs := observer.New(zapcore.WarnLevel)
 		cfg := secConfig("127.0.0.1:993")
-		cfg.Upstream.Security = "tls"
+		cfg.Upstream.Security = upstream.SecurityTLS
 		cfg.Upstream.InsecureSkipVerify = true
 		for range 2 {
 			st, err := boltstore.Open(filepath.Join(t.TempDir(), "state.db"), nil)

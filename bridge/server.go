@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/popbridge/popbridge/internal/admin"
-	"github.com/popbridge/popbridge/internal/netlist"
 	"github.com/popbridge/popbridge/internal/proxylisten"
 	"github.com/popbridge/popbridge/internal/tlsreload"
 	"github.com/popbridge/popbridge/pop3"
@@ -74,10 +73,7 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 		log.Warn("auth.allow_insecure_auth_remote = true: POP3 clients may send passwords in clear to a listener that is not loopback; anyone on that network can read them",
 			zap.String("listen", cfg.Server.Listen))
 	}
-	trusted, err := netlist.Parse(cfg.Server.ProxyTrusted)
-	if err != nil {
-		return nil, fmt.Errorf("config: server.proxy_trusted: %w", err)
-	}
+	trusted := cfg.Server.ProxyTrusted
 	ps := pop3.NewServer(b, log.Named("pop3"))
 	ps.AllowInsecureAuth = cfg.Auth.AllowInsecureAuth
 	ps.ReadTimeout = cfg.Server.IdleTimeout

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // TestUpstreamTraceFromConfig: log.upstream_trace writes the upstream
@@ -26,7 +27,7 @@ func TestUpstreamTraceFromConfig(t *testing.T) {
 		e.cfg = DefaultConfig()
 		e.cfg.Server.Listen = "127.0.0.1:0"
 		e.cfg.Upstream.Address = mem.Addr
-		e.cfg.Upstream.Security = "none"
+		e.cfg.Upstream.Security = upstream.SecurityNone
 		e.cfg.Auth.AllowInsecureAuth = true
 		e.cfg.Log.UpstreamTrace = true
 		e.cfg.Log.UpstreamTraceAccounts = accounts

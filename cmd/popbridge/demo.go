@@ -18,6 +18,7 @@ import (
 
 	"github.com/popbridge/popbridge/bridge"
 	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // demo credentials: the same for the POP3 login and the in-process upstream.
@@ -85,8 +86,8 @@ func startDemo(listen string, log *zap.Logger) (*demoServer, error) {
 	cfg := bridge.DefaultConfig()
 	cfg.Server.Listen = listen
 	cfg.Upstream.Address = iln.Addr().String()
-	cfg.Upstream.Security = "none"    // the upstream is in this process, on loopback
-	cfg.Auth.AllowInsecureAuth = true // deliberately: the demo listens on loopback only
+	cfg.Upstream.Security = upstream.SecurityNone // the upstream is in this process, on loopback
+	cfg.Auth.AllowInsecureAuth = true             // deliberately: the demo listens on loopback only
 	cfg.State.Path = filepath.Join(dir, "state.db")
 	srv, err := bridge.NewServer(cfg, st, log)
 	if err == nil {

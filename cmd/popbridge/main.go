@@ -81,11 +81,7 @@ func newLogger(c bridge.LogConfig) (*zap.Logger, error) {
 		zc = zap.NewProductionConfig()
 		zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	}
-	lvl, err := zapcore.ParseLevel(c.Level)
-	if err != nil {
-		return nil, err
-	}
-	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.Level = zap.NewAtomicLevelAt(c.Level)
 	zc.Sampling = nil
 	return zc.Build()
 }
@@ -123,7 +119,7 @@ func serve(args []string) error {
 		return err
 	}
 	fields := []zap.Field{zap.String("pop3", srv.Addr().String()), zap.String("upstream", cfg.Upstream.Address),
-		zap.String("delete_policy", cfg.Delete.Policy), zap.String("version", buildVersion())}
+		zap.String("delete_policy", string(cfg.Delete.Policy)), zap.String("version", buildVersion())}
 	if a := srv.TLSAddr(); a != nil {
 		fields = append(fields, zap.String("pop3s", a.String()))
 	}
@@ -184,7 +180,11 @@ func demo(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	log, err := newLogger(bridge.LogConfig{Level: *level, Format: "console"})
+	lvl, err := zapcore.ParseLevel(*level)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(bridge.LogConfig{Level: lvl, Format: "console"})
 	if err != nil {
 		return err
 	}

@@ -56,3 +56,39 @@ func Contains(prefixes []netip.Prefix, ip netip.Addr) bool {
 	}
 	return false
 }
+
+// List is a list of networks in a configuration file: an array of
+// addresses and networks, parsed as Parse does when the file is decoded.
+type List []netip.Prefix
+
+// MustParse is Parse for a list known to be good.
+func MustParse(list ...string) List {
+	l, err := Parse(list)
+	if err != nil {
+		panic(err)
+	}
+	return l
+}
+
+// UnmarshalTOML decodes a TOML array of strings (BurntSushi/toml's
+// Unmarshaler).
+func (l *List) UnmarshalTOML(v any) error {
+	arr, ok := v.([]any)
+	if !ok {
+		return fmt.Errorf("want an array of addresses and networks, not %T", v)
+	}
+	strs := make([]string, len(arr))
+	for i, e := range arr {
+		s, ok := e.(string)
+		if !ok {
+			return fmt.Errorf("want an array of strings, not a %T", e)
+		}
+		strs[i] = s
+	}
+	p, err := Parse(strs)
+	if err != nil {
+		return err
+	}
+	*l = p
+	return nil
+}
