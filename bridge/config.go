@@ -100,33 +100,6 @@ type AuthConfig struct {
 	OAuthMechanisms []string `toml:"oauth_mechanisms"`
 }
 
-// LimitsConfig is the [limits] table: abuse control. A zero count turns
-// its limit off. Per-address limits count an IPv6 client by its /64.
-type LimitsConfig struct {
-	MaxConnections      int `toml:"max_connections"`        // open POP3 connections in total
-	MaxConnectionsPerIP int `toml:"max_connections_per_ip"` // open POP3 connections per client address
-	// LoginFailureDelay is the pause before a failed login is answered;
-	// it doubles with each further recent failure of the address or the
-	// account, up to LoginFailureDelayMax.
-	LoginFailureDelay    time.Duration `toml:"login_failure_delay"`
-	LoginFailureDelayMax time.Duration `toml:"login_failure_delay_max"`
-	// Failed logins allowed per client address and per account within
-	// LoginFailureWindow; beyond them logins are refused with
-	// [LOGIN-DELAY] until the window lets one more through (the count
-	// decays steadily: one failure per window/max).
-	MaxLoginFailuresPerIP      int           `toml:"max_login_failures_per_ip"`
-	MaxLoginFailuresPerAccount int           `toml:"max_login_failures_per_account"`
-	LoginFailureWindow         time.Duration `toml:"login_failure_window"`
-	// ExemptNetworks are client addresses and networks (CIDR) the
-	// per-address limits do not apply to; the account and total limits
-	// still do.
-	ExemptNetworks netlist.List `toml:"exempt_networks"`
-	// MaxSessionsPerAccount caps the sessions of one account (all its
-	// devices, logins in progress included) on this instance; beyond it
-	// a login is refused with [IN-USE] before the upstream is asked.
-	MaxSessionsPerAccount int `toml:"max_sessions_per_account"`
-}
-
 // DeleteConfig is the [delete] table: what a POP3 DELE becomes at QUIT.
 type DeleteConfig struct {
 	Policy Policy   `toml:"policy"`  // move | expunge | flag | hide
@@ -299,7 +272,7 @@ func (c *Config) problems() problems {
 	c.Auth.validate(&p)
 	c.Delete.validate(&p)
 	c.State.validate(&p)
-	c.Limits.validate(&p)
+	c.Limits.Check(func(key, msg string) { p.add("limits."+key, "%s", msg) })
 	c.Log.validate(&p)
 	c.Admin.validate(&p)
 	if c.Server.ListenTLS != "" && c.TLS.CertFile == "" {
@@ -409,33 +382,6 @@ func (c *AdminConfig) validate(p *problems) {
 	}
 	if c.ReadyCache <= 0 {
 		p.add("admin.ready_cache", "must be positive")
-	}
-}
-
-// validate checks the [limits] table.
-func (l *LimitsConfig) validate(p *problems) {
-	for _, c := range []struct {
-		key string
-		n   int
-	}{
-		{"max_connections", l.MaxConnections},
-		{"max_connections_per_ip", l.MaxConnectionsPerIP},
-		{"max_login_failures_per_ip", l.MaxLoginFailuresPerIP},
-		{"max_login_failures_per_account", l.MaxLoginFailuresPerAccount},
-		{"max_sessions_per_account", l.MaxSessionsPerAccount},
-	} {
-		if c.n < 0 {
-			p.add("limits."+c.key, "must not be negative (0 turns the limit off)")
-		}
-	}
-	if l.LoginFailureDelay < 0 {
-		p.add("limits.login_failure_delay", "must not be negative")
-	}
-	if l.LoginFailureDelayMax < l.LoginFailureDelay {
-		p.add("limits.login_failure_delay_max", "%v is below login_failure_delay (%v)", l.LoginFailureDelayMax, l.LoginFailureDelay)
-	}
-	if (l.MaxLoginFailuresPerIP > 0 || l.MaxLoginFailuresPerAccount > 0) && l.LoginFailureWindow <= 0 {
-		p.add("limits.login_failure_window", "must be positive")
 	}
 }
 

@@ -1,299 +1,77 @@
 package bridge
 
 import (
-	"fmt"
-	"math"
+	"errors"
 	"net"
-	"net/netip"
-	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
-
+	"github.com/popbridge/popbridge/internal/limits"
 	"github.com/popbridge/popbridge/pop3"
 )
 
-// Limits is popbridge's abuse control over the [limits] table. As a
-// pop3.ConnLimiter it caps open connections in total and per client
-// address; as a pop3.LoginLimiter it counts failed logins per client
-// address and per account, pauses before answering a failure (a delay
-// that doubles with each recent failure), and refuses logins with
-// [LOGIN-DELAY] once either count reaches its limit. Logins in progress
-// count as failures until they succeed, so that a burst of guesses sent
-// at once cannot overrun the limit. AcquireSession caps the sessions of
-// one account.
-//
-// A client address is an IPv4 address or an IPv6 /64 (one subscriber's
-// share). The counts of failures decay steadily (token buckets of
-// golang.org/x/time/rate): max failures per window, one forgiven every
-// window/max. The pop3 package logs each refusal once, with the error
-// returned here as the reason.
-type Limits struct {
-	cfg     LimitsConfig
-	exempt  []netip.Prefix
-	account func(login string) string // the account a login name counts against
-	now     func() time.Time
+// LimitsConfig is the [limits] table (see internal/limits).
+type LimitsConfig = limits.Config
 
-	mu       sync.Mutex
-	conns    int
-	perIP    map[string]int
-	sessions map[string]int // open sessions by account
-	ipFail   failureTable
-	acctFail failureTable
+// limiter puts the abuse control of internal/limits in front of the POP3
+// server: it answers a refusal with the RFC 3206 / RFC 2449 code the
+// client should see, and counts it in the metrics.
+type limiter struct {
+	l *limits.Limits
+	m *metrics // nil: not counted
 }
 
 var (
-	_ pop3.ConnLimiter  = (*Limits)(nil)
-	_ pop3.LoginLimiter = (*Limits)(nil)
+	_ pop3.ConnLimiter  = limiter{}
+	_ pop3.LoginLimiter = limiter{}
+	_ sessionLimiter    = limiter{}
 )
 
-// NewLimits returns the limits of cfg, which must be valid; account maps
-// a login name to the account its failures and sessions count against
-// (nil: the name as it is).
-func NewLimits(cfg LimitsConfig, account func(login string) string) (*Limits, error) {
-	exempt := cfg.ExemptNetworks
-	if account == nil {
-		account = func(login string) string { return login }
-	}
-	l := &Limits{cfg: cfg, exempt: exempt, account: account, now: time.Now, perIP: map[string]int{}, sessions: map[string]int{}}
-	l.ipFail = newFailureTable(cfg.MaxLoginFailuresPerIP, cfg.LoginFailureWindow)
-	l.acctFail = newFailureTable(cfg.MaxLoginFailuresPerAccount, cfg.LoginFailureWindow)
-	return l, nil
+// refusalCodes are the response codes of each limit: a full server is
+// [SYS/TEMP], too many failures [LOGIN-DELAY], too many sessions of one
+// account [IN-USE].
+var refusalCodes = map[limits.Kind]string{
+	limits.Connections:          pop3.CodeSysTemp,
+	limits.ConnectionsPerIP:     pop3.CodeSysTemp,
+	limits.LoginFailuresIP:      pop3.CodeLoginDelay,
+	limits.LoginFailuresAccount: pop3.CodeLoginDelay,
+	limits.SessionsPerAccount:   pop3.CodeInUse,
 }
 
-// clientKey returns the key of remote for the per-address limits (the
-// IPv4 address, or the IPv6 /64) and whether it is exempt from them.
-func (l *Limits) clientKey(remote net.Addr) (key string, exempt bool) {
-	if remote == nil {
-		return "", true
+// refused turns a refusal into the error the client is answered with.
+func (l limiter) refused(err error) error {
+	var r *limits.Refusal
+	if !errors.As(err, &r) {
+		return err
 	}
-	var ip netip.Addr
-	switch a := remote.(type) {
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	default:
-		if ap, err := netip.ParseAddrPort(remote.String()); err == nil {
-			ip = ap.Addr()
-		}
+	if l.m != nil {
+		l.m.limiterRefusals.WithLabelValues(string(r.Kind)).Inc()
 	}
-	if !ip.IsValid() {
-		return remote.String(), false // not IP (a pipe in tests): one bucket
-	}
-	ip = ip.Unmap().WithZone("")
-	for _, p := range l.exempt {
-		if p.Contains(ip) {
-			return "", true
-		}
-	}
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return p.String(), false
-	}
-	return ip.String(), false
+	return &pop3.Error{Code: refusalCodes[r.Kind], Text: r.Text, Err: r.Err}
 }
 
 // AcquireConn implements pop3.ConnLimiter.
-func (l *Limits) AcquireConn(remote net.Addr) (release func(), err error) {
-	key, exempt := l.clientKey(remote)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if n := l.cfg.MaxConnections; n > 0 && l.conns >= n {
-		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "too many connections, try again later",
-			Err: fmt.Errorf("%d connections open (limits.max_connections)", l.conns)}
+func (l limiter) AcquireConn(remote net.Addr) (func(), error) {
+	release, err := l.l.AcquireConn(remote)
+	if err != nil {
+		return nil, l.refused(err)
 	}
-	perIP := !exempt && l.cfg.MaxConnectionsPerIP > 0
-	if perIP && l.perIP[key] >= l.cfg.MaxConnectionsPerIP {
-		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "too many connections from your address, try again later",
-			Err: fmt.Errorf("%d connections open from %s (limits.max_connections_per_ip)", l.perIP[key], key)}
-	}
-	l.conns++
-	if perIP {
-		l.perIP[key]++
-	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			l.conns--
-			if perIP {
-				if l.perIP[key]--; l.perIP[key] <= 0 {
-					delete(l.perIP, key)
-				}
-			}
-		})
-	}, nil
+	return release, nil
 }
 
 // BeginLogin implements pop3.LoginLimiter.
-func (l *Limits) BeginLogin(remote net.Addr, username string) (func(failed bool) time.Duration, error) {
-	key, exempt := l.clientKey(remote)
-	acct := l.account(username)
-	now := l.now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var ipF, acctF *failures
-	if !exempt {
-		ipF = l.ipFail.get(key, now)
+func (l limiter) BeginLogin(remote net.Addr, username string) (func(failed bool) time.Duration, error) {
+	end, err := l.l.BeginLogin(remote, username)
+	if err != nil {
+		return nil, l.refused(err)
 	}
-	acctF = l.acctFail.get(acct, now)
-	if ipF.exhausted(now) {
-		return nil, &pop3.Error{Code: pop3.CodeLoginDelay, Text: "too many failed logins from your address, try again later",
-			Err: fmt.Errorf("%s reached limits.max_login_failures_per_ip (%d per %v; %s)", key, l.cfg.MaxLoginFailuresPerIP, l.cfg.LoginFailureWindow, ipF.describe(now))}
-	}
-	if acctF.exhausted(now) {
-		return nil, &pop3.Error{Code: pop3.CodeLoginDelay, Text: "too many failed logins for this account, try again later",
-			Err: fmt.Errorf("account %q reached limits.max_login_failures_per_account (%d per %v; %s)", acct, l.cfg.MaxLoginFailuresPerAccount, l.cfg.LoginFailureWindow, acctF.describe(now))}
-	}
-	ipF.begin()
-	acctF.begin()
-	var once sync.Once
-	return func(failed bool) (delay time.Duration) {
-		once.Do(func() {
-			now := l.now()
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			ipF.end(failed, now)
-			acctF.end(failed, now)
-			if failed {
-				delay = l.delay(max(ipF.recent(now), acctF.recent(now), 1))
-			}
-		})
-		return delay
-	}, nil
+	return end, nil
 }
 
-// AcquireSession counts a session of the account of login and refuses it
-// with [IN-USE] when limits.max_sessions_per_account are open already.
-// The caller calls release once, when the session (or the login that
-// failed) ends. A session counts from the start of its login, so that
-// logins in progress cannot overrun the cap either.
-func (l *Limits) AcquireSession(login string) (release func(), err error) {
-	max := l.cfg.MaxSessionsPerAccount
-	if max <= 0 {
-		return func() {}, nil
+// AcquireSession implements sessionLimiter.
+func (l limiter) AcquireSession(login string) (func(), error) {
+	release, err := l.l.AcquireSession(login)
+	if err != nil {
+		return nil, l.refused(err)
 	}
-	acct := l.account(login)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if n := l.sessions[acct]; n >= max {
-		return nil, &pop3.Error{Code: pop3.CodeInUse, Text: fmt.Sprintf("too many sessions for this account (at most %d at once), try again later", max),
-			Err: fmt.Errorf("account %q has %d sessions open (limits.max_sessions_per_account)", acct, n)}
-	}
-	l.sessions[acct]++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			if l.sessions[acct]--; l.sessions[acct] <= 0 {
-				delete(l.sessions, acct)
-			}
-		})
-	}, nil
-}
-
-// delay is the pause after a failure when n failures are recent: the
-// base delay, doubled for each failure after the first, capped.
-func (l *Limits) delay(n int) time.Duration {
-	d, top := l.cfg.LoginFailureDelay, l.cfg.LoginFailureDelayMax
-	for i := 1; i < n && d < top; i++ {
-		d *= 2
-	}
-	return min(d, top)
-}
-
-// failures counts the recent failed logins of one address or account.
-type failures struct {
-	lim      *rate.Limiter // one token per failure allowed
-	burst    int
-	inflight int // attempts begun and not yet ended
-}
-
-// exhausted reports whether no further attempt may start: the failures
-// allowed are used up by recent failures and attempts in flight
-// together. Every attempt in flight reserves one failure until it ends,
-// so that at most the limit are ever outstanding or failed within the
-// window, however many are sent at once; a success gives its reservation
-// back. A nil *failures (limit off, or exempt) is never exhausted.
-func (f *failures) exhausted(now time.Time) bool {
-	if f == nil {
-		return false
-	}
-	return f.lim.TokensAt(now)-float64(f.inflight) < 1
-}
-
-// describe says what fills the limit, for the log.
-func (f *failures) describe(now time.Time) string {
-	return fmt.Sprintf("%d recent failures, %d logins in progress", f.recent(now), f.inflight)
-}
-
-func (f *failures) begin() {
-	if f != nil {
-		f.inflight++
-	}
-}
-
-func (f *failures) end(failed bool, now time.Time) {
-	if f == nil {
-		return
-	}
-	f.inflight--
-	if failed {
-		f.lim.AllowN(now, 1)
-	}
-}
-
-// recent returns the number of failures not yet forgiven.
-func (f *failures) recent(now time.Time) int {
-	if f == nil {
-		return 0
-	}
-	return int(math.Ceil(float64(f.burst) - f.lim.TokensAt(now) - 1e-9))
-}
-
-// idle reports whether f holds nothing worth keeping.
-func (f *failures) idle(now time.Time) bool {
-	return f.inflight == 0 && f.lim.TokensAt(now) >= float64(f.burst)
-}
-
-// failureTable holds the failure counts by key; counts that have decayed
-// to nothing are swept out as the table grows, so its size follows the
-// recent failures, not every address ever seen.
-type failureTable struct {
-	max     int
-	every   rate.Limit
-	m       map[string]*failures
-	sweepAt int
-}
-
-const minSweep = 1024
-
-func newFailureTable(limit int, window time.Duration) failureTable {
-	t := failureTable{max: limit, m: map[string]*failures{}, sweepAt: minSweep}
-	if limit > 0 {
-		t.every = rate.Every(window / time.Duration(limit))
-	}
-	return t
-}
-
-// get returns the counts of key, creating them; nil when the limit is off.
-func (t *failureTable) get(key string, now time.Time) *failures {
-	if t.max <= 0 {
-		return nil
-	}
-	if f, ok := t.m[key]; ok {
-		return f
-	}
-	if len(t.m) >= t.sweepAt {
-		for k, f := range t.m {
-			if f.idle(now) {
-				delete(t.m, k)
-			}
-		}
-		t.sweepAt = max(minSweep, 2*len(t.m))
-	}
-	f := &failures{lim: rate.NewLimiter(t.every, t.max), burst: t.max}
-	t.m[key] = f
-	return f
+	return release, nil
 }

@@ -21,6 +21,8 @@ type metrics struct {
 	sentBytes     prometheus.Counter
 	upstreamTime  *prometheus.HistogramVec // command
 	upstreamError *prometheus.CounterVec   // kind
+
+	limiterRefusals *prometheus.CounterVec // limit
 }
 
 // newMetrics registers popbridge's metrics, the Go runtime's and the
@@ -59,8 +61,12 @@ func newMetrics() (*metrics, *prometheus.Registry) {
 			Name: "popbridge_upstream_errors_total",
 			Help: "Failed upstream IMAP operations, by kind: temporary, auth, permanent, gone.",
 		}, []string{"kind"}),
+		limiterRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popbridge_limiter_refusals_total",
+			Help: "Connections, logins and sessions refused by [limits], by limit: connections, connections_per_ip, login_failures_ip, login_failures_account, sessions_per_account.",
+		}, []string{"limit"}),
 	}
-	reg.MustRegister(m.sessions, m.sessionsOpen, m.commands, m.logins, m.sentBytes, m.upstreamTime, m.upstreamError)
+	reg.MustRegister(m.sessions, m.sessionsOpen, m.commands, m.logins, m.sentBytes, m.upstreamTime, m.upstreamError, m.limiterRefusals)
 	return m, reg
 }
 

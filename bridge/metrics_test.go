@@ -124,3 +124,30 @@ func histogramCount(t *testing.T, m *metrics, op string) uint64 {
 	}
 	return out.GetHistogram().GetSampleCount()
 }
+
+// TestMetricsCountRefusals: a refusal by [limits] is counted by the limit
+// that refused, and the login as the client saw it.
+func TestMetricsCountRefusals(t *testing.T) {
+	mem := imaptest.NewMemServer(t)
+	up := &upstreamEnv{name: "memserver", addr: mem.Addr, user: mem.User, pass: mem.Pass, box: mem, mem: mem}
+	e := newEnv(t, up, func(c *Config) { c.Limits.MaxSessionsPerAccount = 1 })
+	m := e.srv.metrics
+	first := dialPOP(t, e.addr)
+	first.login(up.user+"#one", up.pass)
+	c := dialPOP(t, e.addr)
+	c.ok("USER %s", up.user+"#two")
+	if r := c.cmd("PASS %s", up.pass); !strings.HasPrefix(r, "-ERR [IN-USE]") {
+		t.Fatalf("second session of the account: %q", r)
+	}
+	c.quit()
+	first.quit()
+	if got := testutil.ToFloat64(m.limiterRefusals.WithLabelValues("sessions_per_account")); got != 1 {
+		t.Errorf("refusals by sessions_per_account = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.logins.WithLabelValues("in_use")); got != 1 {
+		t.Errorf("logins in_use = %v, want 1", got)
+	}
+	if got := testutil.CollectAndCount(m.limiterRefusals); got != 1 {
+		t.Errorf("%d limits counted refusals, want 1", got)
+	}
+}

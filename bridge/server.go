@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/popbridge/popbridge/internal/admin"
+	"github.com/popbridge/popbridge/internal/limits"
 	"github.com/popbridge/popbridge/internal/proxylisten"
 	"github.com/popbridge/popbridge/internal/tlsreload"
 	"github.com/popbridge/popbridge/pop3"
@@ -30,7 +31,7 @@ type Server struct {
 	POP3   *pop3.Server
 	// Limits is the abuse control the POP3 server consults (the
 	// [limits] table).
-	Limits *Limits
+	Limits *limits.Limits
 
 	cert    *tlsreload.Certificate // nil without [tls]
 	trusted []netip.Prefix         // server.proxy_trusted
@@ -62,13 +63,11 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	m, reg := newMetrics()
 	// The limits count by the same account key as the records and the
 	// locks.
-	limits, err := NewLimits(cfg.Limits, b.AccountKey)
-	if err != nil {
-		return nil, err
-	}
-	b.sessions = limits
+	lim := limiter{l: limits.New(cfg.Limits, b.AccountKey), m: m}
+	b.sessions = lim
 	if cfg.Auth.AllowInsecureAuth && !loopbackAddr(cfg.Server.Listen) {
 		log.Warn("auth.allow_insecure_auth_remote = true: POP3 clients may send passwords in clear to a listener that is not loopback; anyone on that network can read them",
 			zap.String("listen", cfg.Server.Listen))
@@ -78,13 +77,12 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 	ps.AllowInsecureAuth = cfg.Auth.AllowInsecureAuth
 	ps.ReadTimeout = cfg.Server.IdleTimeout
 	ps.AuthTimeout = cfg.Server.AuthTimeout
-	ps.ConnLimiter = limits
-	ps.LoginLimiter = limits
+	ps.ConnLimiter = lim
+	ps.LoginLimiter = lim
 	ps.LoginFailDelay = cfg.Limits.LoginFailureDelay // used only without a LoginLimiter
-	m, reg := newMetrics()
 	ps.Observer = m
 	b.up.Observe = m.observeUpstream
-	s := &Server{cfg: cfg, log: log, Bridge: b, POP3: ps, Limits: limits, trusted: trusted, store: st, Metrics: reg, metrics: m}
+	s := &Server{cfg: cfg, log: log, Bridge: b, POP3: ps, Limits: lim.l, trusted: trusted, store: st, Metrics: reg, metrics: m}
 	if cfg.Admin.Listen != "" {
 		s.admin = admin.New(admin.Options{Registry: s.Metrics, Checks: s.readiness(), Pprof: cfg.Admin.Pprof, CacheFor: cfg.Admin.ReadyCache})
 	}

@@ -1,4 +1,4 @@
-package bridge
+package limits
 
 import (
 	"errors"
@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/popbridge/popbridge/internal/netlist"
-	"github.com/popbridge/popbridge/pop3"
 )
 
 // fakeClock is a settable clock for Limits.
@@ -18,15 +17,12 @@ type fakeClock struct{ t time.Time }
 func (c *fakeClock) now() time.Time          { return c.t }
 func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
-func newTestLimits(t *testing.T, cfg LimitsConfig) (*Limits, *fakeClock) {
+func newTestLimits(t *testing.T, cfg Config) (*Limits, *fakeClock) {
 	t.Helper()
-	l, err := NewLimits(cfg, func(login string) string {
+	l := New(cfg, func(login string) string {
 		account, _, _ := strings.Cut(login, "#")
 		return strings.ToLower(account)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	clock := &fakeClock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
 	l.now = clock.now
 	return l, clock
@@ -49,16 +45,17 @@ func fail(l *Limits, remote, user string) (time.Duration, error) {
 	return end(true), nil
 }
 
-func code(err error) string {
-	var pe *pop3.Error
-	if errors.As(err, &pe) {
-		return pe.Code
+// code returns the kind of limit that refused, or the error's text.
+func code(err error) Kind {
+	var r *Refusal
+	if errors.As(err, &r) {
+		return r.Kind
 	}
-	return fmt.Sprint(err)
+	return Kind(fmt.Sprint(err))
 }
 
 func TestLimitsDelayGrowsAndDecays(t *testing.T) {
-	l, clock := newTestLimits(t, LimitsConfig{
+	l, clock := newTestLimits(t, Config{
 		LoginFailureDelay: time.Second, LoginFailureDelayMax: 5 * time.Second,
 		MaxLoginFailuresPerIP: 4, MaxLoginFailuresPerAccount: 100, LoginFailureWindow: 4 * time.Hour,
 	})
@@ -73,12 +70,12 @@ func TestLimitsDelayGrowsAndDecays(t *testing.T) {
 	if want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second}; fmt.Sprint(delays) != fmt.Sprint(want) {
 		t.Errorf("delays %v, want %v", delays, want)
 	}
-	if _, err := fail(l, "192.0.2.1:1001", "bob"); code(err) != pop3.CodeLoginDelay {
+	if _, err := fail(l, "192.0.2.1:1001", "bob"); code(err) != LoginFailuresIP {
 		t.Errorf("fifth failure of the address: %v, want [LOGIN-DELAY]", err)
 	}
 	// One failure is forgiven per window/max = 1 hour.
 	clock.advance(59 * time.Minute)
-	if _, err := fail(l, "192.0.2.1:1002", "bob"); code(err) != pop3.CodeLoginDelay {
+	if _, err := fail(l, "192.0.2.1:1002", "bob"); code(err) != LoginFailuresIP {
 		t.Errorf("after 59 minutes: %v, want [LOGIN-DELAY]", err)
 	}
 	clock.advance(2 * time.Minute)
@@ -100,7 +97,7 @@ func TestLimitsDelayGrowsAndDecays(t *testing.T) {
 }
 
 func TestLimitsAccounts(t *testing.T) {
-	l, _ := newTestLimits(t, LimitsConfig{
+	l, _ := newTestLimits(t, Config{
 		LoginFailureDelay: time.Second, LoginFailureDelayMax: time.Minute,
 		MaxLoginFailuresPerAccount: 3, LoginFailureWindow: time.Hour,
 	})
@@ -111,7 +108,7 @@ func TestLimitsAccounts(t *testing.T) {
 		}
 	}
 	_, err := fail(l, "203.0.113.1:1", "alice#new")
-	if code(err) != pop3.CodeLoginDelay || !strings.Contains(err.Error(), "for this account") || !strings.Contains(err.Error(), `account "alice"`) {
+	if code(err) != LoginFailuresAccount || !strings.Contains(err.Error(), "for this account") || !strings.Contains(err.Error(), `account "alice"`) {
 		t.Errorf("fourth failure of the account: %v", err)
 	}
 	if _, err := fail(l, "203.0.113.1:1", "bob"); err != nil {
@@ -123,11 +120,11 @@ func TestLimitsAccounts(t *testing.T) {
 // limit are outstanding or failed at once, a success gives its
 // reservation back, and a failure keeps it (until the count decays).
 func TestLimitsInFlight(t *testing.T) {
-	l, _ := newTestLimits(t, LimitsConfig{MaxLoginFailuresPerIP: 2, LoginFailureWindow: time.Hour})
+	l, _ := newTestLimits(t, Config{MaxLoginFailuresPerIP: 2, LoginFailureWindow: time.Hour})
 	e1, err1 := l.BeginLogin(tcp("192.0.2.1:1"), "a")
 	e2, err2 := l.BeginLogin(tcp("192.0.2.1:2"), "b")
 	_, err3 := l.BeginLogin(tcp("192.0.2.1:3"), "c")
-	if err1 != nil || err2 != nil || code(err3) != pop3.CodeLoginDelay {
+	if err1 != nil || err2 != nil || code(err3) != LoginFailuresIP {
 		t.Fatalf("three concurrent attempts, limit 2, no failure yet: %v %v %v", err1, err2, err3)
 	}
 	if !strings.Contains(err3.Error(), "2 logins in progress") {
@@ -140,7 +137,7 @@ func TestLimitsInFlight(t *testing.T) {
 		t.Fatalf("after an attempt in flight succeeded: %v", err)
 	}
 	e2(true) // a failure keeps its place
-	if _, err := l.BeginLogin(tcp("192.0.2.1:5"), "e"); code(err) != pop3.CodeLoginDelay {
+	if _, err := l.BeginLogin(tcp("192.0.2.1:5"), "e"); code(err) != LoginFailuresIP {
 		t.Errorf("one failure and one attempt in flight, limit 2: %v, want [LOGIN-DELAY]", err)
 	}
 	e3(false)
@@ -149,7 +146,7 @@ func TestLimitsInFlight(t *testing.T) {
 		t.Fatalf("one failure, nothing in flight: %v", err)
 	}
 	e4(true)
-	if _, err := l.BeginLogin(tcp("192.0.2.1:7"), "g"); code(err) != pop3.CodeLoginDelay || !strings.Contains(err.Error(), "2 recent failures") {
+	if _, err := l.BeginLogin(tcp("192.0.2.1:7"), "g"); code(err) != LoginFailuresIP || !strings.Contains(err.Error(), "2 recent failures") {
 		t.Errorf("two failures, limit 2: %v, want [LOGIN-DELAY]", err)
 	}
 	// Other addresses are not affected.
@@ -163,11 +160,11 @@ func TestLimitsInFlight(t *testing.T) {
 // AcquireSession counts sessions per account, as the account function
 // names it, and frees a place once per release.
 func TestLimitsSessions(t *testing.T) {
-	l, _ := newTestLimits(t, LimitsConfig{MaxSessionsPerAccount: 2})
+	l, _ := newTestLimits(t, Config{MaxSessionsPerAccount: 2})
 	r1, err1 := l.AcquireSession("alice#phone")
 	r2, err2 := l.AcquireSession("ALICE#laptop")
 	_, err3 := l.AcquireSession("alice")
-	if err1 != nil || err2 != nil || code(err3) != pop3.CodeInUse {
+	if err1 != nil || err2 != nil || code(err3) != SessionsPerAccount {
 		t.Fatalf("three sessions of one account, limit 2: %v %v %v", err1, err2, err3)
 	}
 	if r, err := l.AcquireSession("bob"); err != nil {
@@ -181,7 +178,7 @@ func TestLimitsSessions(t *testing.T) {
 	if err != nil {
 		t.Fatalf("after a release: %v", err)
 	}
-	if _, err := l.AcquireSession("alice#x"); code(err) != pop3.CodeInUse {
+	if _, err := l.AcquireSession("alice#x"); code(err) != SessionsPerAccount {
 		t.Errorf("a released place was freed twice: %v", err)
 	}
 	r2()
@@ -191,7 +188,7 @@ func TestLimitsSessions(t *testing.T) {
 	if len(l.sessions) != 0 {
 		t.Errorf("after every release: %v", l.sessions)
 	}
-	off, _ := newTestLimits(t, LimitsConfig{})
+	off, _ := newTestLimits(t, Config{})
 	for range 100 {
 		if _, err := off.AcquireSession("alice"); err != nil {
 			t.Fatalf("limit off: %v", err)
@@ -200,7 +197,7 @@ func TestLimitsSessions(t *testing.T) {
 }
 
 func TestLimitsAddresses(t *testing.T) {
-	l, _ := newTestLimits(t, LimitsConfig{MaxConnections: 100, MaxConnectionsPerIP: 2, ExemptNetworks: netlist.MustParse("10.0.0.0/8", "::1")})
+	l, _ := newTestLimits(t, Config{MaxConnections: 100, MaxConnectionsPerIP: 2, ExemptNetworks: netlist.MustParse("10.0.0.0/8", "::1")})
 	for _, tc := range []struct {
 		addr, key string
 		exempt    bool
@@ -222,7 +219,7 @@ func TestLimitsAddresses(t *testing.T) {
 	r1, err1 := l.AcquireConn(tcp("[2001:db8::1]:1"))
 	r2, err2 := l.AcquireConn(tcp("[2001:db8::2]:1"))
 	_, err3 := l.AcquireConn(tcp("[2001:db8::3]:1"))
-	if err1 != nil || err2 != nil || code(err3) != pop3.CodeSysTemp {
+	if err1 != nil || err2 != nil || code(err3) != ConnectionsPerIP {
 		t.Fatalf("three connections of a /64: %v %v %v", err1, err2, err3)
 	}
 	r1()
@@ -243,7 +240,7 @@ func TestLimitsAddresses(t *testing.T) {
 // The tables forget counts that have decayed, so an attacker cycling
 // through addresses cannot grow them without bound.
 func TestLimitsSweep(t *testing.T) {
-	l, clock := newTestLimits(t, LimitsConfig{MaxLoginFailuresPerIP: 2, MaxLoginFailuresPerAccount: 2, LoginFailureWindow: time.Minute})
+	l, clock := newTestLimits(t, Config{MaxLoginFailuresPerIP: 2, MaxLoginFailuresPerAccount: 2, LoginFailureWindow: time.Minute})
 	for i := range 3 * minSweep {
 		if _, err := fail(l, fmt.Sprintf("10.%d.%d.%d:1", i>>16&255, i>>8&255, i&255), fmt.Sprintf("user%d", i)); err != nil {
 			t.Fatal(err)
