@@ -113,6 +113,11 @@ type StateConfig struct {
 	Driver string `toml:"driver"` // bolt | postgres
 	Path   string `toml:"path"`   // bolt: the database file
 	DSN    string `toml:"dsn"`    // postgres: the connection string
+	// InitEmpty lets the bolt driver start on an existing file of 0 bytes
+	// as a new state file. Without it popbridge refuses such a file: it
+	// lost the UIDLs and pending deletions it held. Set it once, on purpose
+	// (or run serve -init-state), then remove it again.
+	InitEmpty bool `toml:"init_empty"`
 }
 
 // LogConfig is the [log] table.

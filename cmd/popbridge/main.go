@@ -1,6 +1,7 @@
 // Command popbridge serves POP3 clients from an upstream IMAP mailbox.
 //
 //	popbridge serve -config FILE   run the server (SIGHUP reloads the TLS certificate)
+//	                               (-init-state: accept an empty state file as new)
 //	popbridge demo                 run against an in-process IMAP server with sample mail
 //	popbridge check -config FILE   validate the configuration, then try the upstream
 //	popbridge version              print the version
@@ -32,7 +33,10 @@ import (
 var version = "0.1.0-dev"
 
 const usage = `usage:
-  popbridge serve -config FILE     serve POP3 from the upstream IMAP server
+  popbridge serve -config FILE [-init-state]
+                                   serve POP3 from the upstream IMAP server;
+                                   -init-state accepts an empty (0-byte) state
+                                   file as a new one
   popbridge demo [-listen ADDR]    serve sample mail from an in-process IMAP server
   popbridge check -config FILE [-user NAME]
                                    validate the configuration; with -user, log in
@@ -85,21 +89,36 @@ func newLogger(c bridge.LogConfig) (*zap.Logger, error) {
 	return zc.Build()
 }
 
-// openStore opens the state store of [state].
-func openStore(c bridge.StateConfig) (state.Store, error) {
+// openStore opens the state store of [state]. initEmpty (serve
+// -init-state, or state.init_empty) lets the bolt driver start on an
+// existing empty file; doing so is logged as a warning.
+func openStore(c bridge.StateConfig, initEmpty bool, log *zap.Logger) (state.Store, error) {
 	switch c.Driver {
 	case "postgres":
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		return pgstore.Open(ctx, c.DSN, nil)
 	default:
-		return boltstore.Open(c.Path, nil)
+		initEmpty = initEmpty || c.InitEmpty
+		fi, statErr := os.Stat(c.Path)
+		st, err := boltstore.Open(c.Path, &boltstore.Options{InitEmpty: initEmpty})
+		if errors.Is(err, boltstore.ErrEmptyFile) {
+			log.Error("the state file is empty (0 bytes): refusing to start", zap.String("path", c.Path),
+				zap.String("way_out", "restore the file from a backup; or, to start with an empty state, remove it, or run serve -init-state once (state.init_empty = true)"))
+			return nil, fmt.Errorf("%w. To start with an empty state on purpose: popbridge serve -init-state (once), or state.init_empty = true", err)
+		}
+		if err == nil && statErr == nil && fi.Size() == 0 {
+			log.Warn("the state file was empty (0 bytes) and was initialised as a new one (-init-state / state.init_empty): "+
+				"every UIDL is issued anew and earlier pending deletions are forgotten; remove the option again", zap.String("path", c.Path))
+		}
+		return st, err
 	}
 }
 
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	path := fs.String("config", "", "configuration file (TOML)")
+	initState := fs.Bool("init-state", false, "accept an existing empty (0-byte) state file as a new one (state.init_empty)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -115,7 +134,7 @@ func serve(args []string) error {
 		return err
 	}
 	defer log.Sync()
-	st, err := openStore(cfg.State)
+	st, err := openStore(cfg.State, *initState, log)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -25,7 +26,18 @@ type Options struct {
 	// Timeout is how long Open waits for another holder of the file to let
 	// go of it before failing; zero or less means DefaultTimeout.
 	Timeout time.Duration
+	// InitEmpty lets Open turn an existing file of 0 bytes into a new
+	// state file. Without it such a file is refused with ErrEmptyFile: a
+	// state file that lost its contents (truncated, a full disk, a restore
+	// gone wrong) must not silently become an empty one, since that would
+	// issue new UIDLs and forget pending deletions. A missing file is
+	// always created.
+	InitEmpty bool
 }
+
+// ErrEmptyFile is returned by Open for an existing file of 0 bytes when
+// Options.InitEmpty is not set.
+var ErrEmptyFile = errors.New("the state file is empty (0 bytes)")
 
 // Store is a state.Store kept in one bbolt file. Its methods are safe for
 // concurrent use. The Hidden map of a Client it loads is never nil.
@@ -45,12 +57,21 @@ var errClosed = errors.New("store closed")
 
 // Open opens the state file at path, creating it (mode 0600) if it does not
 // exist. It fails if another Store, in this process or another, holds the
-// file and does not close it within the timeout, or if the file is not a
-// popbridge state file of a format this build reads.
+// file and does not close it within the timeout, if the file is not a
+// popbridge state file of a format this build reads, or if it exists but is
+// empty (ErrEmptyFile, unless Options.InitEmpty).
 func Open(path string, opts *Options) (s *Store, err error) {
 	timeout := DefaultTimeout
 	if opts != nil && opts.Timeout > 0 {
 		timeout = opts.Timeout
+	}
+	// bbolt lays out any file of 0 bytes as a new database, without a
+	// word. A file that exists had contents once (or was made by hand).
+	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 && (opts == nil || !opts.InitEmpty) {
+		return nil, fmt.Errorf("boltstore: %s: %w, so the UIDLs issued and any pending deletions it held are gone; "+
+			"refusing to start on it as if it were new. Restore it from a backup, or, to start over with an empty state "+
+			"(clients that keep mail on the server may download it all again), remove the file or set Options.InitEmpty",
+			path, ErrEmptyFile)
 	}
 	db, err := openDB(path, timeout)
 	if errors.Is(err, bolt.ErrTimeout) {
