@@ -82,6 +82,12 @@ type Pending struct {
 	UIDs        []uint32  // ascending
 	UIDLs       []string  // UIDLs[i] belongs to UIDs[i]
 	Created     time.Time // when QUIT decided it
+	// Copied are the UIDLs (of UIDLs) whose messages a UID COPY has already
+	// put into Target: the move policy on a server without MOVE copies,
+	// records what the server reported copied (COPYUID) here, and only then
+	// flags and expunges. A retry copies only the others, so a message is
+	// never copied twice.
+	Copied []string
 }
 
 // Client is the record of one (mailbox, client).
@@ -117,6 +123,21 @@ type Store interface {
 	// session that shares this store, or returns ErrLocked at once when it is
 	// held. release frees it and may be called more than once.
 	Lock(ctx context.Context, k ClientKey) (release func(), err error)
+	// LockUpdate takes the update lock of mailbox for every session that
+	// shares this store, waiting while another session holds it, until ctx
+	// ends (then it returns an error that wraps ctx's). The UPDATEs that
+	// change one upstream mailbox run under it one after the other, so two
+	// devices that delete the same message do not both move it. It is
+	// independent of the maildrop locks (Lock). release frees it and may be
+	// called more than once.
+	LockUpdate(ctx context.Context, mailbox string) (release func(), err error)
+	// RenameMailbox gives the mailbox record named from, and every client
+	// record of from, the name to, in one step, provided that from has a
+	// mailbox record and to has none and no client record either. It
+	// reports whether it renamed; otherwise nothing changed. The record
+	// keeps its version, entries and markers; client records keep their
+	// hidden UIDLs and pending UPDATE.
+	RenameMailbox(ctx context.Context, from, to string) (bool, error)
 	// Close releases the store's resources.
 	Close() error
 }

@@ -47,7 +47,15 @@ type Store struct {
 
 	mu     sync.Mutex
 	locks  map[state.ClientKey]struct{} // maildrop locks held now
+	upd    map[string]*updateLock       // update locks held or waited for
 	closed bool
+}
+
+// updateLock is the update lock of one mailbox: a slot taken by its holder,
+// and the count of sessions holding or waiting for it.
+type updateLock struct {
+	slot chan struct{}
+	refs int
 }
 
 var _ state.Store = (*Store)(nil)
@@ -80,7 +88,7 @@ func Open(path string, opts *Options) (s *Store, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
-	s = &Store{db: db, path: path, locks: make(map[state.ClientKey]struct{})}
+	s = &Store{db: db, path: path, locks: make(map[state.ClientKey]struct{}), upd: make(map[string]*updateLock)}
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -490,6 +498,145 @@ func (s *Store) Lock(ctx context.Context, k state.ClientKey) (release func(), er
 			s.mu.Unlock()
 		})
 	}, nil
+}
+
+// LockUpdate takes the update lock of mailbox, waiting while another
+// session of this Store holds it, until ctx ends.
+func (s *Store) LockUpdate(ctx context.Context, mailbox string) (release func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, s.wrap(errClosed)
+	}
+	l := s.upd[mailbox]
+	if l == nil {
+		l = &updateLock{slot: make(chan struct{}, 1)}
+		s.upd[mailbox] = l
+	}
+	l.refs++
+	s.mu.Unlock()
+	drop := func() {
+		s.mu.Lock()
+		l.refs--
+		if l.refs == 0 && s.upd[mailbox] == l {
+			delete(s.upd, mailbox)
+		}
+		s.mu.Unlock()
+	}
+	select {
+	case l.slot <- struct{}{}:
+	case <-ctx.Done():
+		drop()
+		return nil, fmt.Errorf("boltstore: waiting for the update lock of %q: %w", mailbox, ctx.Err())
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			<-l.slot
+			drop()
+		})
+	}, nil
+}
+
+// RenameMailbox implements state.Store.RenameMailbox.
+func (s *Store) RenameMailbox(ctx context.Context, from, to string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if from == to {
+		return false, nil
+	}
+	fromKey, toKey := mailboxKey(from), mailboxKey(to)
+	if len(toKey) > bolt.MaxKeySize {
+		return false, s.wrap(fmt.Errorf("mailbox name of %d bytes is too long", len(to)))
+	}
+	renamable := func(tx *bolt.Tx) bool {
+		mbs := tx.Bucket(bucketMailboxes)
+		if mbs.Bucket(fromKey) == nil || mbs.Bucket(toKey) != nil {
+			return false
+		}
+		// A client key starts with its mailbox's key.
+		k, _ := tx.Bucket(bucketClients).Cursor().Seek(toKey)
+		return k == nil || !bytes.HasPrefix(k, toKey)
+	}
+	ok := false
+	err := s.view(func(tx *bolt.Tx) error {
+		ok = renamable(tx)
+		return nil
+	})
+	if err != nil || !ok {
+		return false, s.wrap(err)
+	}
+	err = s.update(func(tx *bolt.Tx) error {
+		if ok = renamable(tx); !ok {
+			return nil
+		}
+		mbs := tx.Bucket(bucketMailboxes)
+		if err := moveBucket(mbs, fromKey, toKey); err != nil {
+			return err
+		}
+		clients := tx.Bucket(bucketClients)
+		var keys [][]byte
+		c := clients.Cursor()
+		for k, v := c.Seek(fromKey); k != nil && bytes.HasPrefix(k, fromKey); k, v = c.Next() {
+			if v == nil {
+				keys = append(keys, bytes.Clone(k))
+			}
+		}
+		for _, k := range keys {
+			nk := append(bytes.Clone(toKey), k[len(fromKey):]...)
+			if len(nk) > bolt.MaxKeySize {
+				return fmt.Errorf("mailbox and client names of %d bytes are too long", len(nk))
+			}
+			if err := moveBucket(clients, k, nk); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, s.wrap(err)
+	}
+	return ok, nil
+}
+
+// moveBucket gives parent's bucket from the key to, with all it holds.
+func moveBucket(parent *bolt.Bucket, from, to []byte) error {
+	dst, err := parent.CreateBucket(to)
+	if err != nil {
+		return err
+	}
+	if err := copyBucket(dst, parent.Bucket(from)); err != nil {
+		return err
+	}
+	return parent.DeleteBucket(from)
+}
+
+// copyBucket copies src's keys, values and nested buckets into dst.
+func copyBucket(dst, src *bolt.Bucket) error {
+	c := src.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if v != nil {
+			if err := dst.Put(bytes.Clone(k), bytes.Clone(v)); err != nil {
+				return err
+			}
+			continue
+		}
+		child, err := dst.CreateBucket(bytes.Clone(k))
+		if err != nil {
+			return err
+		}
+		if bytes.Equal(k, bucketUID) {
+			child.FillPercent = uidFillPercent
+		}
+		if err := copyBucket(child, src.Bucket(k)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Close frees every lock and closes the file. The Store must not be used

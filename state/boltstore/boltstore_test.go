@@ -342,6 +342,13 @@ func TestDamagedRecords(t *testing.T) {
 		{"pending trailing bytes", func(tx *bolt.Tx) error {
 			return clBucket(tx).Put(keyPending, append(encodePending(&state.Pending{Policy: "hide"}), 0))
 		}, true},
+		{"pending trailing bytes after Copied", func(tx *bolt.Tx) error {
+			return clBucket(tx).Put(keyPending, append(encodePending(&state.Pending{Policy: "move", Copied: []string{"u1"}}), 'x'))
+		}, true},
+		{"pending Copied cut short", func(tx *bolt.Tx) error {
+			v := encodePending(&state.Pending{Policy: "move", Copied: []string{"u1"}})
+			return clBucket(tx).Put(keyPending, v[:len(v)-1])
+		}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := tempPath(t)
