@@ -110,12 +110,6 @@ func validDevice(d string) bool {
 	return true
 }
 
-// mailboxKey names the mailbox record of account: every device of the
-// account shares it.
-func (b *Bridge) mailboxKey(account string) string {
-	return "imap://" + strings.ToLower(account) + "@" + strings.ToLower(b.cfg.Upstream.Address) + "/" + b.cfg.Upstream.Mailbox
-}
-
 // LogFields implements pop3.LogFielder: the account and the device tag.
 func (b *Bridge) LogFields(username string) []zap.Field {
 	account, device := b.splitLogin(username)
@@ -167,6 +161,11 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 	md := &maildrop{
 		b: b, log: log, key: key, account: account, reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
+	}
+	if err := b.adoptLegacy(ctx, account, key.Mailbox, log); err != nil {
+		md.Close()
+		log.Warn("opening the maildrop failed", zap.Error(err))
+		return nil, toPOP3(err)
 	}
 	if err := md.open(ctx); err != nil {
 		md.Close()

@@ -54,6 +54,11 @@ type TLSConfig struct {
 
 // UpstreamConfig is the [upstream] table: the IMAP server.
 type UpstreamConfig struct {
+	// Name names the upstream in the state store: records are keyed on
+	// it, the account and the mailbox, not on Address, so that Address can
+	// be spelled otherwise or changed (a server move) without losing the
+	// UIDLs. Letters, digits, '.', '_' and '-', at most 64.
+	Name               string        `toml:"name"`
 	Address            string        `toml:"address"`              // host:port
 	Security           string        `toml:"security"`             // tls | starttls | none
 	Mailbox            string        `toml:"mailbox"`              // the mailbox served as the maildrop
@@ -145,6 +150,7 @@ func DefaultConfig() Config {
 			ProxyTrusted:    []string{},
 		},
 		Upstream: UpstreamConfig{
+			Name:     DefaultUpstreamName,
 			Security: "tls",
 			Mailbox:  "INBOX",
 			Timeout:  30 * time.Second,
@@ -237,6 +243,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return bad("tls", "cert_file and key_file go together")
+	}
+	if !validUpstreamName(c.Upstream.Name) {
+		return bad("upstream.name", "%q: want 1 to 64 letters, digits, '.', '_' or '-'", c.Upstream.Name)
 	}
 	if c.Upstream.Address == "" {
 		return bad("upstream.address", "is required (host:port of the IMAP server)")
@@ -384,6 +393,21 @@ func parseNetworks(list []string) ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out, nil
+}
+
+// validUpstreamName reports whether n can be upstream.name: it is part of
+// every state key, so it is short and holds no separator.
+func validUpstreamName(n string) bool {
+	if n == "" || len(n) > 64 {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func checkAddr(addr string) error {

@@ -1157,7 +1157,7 @@ func runModel(t *testing.T, dovecot bool) {
 		for _, device := range modelDevices {
 			w := &mWorker{m: m, id: -1, rng: rand.New(rand.NewPCG(modelSeed, 99))}
 			w.finalView(a, device)
-			key := state.ClientKey{Mailbox: "imap://" + strings.ToLower(a.user) + "@" + strings.ToLower(a.addr) + "/INBOX", Client: device}
+			key := state.ClientKey{Mailbox: MailboxKey(DefaultUpstreamName, a.user, "INBOX"), Client: device}
 			if cl, err := st.LoadClient(context.Background(), key); err != nil || cl.Pending != nil {
 				m.fail("%s#%s: an intent is still pending at the end: %+v %v", a.name, device, cl, err)
 			}

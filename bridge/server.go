@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 
 	"go.uber.org/zap"
@@ -50,7 +49,7 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 	}
 	limits, err := NewLimits(cfg.Limits, func(login string) string {
 		account, _ := b.splitLogin(login)
-		return strings.ToLower(account)
+		return accountKey(account)
 	})
 	if err != nil {
 		return nil, err

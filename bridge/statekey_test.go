@@ -2,16 +2,23 @@ package bridge
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/popbridge/popbridge/bridge/internal/imaptest"
+	"github.com/popbridge/popbridge/state"
+	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/state/pgstore"
+	"github.com/popbridge/popbridge/state/pgstore/pgtest"
 )
 
 // TestStateKeyIgnoresAddressSpelling: the same upstream written another way
@@ -155,4 +162,156 @@ func TestServerMoveKeepsUIDLs(t *testing.T) {
 		}
 		phone.quit()
 	})
+}
+
+// TestLegacyStateKeyAdopted: a state store written by a version that keyed
+// records on the address ("imap://account@address/mailbox") keeps working:
+// at the account's first login its mailbox record and all its client
+// records (hidden UIDLs, a pending UPDATE) move to the new key, once, and
+// every device sees the UIDLs and the view it had. Other accounts' records
+// are left for their own logins.
+func TestLegacyStateKeyAdopted(t *testing.T) {
+	stores := []struct {
+		name string
+		open func(t *testing.T) func() state.Store
+	}{
+		{"bolt", func(t *testing.T) func() state.Store {
+			path := filepath.Join(t.TempDir(), "state.db")
+			return func() state.Store {
+				st, err := boltstore.Open(path, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return st
+			}
+		}},
+		{"postgres", func(t *testing.T) func() state.Store {
+			dsn := pgtest.Schema(t)
+			return func() state.Store {
+				st, err := pgstore.Open(t.Context(), dsn, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return st
+			}
+		}},
+	}
+	for _, sc := range stores {
+		t.Run(sc.name, func(t *testing.T) {
+			open := sc.open(t)
+			mem := imaptest.NewMemServer(t)
+			mem.Create("Trash", imap.MailboxAttrTrash)
+			up := &upstreamEnv{name: "memserver", addr: mem.Addr, user: mem.User, pass: mem.Pass, box: mem, mem: mem}
+			raws := seed(up, 3)
+			ctx := t.Context()
+
+			// What the earlier version left: UIDLs of its own, a hidden
+			// message, a pending flag UPDATE, and another account.
+			legacy := "imap://" + strings.ToLower(mem.User) + "@" + strings.ToLower(mem.Addr) + "/INBOX"
+			bobs := "imap://bob@" + strings.ToLower(mem.Addr) + "/INBOX"
+			uv := mem.UIDValidity("INBOX")
+			var entries []state.Entry
+			for i, raw := range raws {
+				entries = append(entries, state.Entry{UID: uint32(i + 1), UIDL: fmt.Sprintf("legacy-%d", i+1), Size: int64(len(raw))})
+			}
+			mk := state.Markers{UIDValidity: uv, UIDNext: 4, NumMessages: 3}
+			st := open()
+			for _, name := range []string{legacy, bobs} {
+				v, err := st.ApplyMailbox(ctx, name, 0, state.MailboxChange{Markers: mk, Put: entries})
+				if err == nil {
+					_, err = st.ApplyMailbox(ctx, name, v, state.MailboxChange{Markers: mk})
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			must := func(err error) {
+				t.Helper()
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			must(st.ApplyClient(ctx, state.ClientKey{Mailbox: legacy, Client: "laptop"}, state.ClientChange{Hide: []string{"legacy-2"}}))
+			must(st.ApplyClient(ctx, state.ClientKey{Mailbox: legacy, Client: "phone"}, state.ClientChange{SetPending: &state.Pending{
+				Policy: PolicyFlag, Flags: []string{"$Legacy"}, UIDValidity: uv, UIDs: []uint32{3}, UIDLs: []string{"legacy-3"}, Created: time.Now(),
+			}}))
+			must(st.ApplyClient(ctx, state.ClientKey{Mailbox: bobs, Client: "laptop"}, state.ClientChange{Hide: []string{"legacy-1"}}))
+
+			cfg := DefaultConfig()
+			cfg.Server.Listen = "127.0.0.1:0"
+			cfg.Upstream.Address = mem.Addr
+			cfg.Upstream.Security = "none"
+			cfg.Auth.AllowInsecureAuth = true
+			cfg.Delete.Policy = PolicyHide
+			serve := func(st state.Store) (addr string, stop func()) {
+				srv, err := NewServer(cfg, st, zaptest.NewLogger(t))
+				must(err)
+				must(srv.Listen())
+				done := make(chan error, 1)
+				go func() { done <- srv.Serve() }()
+				return srv.Addr().String(), func() {
+					sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					srv.Shutdown(sctx)
+					<-done
+					st.Close()
+				}
+			}
+			addr, stop := serve(st)
+			views := map[string][]string{
+				"laptop": {"legacy-1", "legacy-3"},
+				"phone":  {"legacy-1", "legacy-2"}, // its pending flag UPDATE finished: 3 flagged and hidden
+				"":       {"legacy-1", "legacy-2", "legacy-3"},
+			}
+			check := func(when string) {
+				t.Helper()
+				for _, device := range []string{"laptop", "phone", ""} {
+					c := dialPOP(t, addr)
+					user := mem.User
+					if device != "" {
+						user += "#" + device
+					}
+					c.login(user, mem.Pass)
+					if got := c.uidls(); !slices.Equal(got, views[device]) {
+						t.Errorf("%s: device %q lists %v, want %v", when, device, got, views[device])
+					}
+					c.quit()
+				}
+			}
+			check("first logins")
+			if msgs := mem.Messages("INBOX"); len(msgs) != 3 || !msgs[2].HasFlag("$legacy") || msgs[0].HasFlag("$legacy") || msgs[1].HasFlag("$legacy") {
+				var flags [][]imap.Flag
+				for _, m := range msgs {
+					flags = append(flags, m.Flags)
+				}
+				t.Errorf("the adopted pending UPDATE was not applied to message 3 alone: flags %v", flags)
+			}
+
+			// The records moved, once; bob's wait for bob.
+			newKey := MailboxKey(DefaultUpstreamName, mem.User, "INBOX")
+			if m, err := st.LoadMailbox(ctx, legacy); err != nil || m.Version != 0 {
+				t.Errorf("the legacy record is still there: %+v %v", m, err)
+			}
+			for _, device := range []string{"laptop", "phone"} {
+				if c, err := st.LoadClient(ctx, state.ClientKey{Mailbox: legacy, Client: device}); err != nil || len(c.Hidden) != 0 || c.Pending != nil {
+					t.Errorf("the legacy client record of %s is still there: %+v %v", device, c, err)
+				}
+			}
+			if m, err := st.LoadMailbox(ctx, newKey); err != nil || m.Version < 2 || len(m.Entries) != 3 || m.Entries[1].UIDL != "legacy-2" {
+				t.Errorf("the record under %s: %+v %v", newKey, m, err)
+			}
+			if m, err := st.LoadMailbox(ctx, bobs); err != nil || m.Version != 2 {
+				t.Errorf("bob's legacy record changed: %+v %v", m, err)
+			}
+			if c, err := st.LoadClient(ctx, state.ClientKey{Mailbox: bobs, Client: "laptop"}); err != nil || !c.Hidden["legacy-1"] {
+				t.Errorf("bob's legacy client record changed: %+v %v", c, err)
+			}
+			stop()
+
+			// After a restart nothing is adopted twice: the views hold.
+			addr, stop = serve(open())
+			defer stop()
+			check("after a restart")
+		})
+	}
 }
