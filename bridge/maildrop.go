@@ -385,22 +385,28 @@ func (m *maildrop) move(ctx context.Context, c *upstream.Conn, p *state.Pending,
 	for i, u := range uids {
 		uidlOf[u] = uidls[i]
 	}
-	opts := &upstream.MoveOptions{OnCopy: func(src []uint32) { m.recordCopied(ctx, p, src, uidlOf) }}
+	copied := make(map[string]bool, len(p.Copied))
+	for _, u := range p.Copied {
+		copied[u] = true
+	}
+	opts := &upstream.MoveOptions{OnCopy: func(src []uint32) { m.recordCopied(ctx, p, src, uidlOf, copied) }}
 	for _, u := range present {
-		if slices.Contains(p.Copied, uidlOf[u]) {
+		if copied[uidlOf[u]] {
 			opts.Copied = append(opts.Copied, u)
 		}
 	}
 	return c.MoveWith(ctx, present, p.Target, opts)
 }
 
-// recordCopied adds the UIDLs of the copied UIDs to p.Copied and stores p.
+// recordCopied adds the UIDLs of the copied UIDs to p.Copied (and copied)
+// and stores p.
 // If the store fails, the move goes on: the expunge that follows is what
 // makes the copy final, and only a retry after a failure of both would copy
 // again.
-func (m *maildrop) recordCopied(ctx context.Context, p *state.Pending, src []uint32, uidlOf map[uint32]string) {
+func (m *maildrop) recordCopied(ctx context.Context, p *state.Pending, src []uint32, uidlOf map[uint32]string, copied map[string]bool) {
 	for _, u := range src {
-		if uidl, ok := uidlOf[u]; ok && !slices.Contains(p.Copied, uidl) {
+		if uidl, ok := uidlOf[u]; ok && !copied[uidl] {
+			copied[uidl] = true
 			p.Copied = append(p.Copied, uidl)
 		}
 	}

@@ -7,10 +7,12 @@ import (
 	"github.com/emersion/go-imap/v2"
 )
 
-// SearchUIDs sends UID SEARCH UID set (split into commands of at most 8 KB)
-// and returns those of uids that are still in the selected mailbox,
-// ascending. Messages another session expunged are not among them: the
-// server reports the mailbox as it is when the command runs.
+// SearchUIDs sends NOOP, then UID SEARCH UID set (split into commands of at
+// most 8 KB), and returns those of uids that are still in the selected
+// mailbox, ascending. The NOOP comes first because a server may keep a
+// message that another session expunged in this session's view, and find it
+// with SEARCH, until it has told this session (Dovecot does, measured);
+// after the NOOP's EXPUNGE responses the view is current.
 func (c *Conn) SearchUIDs(ctx context.Context, uids []uint32) ([]uint32, error) {
 	const op = "search"
 	if err := c.alive(op); err != nil {
@@ -22,12 +24,15 @@ func (c *Conn) SearchUIDs(ctx context.Context, uids []uint32) ([]uint32, error) 
 	}
 	w := c.watch(ctx)
 	var present []uint32
-	var err error
+	err := c.client.Noop().Wait()
 	for _, set := range sets {
+		if err != nil {
+			break
+		}
 		w.touch()
 		var data *imap.SearchData
 		if data, err = c.client.UIDSearch(&imap.SearchCriteria{UID: []imap.UIDSet{set}}, nil).Wait(); err != nil {
-			break
+			continue
 		}
 		for _, u := range data.AllUIDs() {
 			present = append(present, uint32(u))
@@ -37,7 +42,11 @@ func (c *Conn) SearchUIDs(ctx context.Context, uids []uint32) ([]uint32, error) 
 		return nil, err
 	}
 	// Only what was asked for: a server may answer more than the set.
-	present = slices.DeleteFunc(present, func(u uint32) bool { return !slices.Contains(uids, u) })
+	asked := make(map[uint32]bool, len(uids))
+	for _, u := range uids {
+		asked[u] = true
+	}
+	present = slices.DeleteFunc(present, func(u uint32) bool { return !asked[u] })
 	slices.Sort(present)
 	return slices.Compact(present), nil
 }

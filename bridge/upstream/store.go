@@ -215,6 +215,10 @@ func (c *Conn) MoveWith(ctx context.Context, uids []uint32, dest string, opts *M
 	if opts == nil {
 		opts = &MoveOptions{}
 	}
+	copied := make(map[uint32]bool, len(opts.Copied))
+	for _, u := range opts.Copied {
+		copied[u] = true
+	}
 	// A mailbox name may grow when encoded (quoting, modified UTF-7).
 	sets := uidChunks(uids, setBudget(3*len(dest)+len(" +FLAGS.SILENT (\\Deleted)")))
 	if len(sets) == 0 {
@@ -237,21 +241,21 @@ func (c *Conn) MoveWith(ctx context.Context, uids []uint32, dest string, opts *M
 			_, err = c.client.Move(set, dest).Wait()
 			continue
 		}
-		if err = c.copySet(set, dest, opts); err == nil {
+		if err = c.copySet(set, dest, copied, opts); err == nil {
 			err = c.deleteSet(set)
 		}
 	}
 	return w.end(op, err, phaseCommand)
 }
 
-// copySet sends UID COPY for the UIDs of set that are not in opts.Copied,
-// and tells opts.OnCopy what the server copied.
-func (c *Conn) copySet(set imap.UIDSet, dest string, opts *MoveOptions) error {
-	if len(opts.Copied) > 0 {
+// copySet sends UID COPY for the UIDs of set that are not in copied, and
+// tells opts.OnCopy what the server copied.
+func (c *Conn) copySet(set imap.UIDSet, dest string, copied map[uint32]bool, opts *MoveOptions) error {
+	if len(copied) > 0 {
 		var rest imap.UIDSet
 		for _, r := range set {
 			for u := r.Start; u <= r.Stop; u++ {
-				if !slices.Contains(opts.Copied, uint32(u)) {
+				if !copied[uint32(u)] {
 					rest.AddNum(u)
 				}
 				if u == r.Stop {
@@ -274,16 +278,16 @@ func (c *Conn) copySet(set imap.UIDSet, dest string, opts *MoveOptions) error {
 	if len(src) == 0 {
 		src = set
 	}
-	var copied []uint32
+	var done []uint32
 	for _, r := range src {
 		for u := r.Start; u <= r.Stop && u != 0; u++ {
-			copied = append(copied, uint32(u))
+			done = append(done, uint32(u))
 			if u == r.Stop {
 				break
 			}
 		}
 	}
-	opts.OnCopy(copied)
+	opts.OnCopy(done)
 	return nil
 }
 
