@@ -158,12 +158,6 @@ func asciiLower(s string) string {
 	return s
 }
 
-// mailboxKey names the mailbox record of account: every device of the
-// account shares it, and the maildrop locks are keyed by it.
-func (b *Bridge) mailboxKey(account string) string {
-	return "imap://" + b.accountKey(account) + "@" + strings.ToLower(b.cfg.Upstream.Address) + "/" + b.cfg.Upstream.Mailbox
-}
-
 // LogFields implements pop3.LogFielder: the account and the device tag.
 func (b *Bridge) LogFields(username string) []zap.Field {
 	account, device := b.splitLogin(username)
@@ -247,6 +241,11 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 	md := &maildrop{
 		b: b, log: log, key: key, account: account, reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
+	}
+	if err := b.adoptLegacy(ctx, account, key.Mailbox, log); err != nil {
+		md.Close()
+		log.Warn("opening the maildrop failed", zap.Error(err))
+		return nil, toPOP3(err)
 	}
 	if err := md.open(ctx); err != nil {
 		// Close calls release, which is the lock's alone here.

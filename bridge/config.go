@@ -67,6 +67,11 @@ type TLSConfig struct {
 
 // UpstreamConfig is the [upstream] table: the IMAP server.
 type UpstreamConfig struct {
+	// Name names the upstream in the state store: records are keyed on
+	// it, the account and the mailbox, not on Address, so that Address can
+	// be spelled otherwise or changed (a server move) without losing the
+	// UIDLs. Letters, digits, '.', '_' and '-', at most 64.
+	Name               string            `toml:"name"`
 	Address            string            `toml:"address"`              // host:port
 	Security           upstream.Security `toml:"security"`             // tls | starttls | none
 	Mailbox            string            `toml:"mailbox"`              // the mailbox served as the maildrop
@@ -112,12 +117,8 @@ type UIDLConfig struct {
 	Format state.UIDLFormatter `toml:"format"` // Dovecot-style template with %u and %v
 }
 
-// StateConfig is the [state] table.
-type StateConfig struct {
-	Driver string `toml:"driver"` // bolt | postgres
-	Path   string `toml:"path"`   // bolt: the database file
-	DSN    string `toml:"dsn"`    // postgres: the connection string
-}
+// StateConfig is the [state] table (see state.Config).
+type StateConfig = state.Config
 
 // LogConfig is the [log] table.
 type LogConfig struct {
@@ -142,6 +143,7 @@ func DefaultConfig() Config {
 			ProxyTrusted:    netlist.List{},
 		},
 		Upstream: UpstreamConfig{
+			Name:     DefaultUpstreamName,
 			Security: upstream.SecurityTLS,
 			Mailbox:  "INBOX",
 			Timeout:  30 * time.Second,
@@ -271,7 +273,7 @@ func (c *Config) problems() problems {
 	c.Upstream.validate(&p)
 	c.Auth.validate(&p)
 	c.Delete.validate(&p)
-	c.State.validate(&p)
+	c.State.Check(func(key, msg string) { p.add("state."+key, "%s", msg) })
 	c.Limits.Check(func(key, msg string) { p.add("limits."+key, "%s", msg) })
 	c.Log.validate(&p)
 	c.Admin.validate(&p)
@@ -307,6 +309,9 @@ func (c *TLSConfig) validate(p *problems) {
 }
 
 func (c *UpstreamConfig) validate(p *problems) {
+	if !validUpstreamName(c.Name) {
+		p.add("upstream.name", "%q: want 1 to 64 letters, digits, '.', '_' or '-'", c.Name)
+	}
 	switch {
 	case c.Address == "":
 		p.add("upstream.address", "is required (host:port of the IMAP server)")
@@ -348,21 +353,6 @@ func (c *DeleteConfig) validate(p *problems) {
 	}
 }
 
-func (c *StateConfig) validate(p *problems) {
-	switch c.Driver {
-	case "bolt":
-		if c.Path == "" {
-			p.add("state.path", "the bolt driver needs a file path")
-		}
-	case "postgres":
-		if c.DSN == "" {
-			p.add("state.dsn", "the postgres driver needs a connection string")
-		}
-	default:
-		p.add("state.driver", "unknown value %q (want bolt or postgres)", c.Driver)
-	}
-}
-
 func (c *LogConfig) validate(p *problems) {
 	switch c.Level {
 	case zapcore.DebugLevel, zapcore.InfoLevel, zapcore.WarnLevel, zapcore.ErrorLevel:
@@ -383,6 +373,21 @@ func (c *AdminConfig) validate(p *problems) {
 	if c.ReadyCache <= 0 {
 		p.add("admin.ready_cache", "must be positive")
 	}
+}
+
+// validUpstreamName reports whether n can be upstream.name: it is part of
+// every state key, so it is short and holds no separator.
+func validUpstreamName(n string) bool {
+	if n == "" || len(n) > 64 {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // loopbackAddr reports whether host:port addr names the loopback

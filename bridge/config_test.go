@@ -45,6 +45,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 	base := "[upstream]\naddress = \"127.0.0.1:143\"\nsecurity = \"none\"\n"
 	tests := []struct{ text, want string }{
 		{base + "adress = \"x\"\n", "upstream.adress (line 4): unknown key"},
+		{base + "name = \"a/b\"\n", "upstream.name"},
+		{base + "name = \"\"\n", "upstream.name"},
 		{base + "[server]\nlisten = \"nowhere\"\n", "server.listen"},
 		{base + "[server]\nidle_timeout = \"1m\"\n", "server.idle_timeout"},
 		{base + "[server]\nidle_timeout = \"soon\"\n", "idle_timeout"},

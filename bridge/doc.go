@@ -20,7 +20,14 @@
 //     fails with a clear error; it never widens.
 //  3. A UIDL, once issued for a message, stays that message's UIDL across
 //     sessions, restarts, instances and UIDVALIDITY changes, and is never
-//     reused for another message.
+//     reused for another message. The state records are keyed on
+//     upstream.name, the account (through accountKey, the one function
+//     every key is built with) and the mailbox, never on upstream.address:
+//     writing the address another way, or moving the account to another
+//     server (recognised by its UIDVALIDITY, its messages re-matched by
+//     fingerprint), keeps the UIDLs and every device's hidden messages.
+//     Records of versions that keyed on the address are adopted, once, at
+//     the account's first login.
 //  4. LIST and STAT sizes are the octets RETR sends (CRLF line ends, before
 //     dot-stuffing); where the upstream's RFC822.SIZE was wrong, the size
 //     measured by the first RETR is stored and used from then on.
@@ -50,4 +57,15 @@
 //     at most server.auth_timeout in all.
 //  12. Memory read ahead is bounded for the process, not only per session:
 //     when the shared budget is spent, sessions retrieve without it.
+//  13. The UPDATEs of one upstream mailbox reach the upstream one at a time,
+//     across its devices and across the instances that share a store (the
+//     store's update lock), and the move policy moves only what is still in
+//     the mailbox then: a message ends up in the destination once, even
+//     when two devices delete it at the same moment. Without MOVE, what
+//     each COPY copied is recorded in the stored intent before the
+//     \Deleted + UID EXPUNGE, and a retry does not copy it again.
+//  14. popbridge does not start on a state file that lost its contents: an
+//     existing empty (0-byte) file is refused, with the way out, unless the
+//     operator asks for it to be initialised (serve -init-state,
+//     state.init_empty).
 package bridge

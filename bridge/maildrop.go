@@ -105,14 +105,16 @@ func (m *maildrop) replay(ctx context.Context, rec *state.Mailbox, p *state.Pend
 		want[u] = true
 	}
 	var uids []uint32
+	var uidls []string
 	for _, e := range rec.Entries {
 		if want[e.UIDL] {
 			uids = append(uids, e.UID)
+			uidls = append(uidls, e.UIDL)
 		}
 	}
 	m.log.Info("finishing an UPDATE left pending by an earlier session",
 		zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDLs)), zap.Int("still_present", len(uids)))
-	err := m.applyUpstream(ctx, p, uids)
+	err := m.applyUpstream(ctx, p, uids, uidls)
 	if err != nil && upstream.KindOf(err) != upstream.KindPerm {
 		return nil, fmt.Errorf("finishing the pending UPDATE: %w", err)
 	}
@@ -278,7 +280,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 		}
 		return &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable; nothing was deleted", Err: err}
 	}
-	if err := m.applyUpstream(ctx, p, p.UIDs); err != nil {
+	if err := m.applyUpstream(ctx, p, p.UIDs, p.UIDLs); err != nil {
 		if upstream.KindOf(err) == upstream.KindPerm {
 			if cerr := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
 				m.log.Warn("clearing a refused UPDATE failed", zap.Error(cerr))
@@ -324,12 +326,22 @@ func (m *maildrop) moveTarget(ctx context.Context) (string, error) {
 	return t, nil
 }
 
-// applyUpstream carries out p's policy on uids with UID commands only
-// (invariant 2). It is idempotent, so a replay after a crash is safe.
-func (m *maildrop) applyUpstream(ctx context.Context, p *state.Pending, uids []uint32) error {
+// applyUpstream carries out p's policy on uids (uidls[i] is the UIDL of
+// uids[i]) with UID commands only (invariant 2). It is idempotent, so a
+// replay after a crash is safe. It runs under the update lock of the
+// mailbox, so that the UPDATEs of its devices, on every instance, reach the
+// upstream one after the other (invariant 13).
+func (m *maildrop) applyUpstream(ctx context.Context, p *state.Pending, uids []uint32, uidls []string) error {
 	if len(uids) == 0 || p.Policy == PolicyHide {
 		return nil
 	}
+	lctx, cancel := context.WithTimeout(ctx, updateLockWait*m.b.cfg.Upstream.Timeout)
+	release, err := m.b.store.LockUpdate(lctx, m.key.Mailbox)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("waiting for the other UPDATEs of this mailbox: %w", err)
+	}
+	defer release()
 	return m.withConn(ctx, func(c *upstream.Conn) error {
 		switch p.Policy {
 		case PolicyFlag:
@@ -337,10 +349,61 @@ func (m *maildrop) applyUpstream(ctx context.Context, p *state.Pending, uids []u
 		case PolicyExpunge:
 			return c.Expunge(ctx, uids)
 		case PolicyMove:
-			return c.Move(ctx, uids, p.Target)
+			return m.move(ctx, c, p, uids, uidls)
 		}
 		return &upstream.Error{Kind: upstream.KindPerm, Op: "update", Err: fmt.Errorf("unknown policy %q", p.Policy)}
 	})
+}
+
+// updateLockWait is how long, in upstream timeouts, an UPDATE waits for the
+// UPDATEs of other devices of its mailbox before it gives up (the intent
+// stays stored and is finished at the next login).
+const updateLockWait = 2
+
+// move moves uids to p.Target, under the update lock. It first asks which
+// of them are still in the mailbox (another device may have moved them
+// since this session's login) and moves only those, so that a message is
+// not copied twice. Without MOVE, the COPY fallback records in the stored
+// intent which messages each COPY copied (p.Copied, by UIDL) before it
+// flags and expunges them, and a retry, in this session or a replay,
+// copies only the others.
+func (m *maildrop) move(ctx context.Context, c *upstream.Conn, p *state.Pending, uids []uint32, uidls []string) error {
+	present, err := c.SearchUIDs(ctx, uids)
+	if err != nil || len(present) == 0 {
+		return err
+	}
+	uidlOf := make(map[uint32]string, len(uids))
+	for i, u := range uids {
+		uidlOf[u] = uidls[i]
+	}
+	copied := make(map[string]bool, len(p.Copied))
+	for _, u := range p.Copied {
+		copied[u] = true
+	}
+	opts := &upstream.MoveOptions{OnCopy: func(src []uint32) { m.recordCopied(ctx, p, src, uidlOf, copied) }}
+	for _, u := range present {
+		if copied[uidlOf[u]] {
+			opts.Copied = append(opts.Copied, u)
+		}
+	}
+	return c.MoveWith(ctx, present, p.Target, opts)
+}
+
+// recordCopied adds the UIDLs of the copied UIDs to p.Copied (and copied)
+// and stores p.
+// If the store fails, the move goes on: the expunge that follows is what
+// makes the copy final, and only a retry after a failure of both would copy
+// again.
+func (m *maildrop) recordCopied(ctx context.Context, p *state.Pending, src []uint32, uidlOf map[uint32]string, copied map[string]bool) {
+	for _, u := range src {
+		if uidl, ok := uidlOf[u]; ok && !copied[uidl] {
+			copied[uidl] = true
+			p.Copied = append(p.Copied, uidl)
+		}
+	}
+	if err := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
+		m.log.Warn("recording what the COPY copied failed; a retry may copy it again", zap.Error(err))
+	}
 }
 
 // withConn runs op on the upstream connection. When op fails with a

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/popbridge/popbridge/state/pgstore/pgtest"
+	"github.com/popbridge/popbridge/state/stores"
 )
 
 // TestSessionsPerAccount: limits.max_sessions_per_account caps the
@@ -20,7 +21,7 @@ func TestSessionsPerAccount(t *testing.T) {
 		up := startUsersUpstream(t, true, "carol", "dave")
 		cfg.Upstream.Address = up.addr
 		cfg.Limits.MaxSessionsPerAccount = 3
-		st, err := OpenStore(t.Context(), cfg, nil)
+		st, err := stores.Open(t.Context(), cfg.State, stores.Options{MaxLocks: StateLocks(cfg)}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +117,7 @@ func TestPostgresLockPool(t *testing.T) {
 	cfg.State.Driver, cfg.State.DSN = "postgres", dsn
 	cfg.Limits.MaxConnections = 130
 	cfg.Limits.MaxSessionsPerAccount = 0
-	st, err := OpenStore(t.Context(), cfg, nil)
+	st, err := stores.Open(t.Context(), cfg.State, stores.Options{MaxLocks: StateLocks(cfg)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/state/stores"
 )
 
 // TestStateFileReadableByOthers: a state file that others may read (it
@@ -40,7 +41,7 @@ func TestStateFileReadableByOthers(t *testing.T) {
 			t.Fatal(err)
 		}
 		obs, logs := observer.New(zapcore.InfoLevel)
-		st, err := OpenStore(t.Context(), cfg, zap.New(obs))
+		st, err := stores.Open(t.Context(), cfg.State, stores.Options{MaxLocks: StateLocks(cfg)}, zap.New(obs))
 		if err != nil {
 			t.Fatalf("mode %04o: %v", tc.mode, err)
 		}
@@ -68,7 +69,7 @@ func TestStateFileReadableByOthers(t *testing.T) {
 	// A file that does not exist yet is created 0600, without a word.
 	cfg.State.Path = filepath.Join(t.TempDir(), "new.db")
 	obs, logs := observer.New(zapcore.WarnLevel)
-	nst, err := OpenStore(t.Context(), cfg, zap.New(obs))
+	nst, err := stores.Open(t.Context(), cfg.State, stores.Options{MaxLocks: StateLocks(cfg)}, zap.New(obs))
 	if err != nil {
 		t.Fatal(err)
 	}

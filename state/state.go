@@ -25,6 +25,7 @@ package state
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -94,6 +95,12 @@ type Pending struct {
 	UIDs        []uint32  // ascending
 	UIDLs       []string  // UIDLs[i] belongs to UIDs[i]
 	Created     time.Time // when QUIT decided it
+	// Copied are the UIDLs (of UIDLs) whose messages a UID COPY has already
+	// put into Target: the move policy on a server without MOVE copies,
+	// records what the server reported copied (COPYUID) here, and only then
+	// flags and expunges. A retry copies only the others, so a message is
+	// never copied twice.
+	Copied []string
 }
 
 // Client is the record of one (mailbox, client).
@@ -129,6 +136,21 @@ type Store interface {
 	// session that shares this store, or returns ErrLocked at once when it is
 	// held. release frees it and may be called more than once.
 	Lock(ctx context.Context, k ClientKey) (release func(), err error)
+	// LockUpdate takes the update lock of mailbox for every session that
+	// shares this store, waiting while another session holds it, until ctx
+	// ends (then it returns an error that wraps ctx's). The UPDATEs that
+	// change one upstream mailbox run under it one after the other, so two
+	// devices that delete the same message do not both move it. It is
+	// independent of the maildrop locks (Lock). release frees it and may be
+	// called more than once.
+	LockUpdate(ctx context.Context, mailbox string) (release func(), err error)
+	// RenameMailbox gives the mailbox record named from, and every client
+	// record of from, the name to, in one step, provided that from has a
+	// mailbox record and to has none and no client record either. It
+	// reports whether it renamed; otherwise nothing changed. The record
+	// keeps its version, entries and markers; client records keep their
+	// hidden UIDLs and pending UPDATE.
+	RenameMailbox(ctx context.Context, from, to string) (bool, error)
 	// Close releases the store's resources.
 	Close() error
 }
@@ -145,4 +167,34 @@ type Pinger interface {
 // LoadMailbox.
 type Versioner interface {
 	MailboxVersion(ctx context.Context, mailbox string) (uint64, error)
+}
+
+// Config is the [state] table of the configuration: which store keeps the
+// records (state/stores opens it).
+type Config struct {
+	Driver string `toml:"driver"` // bolt | postgres
+	Path   string `toml:"path"`   // bolt: the database file
+	DSN    string `toml:"dsn"`    // postgres: the connection string
+	// InitEmpty lets the bolt driver start on an existing file of 0 bytes
+	// as a new state file. Without it popbridge refuses such a file: it
+	// lost the UIDLs and pending deletions it held. Set it once, on purpose
+	// (or run serve -init-state), then remove it again.
+	InitEmpty bool `toml:"init_empty"`
+}
+
+// Check reports each problem of c to add, with the key (within the table)
+// it concerns.
+func (c *Config) Check(add func(key, msg string)) {
+	switch c.Driver {
+	case "bolt":
+		if c.Path == "" {
+			add("path", "the bolt driver needs a file path")
+		}
+	case "postgres":
+		if c.DSN == "" {
+			add("dsn", "the postgres driver needs a connection string")
+		}
+	default:
+		add("driver", fmt.Sprintf("unknown value %q (want bolt or postgres)", c.Driver))
+	}
 }

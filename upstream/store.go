@@ -187,8 +187,26 @@ func (c *Conn) deleteSet(set imap.UIDSet) error {
 // that does not exist is KindPerm (NO [TRYCREATE]).
 //
 // A failure midway leaves the earlier chunks moved; in the COPY fallback, a
-// failure after the COPY of a chunk leaves copies in dest.
+// failure after the COPY of a chunk leaves copies in dest (MoveWith lets the
+// caller record them, so that a retry does not copy them again).
 func (c *Conn) Move(ctx context.Context, uids []uint32, dest string) error {
+	return c.MoveWith(ctx, uids, dest, nil)
+}
+
+// MoveOptions tune the COPY fallback of MoveWith; UID MOVE ignores them.
+type MoveOptions struct {
+	// Copied are UIDs that an earlier attempt copied to dest already: they
+	// are not copied again, only flagged \Deleted and expunged.
+	Copied []uint32
+	// OnCopy, when set, is called after each UID COPY that succeeded, with
+	// the source UIDs the server copied (its COPYUID answer; every UID of
+	// the command when it sent none), before they are flagged and
+	// expunged. It should record them where a retry finds them.
+	OnCopy func(src []uint32)
+}
+
+// MoveWith is Move with opts (nil: none).
+func (c *Conn) MoveWith(ctx context.Context, uids []uint32, dest string, opts *MoveOptions) error {
 	const op = "move"
 	if err := c.alive(op); err != nil {
 		return err
@@ -199,6 +217,13 @@ func (c *Conn) Move(ctx context.Context, uids []uint32, dest string) error {
 	}
 	if len(dest) > 1000 {
 		return permError(op, "mailbox name too long")
+	}
+	if opts == nil {
+		opts = &MoveOptions{}
+	}
+	copied := make(map[uint32]bool, len(opts.Copied))
+	for _, u := range opts.Copied {
+		copied[u] = true
 	}
 	// A mailbox name may grow when encoded (quoting, modified UTF-7).
 	sets := uidChunks(uids, setBudget(3*len(dest)+len(" +FLAGS.SILENT (\\Deleted)")))
@@ -222,11 +247,54 @@ func (c *Conn) Move(ctx context.Context, uids []uint32, dest string) error {
 			_, err = c.client.Move(set, dest).Wait()
 			continue
 		}
-		if _, err = c.client.Copy(set, dest).Wait(); err == nil {
+		if err = c.copySet(set, dest, copied, opts); err == nil {
 			err = c.deleteSet(set)
 		}
 	}
 	return w.end(op, err, phaseCommand)
+}
+
+// copySet sends UID COPY for the UIDs of set that are not in copied, and
+// tells opts.OnCopy what the server copied.
+func (c *Conn) copySet(set imap.UIDSet, dest string, copied map[uint32]bool, opts *MoveOptions) error {
+	if len(copied) > 0 {
+		var rest imap.UIDSet
+		for _, r := range set {
+			for u := r.Start; u <= r.Stop; u++ {
+				if !copied[uint32(u)] {
+					rest.AddNum(u)
+				}
+				if u == r.Stop {
+					break // Stop may be the largest UID
+				}
+			}
+		}
+		if len(rest) == 0 {
+			return nil
+		}
+		set = rest
+	}
+	data, err := c.client.Copy(set, dest).Wait()
+	if err != nil || opts.OnCopy == nil {
+		return err
+	}
+	// COPY copies all the messages of the set that exist, or none
+	// (RFC 9051 6.4.7); COPYUID names them.
+	src := data.SourceUIDs
+	if len(src) == 0 {
+		src = set
+	}
+	var done []uint32
+	for _, r := range src {
+		for u := r.Start; u <= r.Stop && u != 0; u++ {
+			done = append(done, uint32(u))
+			if u == r.Stop {
+				break
+			}
+		}
+	}
+	opts.OnCopy(done)
+	return nil
 }
 
 // SpecialUse sends LIST "" "*" (with RETURN (SPECIAL-USE) when the server

@@ -25,6 +25,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 
+	"github.com/popbridge/popbridge/bridge"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
 )
@@ -163,7 +164,7 @@ level = "info"
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := state.ClientKey{Mailbox: "imap://" + strings.ToLower(up.user) + "@" + hp.addr + "/INBOX", Client: "laptop"}
+	key := state.ClientKey{Mailbox: bridge.MailboxKey(bridge.DefaultUpstreamName, up.user, "INBOX"), Client: "laptop"}
 	cl, err := st.LoadClient(context.Background(), key)
 	st.Close()
 	if err != nil || cl.Pending == nil || !slices.Equal(cl.Pending.UIDLs, []string{baseline[1], baseline[3]}) {

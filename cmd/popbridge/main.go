@@ -1,6 +1,7 @@
 // Command popbridge serves POP3 clients from an upstream IMAP mailbox.
 //
 //	popbridge serve -config FILE   run the server (SIGHUP reloads the TLS certificate)
+//	                               (-init-state: accept an empty state file as new)
 //	popbridge demo                 run against an in-process IMAP server with sample mail
 //	popbridge check -config FILE   validate the configuration, then try the upstream
 //	popbridge health [-ready]      ask a running popbridge's admin listener (for container health checks)
@@ -25,6 +26,8 @@ import (
 	"golang.org/x/term"
 
 	"github.com/popbridge/popbridge/bridge"
+	"github.com/popbridge/popbridge/state"
+	"github.com/popbridge/popbridge/state/stores"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"
@@ -32,7 +35,10 @@ import (
 var version string
 
 const usage = `usage:
-  popbridge serve -config FILE     serve POP3 from the upstream IMAP server
+  popbridge serve -config FILE [-init-state]
+                                   serve POP3 from the upstream IMAP server;
+                                   -init-state accepts an empty (0-byte) state
+                                   file as a new one
   popbridge demo [-listen ADDR]    serve sample mail from an in-process IMAP server
   popbridge check -config FILE [-user NAME]
                                    validate the configuration; with -user, log in
@@ -86,9 +92,18 @@ func newLogger(c bridge.LogConfig) (*zap.Logger, error) {
 	return zc.Build()
 }
 
+// openStore opens the state store of cfg's [state] table. initEmpty (serve
+// -init-state) lets the bolt driver start on an existing empty file.
+func openStore(ctx context.Context, cfg bridge.Config, initEmpty bool, log *zap.Logger) (state.Store, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return stores.Open(ctx, cfg.State, stores.Options{MaxLocks: bridge.StateLocks(cfg), InitEmpty: initEmpty}, log)
+}
+
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	path := fs.String("config", "", "configuration file (TOML)")
+	initState := fs.Bool("init-state", false, "accept an existing empty (0-byte) state file as a new one (state.init_empty)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -104,9 +119,7 @@ func serve(args []string) error {
 		return err
 	}
 	defer log.Sync()
-	octx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	st, err := bridge.OpenStore(octx, cfg, log)
-	cancel()
+	st, err := openStore(context.Background(), cfg, *initState, log)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -26,7 +27,18 @@ type Options struct {
 	// Timeout is how long Open waits for another holder of the file to let
 	// go of it before failing; zero or less means DefaultTimeout.
 	Timeout time.Duration
+	// InitEmpty lets Open turn an existing file of 0 bytes into a new
+	// state file. Without it such a file is refused with ErrEmptyFile: a
+	// state file that lost its contents (truncated, a full disk, a restore
+	// gone wrong) must not silently become an empty one, since that would
+	// issue new UIDLs and forget pending deletions. A missing file is
+	// always created.
+	InitEmpty bool
 }
+
+// ErrEmptyFile is returned by Open for an existing file of 0 bytes when
+// Options.InitEmpty is not set.
+var ErrEmptyFile = errors.New("the state file is empty (0 bytes)")
 
 // Store is a state.Store kept in one bbolt file. Its methods are safe for
 // concurrent use. The Hidden map of a Client it loads is never nil.
@@ -38,7 +50,15 @@ type Store struct {
 	locks  map[state.ClientKey]struct{} // maildrop locks held now
 	grants map[string]*grantLock        // grant locks held or waited for
 	done   chan struct{}                // closed by Close
+	upd    map[string]*updateLock       // update locks held or waited for
 	closed bool
+}
+
+// updateLock is the update lock of one mailbox: a slot taken by its holder,
+// and the count of sessions holding or waiting for it.
+type updateLock struct {
+	slot chan struct{}
+	refs int
 }
 
 var _ state.Store = (*Store)(nil)
@@ -48,12 +68,21 @@ var errClosed = errors.New("store closed")
 
 // Open opens the state file at path, creating it (mode 0600) if it does not
 // exist. It fails if another Store, in this process or another, holds the
-// file and does not close it within the timeout, or if the file is not a
-// popbridge state file of a format this build reads.
+// file and does not close it within the timeout, if the file is not a
+// popbridge state file of a format this build reads, or if it exists but is
+// empty (ErrEmptyFile, unless Options.InitEmpty).
 func Open(path string, opts *Options) (s *Store, err error) {
 	timeout := DefaultTimeout
 	if opts != nil && opts.Timeout > 0 {
 		timeout = opts.Timeout
+	}
+	// bbolt lays out any file of 0 bytes as a new database, without a
+	// word. A file that exists had contents once (or was made by hand).
+	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 && (opts == nil || !opts.InitEmpty) {
+		return nil, fmt.Errorf("boltstore: %s: %w, so the UIDLs issued and any pending deletions it held are gone; "+
+			"refusing to start on it as if it were new. Restore it from a backup, or, to start over with an empty state "+
+			"(clients that keep mail on the server may download it all again), remove the file or set Options.InitEmpty",
+			path, ErrEmptyFile)
 	}
 	db, err := openDB(path, timeout)
 	if errors.Is(err, bolt.ErrTimeout) {
@@ -62,7 +91,7 @@ func Open(path string, opts *Options) (s *Store, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
-	s = &Store{db: db, path: path, locks: make(map[state.ClientKey]struct{}),
+	s = &Store{db: db, path: path, locks: make(map[state.ClientKey]struct{}), upd: make(map[string]*updateLock),
 		grants: make(map[string]*grantLock), done: make(chan struct{})}
 	if err := s.init(); err != nil {
 		_ = db.Close()
@@ -491,6 +520,145 @@ func (s *Store) Lock(ctx context.Context, k state.ClientKey) (release func(), er
 			s.mu.Unlock()
 		})
 	}, nil
+}
+
+// LockUpdate takes the update lock of mailbox, waiting while another
+// session of this Store holds it, until ctx ends.
+func (s *Store) LockUpdate(ctx context.Context, mailbox string) (release func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, s.wrap(errClosed)
+	}
+	l := s.upd[mailbox]
+	if l == nil {
+		l = &updateLock{slot: make(chan struct{}, 1)}
+		s.upd[mailbox] = l
+	}
+	l.refs++
+	s.mu.Unlock()
+	drop := func() {
+		s.mu.Lock()
+		l.refs--
+		if l.refs == 0 && s.upd[mailbox] == l {
+			delete(s.upd, mailbox)
+		}
+		s.mu.Unlock()
+	}
+	select {
+	case l.slot <- struct{}{}:
+	case <-ctx.Done():
+		drop()
+		return nil, fmt.Errorf("boltstore: waiting for the update lock of %q: %w", mailbox, ctx.Err())
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			<-l.slot
+			drop()
+		})
+	}, nil
+}
+
+// RenameMailbox implements state.Store.RenameMailbox.
+func (s *Store) RenameMailbox(ctx context.Context, from, to string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if from == to {
+		return false, nil
+	}
+	fromKey, toKey := mailboxKey(from), mailboxKey(to)
+	if len(toKey) > bolt.MaxKeySize {
+		return false, s.wrap(fmt.Errorf("mailbox name of %d bytes is too long", len(to)))
+	}
+	renamable := func(tx *bolt.Tx) bool {
+		mbs := tx.Bucket(bucketMailboxes)
+		if mbs.Bucket(fromKey) == nil || mbs.Bucket(toKey) != nil {
+			return false
+		}
+		// A client key starts with its mailbox's key.
+		k, _ := tx.Bucket(bucketClients).Cursor().Seek(toKey)
+		return k == nil || !bytes.HasPrefix(k, toKey)
+	}
+	ok := false
+	err := s.view(func(tx *bolt.Tx) error {
+		ok = renamable(tx)
+		return nil
+	})
+	if err != nil || !ok {
+		return false, s.wrap(err)
+	}
+	err = s.update(func(tx *bolt.Tx) error {
+		if ok = renamable(tx); !ok {
+			return nil
+		}
+		mbs := tx.Bucket(bucketMailboxes)
+		if err := moveBucket(mbs, fromKey, toKey); err != nil {
+			return err
+		}
+		clients := tx.Bucket(bucketClients)
+		var keys [][]byte
+		c := clients.Cursor()
+		for k, v := c.Seek(fromKey); k != nil && bytes.HasPrefix(k, fromKey); k, v = c.Next() {
+			if v == nil {
+				keys = append(keys, bytes.Clone(k))
+			}
+		}
+		for _, k := range keys {
+			nk := append(bytes.Clone(toKey), k[len(fromKey):]...)
+			if len(nk) > bolt.MaxKeySize {
+				return fmt.Errorf("mailbox and client names of %d bytes are too long", len(nk))
+			}
+			if err := moveBucket(clients, k, nk); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, s.wrap(err)
+	}
+	return ok, nil
+}
+
+// moveBucket gives parent's bucket from the key to, with all it holds.
+func moveBucket(parent *bolt.Bucket, from, to []byte) error {
+	dst, err := parent.CreateBucket(to)
+	if err != nil {
+		return err
+	}
+	if err := copyBucket(dst, parent.Bucket(from)); err != nil {
+		return err
+	}
+	return parent.DeleteBucket(from)
+}
+
+// copyBucket copies src's keys, values and nested buckets into dst.
+func copyBucket(dst, src *bolt.Bucket) error {
+	c := src.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if v != nil {
+			if err := dst.Put(bytes.Clone(k), bytes.Clone(v)); err != nil {
+				return err
+			}
+			continue
+		}
+		child, err := dst.CreateBucket(bytes.Clone(k))
+		if err != nil {
+			return err
+		}
+		if bytes.Equal(k, bucketUID) {
+			child.FillPercent = uidFillPercent
+		}
+		if err := copyBucket(child, src.Bucket(k)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Ping implements state.Pinger: a read transaction on the file.

@@ -221,16 +221,57 @@ func TestOpenRefuses(t *testing.T) {
 	}
 }
 
+// TestEmptyFile: an existing file of 0 bytes is not a new state file (a
+// truncation, a full disk, a restore gone wrong would look the same): Open
+// refuses it, naming the file and the way out, and leaves it as it is. With
+// Options.InitEmpty it becomes a new state file.
 func TestEmptyFile(t *testing.T) {
-	// An empty file, as left by touch or a crash before the first write,
-	// becomes a new state file.
 	path := tempPath(t)
 	if err := os.WriteFile(path, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	s, err := Open(path, nil)
+	if err == nil {
+		s.Close()
+		t.Fatal("Open of an empty file succeeded; want a refusal")
+	}
+	if !errors.Is(err, ErrEmptyFile) {
+		t.Errorf("Open: %v; want ErrEmptyFile", err)
+	}
+	for _, want := range []string{path, "empty", "0 bytes", "InitEmpty"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Open: %q lacks %q", err, want)
+		}
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() != 0 {
+		t.Fatalf("the refused file changed: %v %v", fi, err)
+	}
+
+	s, err = Open(path, &Options{InitEmpty: true})
+	if err != nil {
+		t.Fatalf("Open with InitEmpty: %v", err)
+	}
+	if _, err := s.ApplyMailbox(t.Context(), "INBOX", 0, state.MailboxChange{Put: []state.Entry{{UID: 1, UIDL: "u1", Size: 9}}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// Initialised once, it is an ordinary state file: no option needed.
+	s = mustOpen(t, path)
+	if m, err := s.LoadMailbox(t.Context(), "INBOX"); err != nil || len(m.Entries) != 1 || m.Entries[0].UIDL != "u1" {
+		t.Fatalf("after InitEmpty: %+v %v", m, err)
+	}
+}
+
+// TestMissingFileCreated: a path with no file is a new state file, as
+// before; InitEmpty is not needed.
+func TestMissingFileCreated(t *testing.T) {
+	path := tempPath(t)
 	s := mustOpen(t, path)
 	if _, err := s.ApplyMailbox(t.Context(), "INBOX", 0, state.MailboxChange{}); err != nil {
 		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		t.Fatalf("new state file: %v %v", fi, err)
 	}
 }
 
@@ -300,6 +341,13 @@ func TestDamagedRecords(t *testing.T) {
 		}, true},
 		{"pending trailing bytes", func(tx *bolt.Tx) error {
 			return clBucket(tx).Put(keyPending, append(encodePending(&state.Pending{Policy: "hide"}), 0))
+		}, true},
+		{"pending trailing bytes after Copied", func(tx *bolt.Tx) error {
+			return clBucket(tx).Put(keyPending, append(encodePending(&state.Pending{Policy: "move", Copied: []string{"u1"}}), 'x'))
+		}, true},
+		{"pending Copied cut short", func(tx *bolt.Tx) error {
+			v := encodePending(&state.Pending{Policy: "move", Copied: []string{"u1"}})
+			return clBucket(tx).Put(keyPending, v[:len(v)-1])
 		}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

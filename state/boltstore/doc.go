@@ -40,7 +40,9 @@
 // A "pending" value is: Policy string, Target string, uvarint count then that
 // many Flags strings, UIDValidity u32, uvarint count then that many UIDs as
 // uvarints, uvarint count then that many UIDLs strings, Created as varint Unix
-// seconds then uvarint nanoseconds (0 to 999,999,999), read back in UTC.
+// seconds then uvarint nanoseconds (0 to 999,999,999), read back in UTC, and,
+// only when Copied is not empty, a uvarint count then that many Copied
+// strings (a value that ends after Created has no Copied).
 //
 // A client record with nothing hidden and no pending UPDATE is deleted, so
 // LoadClient reports it as unknown again.
@@ -70,9 +72,15 @@
 // by default) with an error naming the path. Within the process, bbolt runs
 // one write transaction at a time: ApplyMailbox reads the version and writes
 // the change in one transaction, which is what makes the version check
-// atomic; PutAccount's version check works the same way. Maildrop locks and
-// grant locks live in memory, in the Store; as no other process can open the
-// file, that is enough to make them exclusive for every session that shares
-// the store. A grant lock is a one-token channel per account name that
-// LockGrant waits on (until its context ends or the Store is closed).
+// atomic; PutAccount's version check works the same way. Maildrop locks,
+// update locks (LockUpdate, one per mailbox name, which waits) and grant locks
+// live in memory, in the Store; as no other process can open the file, that
+// is enough to make them exclusive for every session that shares the store.
+// A grant lock is a one-token channel per account name that LockGrant waits
+// on (until its context ends or the Store is closed).
+//
+// RenameMailbox copies the mailbox's bucket and the buckets of its clients to
+// their new keys and deletes the old ones, in one write transaction. It first
+// checks in a read transaction, so that the common case (nothing to rename)
+// does not write.
 package boltstore

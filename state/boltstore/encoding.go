@@ -218,7 +218,16 @@ func encodePending(p *state.Pending) []byte {
 		b = appendString(b, u)
 	}
 	b = binary.AppendVarint(b, p.Created.Unix())
-	return binary.AppendUvarint(b, uint64(p.Created.Nanosecond()))
+	b = binary.AppendUvarint(b, uint64(p.Created.Nanosecond()))
+	// Copied is optional: a value without it is one written before it
+	// existed, and reads back the same.
+	if len(p.Copied) > 0 {
+		b = binary.AppendUvarint(b, uint64(len(p.Copied)))
+		for _, u := range p.Copied {
+			b = appendString(b, u)
+		}
+	}
+	return b
 }
 
 func decodePending(v []byte) (*state.Pending, error) {
@@ -253,6 +262,17 @@ func decodePending(v []byte) (*state.Pending, error) {
 	nsec := d.uvarint()
 	if nsec >= uint64(time.Second) {
 		d.fail(fmt.Errorf("nanoseconds %d out of range", nsec))
+	}
+	if d.err == nil && len(d.b) > 0 {
+		// Written only when not empty.
+		n := d.count(1)
+		if n == 0 {
+			d.fail(errors.New("empty Copied list"))
+		}
+		p.Copied = make([]string, n)
+		for i := range p.Copied {
+			p.Copied[i] = d.string()
+		}
 	}
 	if err := d.end(); err != nil {
 		return nil, err

@@ -59,6 +59,19 @@
 // only makes one wait for the other. A wait that ends with its context is
 // cancelled on the server, and its connection closed.
 //
+// LockUpdate runs pg_advisory_lock(hashtextextended("popbridge update " ||
+// mailbox, 0)) on another connection of the lock pool, inside a transaction
+// that only sets lock_timeout from the context's deadline: it waits in the
+// server until the holder releases it, and the session-level lock outlives
+// that transaction until release. Its key text differs from the maildrop
+// locks' ("popbridge maildrop ..."), so the two never share a lock.
+//
+// RenameMailbox runs in one transaction: it checks that the new name is free,
+// locks the old mailbox row (FOR UPDATE: of two renames the second then finds
+// it gone), inserts the new row (ON CONFLICT DO NOTHING, so a record created
+// under the new name meanwhile wins), moves the entries, client rows and
+// hidden rows, and deletes the old rows.
+//
 // # Building
 //
 // The implementation needs github.com/jackc/pgx/v5/pgxpool, whose

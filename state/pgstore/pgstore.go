@@ -38,9 +38,12 @@ const DefaultMaxGrantLocks = 10
 type Options struct {
 	// MaxLocks bounds the maildrop locks held at once through the Store,
 	// each of which keeps a connection of its own; zero or less means
-	// DefaultMaxLocks. Lock fails at once beyond it. PostgreSQL's
-	// max_connections must leave room for MaxLocks plus the data pool
-	// (pool_max_conns in the DSN) of every instance.
+	// DefaultMaxLocks. Lock fails at once beyond it. An update lock
+	// (LockUpdate), which a session takes while it holds its maildrop lock,
+	// keeps one more connection while it is held, so the lock pool has
+	// 2×MaxLocks connections at most. PostgreSQL's max_connections must
+	// leave room for 2×MaxLocks plus the data pool (pool_max_conns in the
+	// DSN) of every instance.
 	MaxLocks int
 	// MaxGrantLocks bounds the grant locks (state.AccountStore) held or
 	// waited for at once through the Store, each on a connection of its
@@ -70,10 +73,12 @@ type Store struct {
 
 var _ state.Store = (*Store)(nil)
 
-// heldLock is a maildrop lock and the connection that holds it.
+// heldLock is a maildrop lock or an update lock and the connection that
+// holds it.
 type heldLock struct {
 	conn *pgxpool.Conn
 	key  string
+	slot bool // a maildrop lock, counted in Store.slots
 }
 
 // Open connects to the database named by dsn (a libpq keyword/value string
@@ -330,6 +335,7 @@ type pendingJSON struct {
 	UIDs        []uint32  `json:"uids,omitempty"`
 	UIDLs       []string  `json:"uidls,omitempty"`
 	Created     time.Time `json:"created"`
+	Copied      []string  `json:"copied,omitempty"`
 }
 
 // LoadClient returns the record of k, or an empty Client when there is none.
@@ -353,7 +359,7 @@ func (s *Store) LoadClient(ctx context.Context, k state.ClientKey) (*state.Clien
 			c.Pending = &state.Pending{
 				Policy: p.Policy, Target: p.Target, Flags: p.Flags,
 				UIDValidity: p.UIDValidity, UIDs: p.UIDs, UIDLs: p.UIDLs,
-				Created: p.Created.UTC(),
+				Created: p.Created.UTC(), Copied: p.Copied,
 			}
 		}
 		rows, err := tx.Query(ctx, `SELECT uidl FROM popbridge_hidden WHERE mailbox = $1 AND client = $2`, k.Mailbox, k.Client)
@@ -382,7 +388,7 @@ func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.Cli
 		pending, err = json.Marshal(pendingJSON{
 			Policy: p.Policy, Target: p.Target, Flags: p.Flags,
 			UIDValidity: p.UIDValidity, UIDs: p.UIDs, UIDLs: p.UIDLs,
-			Created: p.Created.UTC(),
+			Created: p.Created.UTC(), Copied: p.Copied,
 		})
 		if err != nil {
 			return fmt.Errorf("pgstore: %w", err)
@@ -474,7 +480,7 @@ func (s *Store) lock(ctx context.Context, k state.ClientKey) (*heldLock, error) 
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: lock: %w", err)
 	}
-	l := &heldLock{conn: conn, key: lockKey(k)}
+	l := &heldLock{conn: conn, key: lockKey(k), slot: true}
 	var ok bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, l.key).Scan(&ok); err != nil {
 		discard(conn)
@@ -500,7 +506,9 @@ func (s *Store) unlock(l *heldLock) {
 	_, held := s.held[l]
 	if held {
 		delete(s.held, l)
-		s.slots--
+		if l.slot {
+			s.slots--
+		}
 	}
 	s.mu.Unlock()
 	if !held {
@@ -560,6 +568,113 @@ func (s *Store) Close() error {
 	s.lockPool.Close()
 	s.pool.Close()
 	return nil
+}
+
+// updateLockKey is the text whose hash names the update lock of mailbox;
+// its prefix keeps it apart from the maildrop locks (lockKey).
+func updateLockKey(mailbox string) string {
+	return "popbridge update " + mailbox
+}
+
+// LockUpdate takes the update lock of mailbox for every Store on the
+// database: pg_advisory_lock on a connection of the lock pool, which waits
+// in the server until the holder releases it, at most until ctx's deadline
+// (lock_timeout). The connection is kept until release.
+func (s *Store) LockUpdate(ctx context.Context, mailbox string) (release func(), err error) {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return nil, errClosed
+	}
+	conn, err := s.lockPool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: update lock of %q: %w", mailbox, err)
+	}
+	l := &heldLock{conn: conn, key: updateLockKey(mailbox)}
+	// 0 is no limit; a context without a deadline waits until canceled.
+	timeout := "0"
+	if d, ok := ctx.Deadline(); ok {
+		timeout = strconv.FormatInt(max(time.Until(d).Milliseconds(), 1), 10)
+	}
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		// A session-level advisory lock outlives the transaction, which
+		// only scopes the timeout.
+		if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true)`, timeout); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended($1, 0))`, l.key)
+		return err
+	})
+	if err != nil {
+		// The connection may hold the lock (an error after it was
+		// granted) or still wait for it: closing it ends both.
+		discard(conn)
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "55P03" { // lock_not_available: lock_timeout
+			err = context.DeadlineExceeded
+		} else if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+			err = fmt.Errorf("%w (%v)", cerr, err)
+		}
+		return nil, fmt.Errorf("pgstore: waiting for the update lock of %q: %w", mailbox, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		discard(conn)
+		return nil, errClosed
+	}
+	s.held[l] = struct{}{}
+	var once sync.Once
+	return func() { once.Do(func() { s.unlock(l) }) }, nil
+}
+
+// RenameMailbox implements state.Store.RenameMailbox in one transaction. The
+// old mailbox row is locked first, so that of two renames of one record the
+// second finds it gone; the new row is inserted with ON CONFLICT DO NOTHING,
+// so that a record created under the new name meanwhile wins.
+func (s *Store) RenameMailbox(ctx context.Context, from, to string) (bool, error) {
+	if from == to {
+		return false, nil
+	}
+	renamed := false
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var taken bool
+		err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM popbridge_mailbox WHERE name = $1)
+			OR EXISTS (SELECT 1 FROM popbridge_client WHERE mailbox = $1)`, to).Scan(&taken)
+		if err != nil || taken {
+			return err
+		}
+		var version int64
+		err = tx.QueryRow(ctx, `SELECT version FROM popbridge_mailbox WHERE name = $1 FOR UPDATE`, from).Scan(&version)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO popbridge_mailbox (name, version, uid_validity, uid_next, num_messages, highest_modseq)
+			SELECT $2, version, uid_validity, uid_next, num_messages, highest_modseq FROM popbridge_mailbox WHERE name = $1
+			ON CONFLICT (name) DO NOTHING`, from, to)
+		if err != nil || tag.RowsAffected() != 1 {
+			return err
+		}
+		b := &pgx.Batch{}
+		b.Queue(`UPDATE popbridge_entry SET mailbox = $2 WHERE mailbox = $1`, from, to)
+		b.Queue(`INSERT INTO popbridge_client (mailbox, client, pending) SELECT $2, client, pending FROM popbridge_client WHERE mailbox = $1`, from, to)
+		b.Queue(`UPDATE popbridge_hidden SET mailbox = $2 WHERE mailbox = $1`, from, to)
+		b.Queue(`DELETE FROM popbridge_client WHERE mailbox = $1`, from)
+		b.Queue(`DELETE FROM popbridge_mailbox WHERE name = $1`, from)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		renamed = true
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("pgstore: rename mailbox %q to %q: %w", from, to, err)
+	}
+	return renamed, nil
 }
 
 // MailboxVersion implements state.Versioner.

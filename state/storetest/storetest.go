@@ -38,7 +38,11 @@
 //     error, the later one wins; the result is what state.Apply computes.
 //   - A release function called again, even after the lock was taken anew
 //     by another session, frees nothing; one called after Close is
-//     harmless; Close frees the locks of the Store.
+//     harmless; Close frees the locks of the Store. The same holds for
+//     update locks (LockUpdate), whose wait ends with an error wrapping
+//     context.DeadlineExceeded when the context's deadline passes.
+//   - RenameMailbox keeps names apart as the records do: a mailbox whose
+//     name starts with the renamed one keeps its records.
 //
 // A store that implements state.AccountStore is held to it too (see
 // account.go for what the suite adds to its documentation); for one that
@@ -101,6 +105,8 @@ func Run(t *testing.T, b Backend, opts *Options) {
 	t.Run("Mailbox/Independent", s.mailboxIndependent)
 	t.Run("Mailbox/Big", s.mailboxBig)
 	t.Run("Mailbox/Model", s.mailboxModel)
+	t.Run("Mailbox/Rename", s.mailboxRename)
+	t.Run("Mailbox/RenameRace", s.mailboxRenameRace)
 	t.Run("Client/LoadUnknown", s.clientLoadUnknown)
 	t.Run("Client/HideUnhide", s.clientHideUnhide)
 	t.Run("Client/Pending", s.clientPending)
@@ -110,11 +116,14 @@ func Run(t *testing.T, b Backend, opts *Options) {
 	t.Run("Lock/Exclusive", s.lockExclusive)
 	t.Run("Lock/ReleaseTwice", s.lockReleaseTwice)
 	t.Run("Lock/Race", s.lockRace)
+	t.Run("LockUpdate/Exclusive", s.lockUpdateExclusive)
+	t.Run("LockUpdate/Mutex", s.lockUpdateMutex)
 	t.Run("Reopen", s.reopen)
 	if s.opts.Shared {
 		t.Run("Shared/Records", s.sharedRecords)
 		t.Run("Shared/Conflict", s.sharedConflict)
 		t.Run("Shared/Lock", s.sharedLock)
+		t.Run("Shared/LockUpdateClose", s.sharedLockUpdateClose)
 	}
 	s.runAccounts(t)
 }
@@ -683,7 +692,7 @@ func checkPending(t *testing.T, got, want *state.Pending) {
 	}
 	if got.Policy != want.Policy || got.Target != want.Target || got.UIDValidity != want.UIDValidity ||
 		!slices.Equal(got.Flags, want.Flags) || !slices.Equal(got.UIDs, want.UIDs) || !slices.Equal(got.UIDLs, want.UIDLs) ||
-		!got.Created.Equal(want.Created) {
+		!slices.Equal(got.Copied, want.Copied) || !got.Created.Equal(want.Created) {
 		t.Errorf("Pending = %+v\nwant      %+v", *got, *want)
 	}
 }
@@ -711,8 +720,9 @@ func (s *suite) clientPending(t *testing.T) {
 		Policy:      "move",
 		Target:      "Papierkorb/Gelöscht",
 		UIDValidity: 7,
-		UIDs:        []uint32{42},
-		UIDLs:       []string{"0000002a00000007"},
+		UIDs:        []uint32{42, 43},
+		UIDLs:       []string{"0000002a00000007", "0000002b00000007"},
+		Copied:      []string{"0000002b00000007"},
 		Created:     time.Now(),
 	}
 	applyClient(t, st, k, state.ClientChange{SetPending: p2})
