@@ -28,6 +28,7 @@ type maildrop struct {
 	conn   *upstream.Conn
 	status upstream.Status
 
+	rec      *state.Mailbox // the record the message list was built from
 	msgs     []pop3.Message
 	uids     []uint32
 	measured map[string]int64 // UIDL → octets RETR really sent, where they differ from the record
@@ -60,6 +61,7 @@ func (m *maildrop) open(ctx context.Context) error {
 		}
 	}
 	snap := m.b.cache.put(m.key.Mailbox, rec)
+	m.rec = rec
 	if len(cl.Hidden) == 0 {
 		// The common case: share the mailbox's list with its other sessions.
 		m.msgs, m.uids = snap.msgs, snap.uids
@@ -99,20 +101,21 @@ func (m *maildrop) open(ctx context.Context) error {
 
 // replay finishes a pending UPDATE: the UIDLs it names are looked up in the
 // current record (they survive a UIDVALIDITY change), the policy recorded
-// with it is applied upstream, and the intent is cleared.
+// with it is applied upstream to the messages whose identity is certain
+// (state.ReplayTargets; the others are skipped and logged), and the intent
+// is cleared.
 func (m *maildrop) replay(ctx context.Context, rec *state.Mailbox, p *state.Pending) (*state.Mailbox, error) {
-	want := make(map[string]bool, len(p.UIDLs))
-	for _, u := range p.UIDLs {
-		want[u] = true
-	}
-	var uids []uint32
-	for _, e := range rec.Entries {
-		if want[e.UIDL] {
-			uids = append(uids, e.UID)
-		}
-	}
+	plan := state.ReplayTargets(rec, p)
+	uids := plan.UIDs
 	m.log.Info("finishing an UPDATE left pending by an earlier session",
-		zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDLs)), zap.Int("still_present", len(uids)))
+		zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDLs)), zap.Int("still_present", len(uids)+len(plan.Skipped)))
+	if len(plan.Skipped) > 0 {
+		m.log.Warn("a pending UPDATE skips messages whose identity is not certain after a UIDVALIDITY change; they stay",
+			zap.String("policy", p.Policy), zap.Strings("uidls", plan.Skipped),
+			zap.Uint32("pending_uidvalidity", p.UIDValidity), zap.Uint32("uidvalidity", rec.UIDValidity))
+	}
+	done := *p
+	done.UIDLs = plan.UIDLs
 	err := m.applyUpstream(ctx, p, uids)
 	if err != nil && upstream.KindOf(err) != upstream.KindPerm {
 		return nil, fmt.Errorf("finishing the pending UPDATE: %w", err)
@@ -127,7 +130,7 @@ func (m *maildrop) replay(ctx context.Context, rec *state.Mailbox, p *state.Pend
 		}
 		return rec, nil
 	}
-	return m.finish(ctx, rec, p)
+	return m.finish(ctx, rec, &done)
 }
 
 // finish records that p reached the upstream: the intent is cleared, hidden
@@ -267,6 +270,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 		p.UIDs = append(p.UIDs, m.uids[n-1])
 		p.UIDLs = append(p.UIDLs, m.msgs[n-1].UIDL)
 	}
+	m.identify(p)
 	switch cfg.Policy {
 	case PolicyFlag:
 		p.Flags = slices.Clone(cfg.Flags)
@@ -305,6 +309,26 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 		m.log.Warn("recording the finished UPDATE failed", zap.Error(err))
 	}
 	return nil
+}
+
+// identify records in p the fingerprint and digest of each of its
+// messages, from the record the session was opened with, so that a replay
+// after a UIDVALIDITY change acts only on those very messages.
+func (m *maildrop) identify(p *state.Pending) {
+	at := make(map[string]int, len(p.UIDLs))
+	for i, u := range p.UIDLs {
+		at[u] = i
+	}
+	p.Fingerprints = make([]string, len(p.UIDLs))
+	p.Digests = make([]string, len(p.UIDLs))
+	if m.rec == nil {
+		return
+	}
+	for _, e := range m.rec.Entries {
+		if i, ok := at[e.UIDL]; ok {
+			p.Fingerprints[i], p.Digests[i] = e.Fingerprint, e.Digest
+		}
+	}
 }
 
 // moveTarget returns the mailbox the move policy moves to: delete.move_to,
