@@ -154,9 +154,9 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 func dialError(op string, dctx, ctx context.Context, err error) error {
 	switch {
 	case ctx.Err() != nil:
-		return &Error{Kind: KindTemp, Op: op, Err: ctx.Err()}
+		return &Error{Kind: KindTemp, Reason: ReasonConnection, Op: op, Err: ctx.Err()}
 	case dctx.Err() != nil:
-		return &Error{Kind: KindTemp, Op: op, Err: fmt.Errorf("timeout: %w", dctx.Err())}
+		return &Error{Kind: KindTemp, Reason: ReasonConnection, Op: op, Err: fmt.Errorf("timeout: %w", dctx.Err())}
 	case err == nil:
 		return tempError(op, "connection closed")
 	}
@@ -446,7 +446,7 @@ func (w *watch) done() error {
 // fired, else err classified for ph.
 func (w *watch) end(op string, err error, ph phase) error {
 	if cause := w.done(); cause != nil && err != nil {
-		return &Error{Kind: KindTemp, Op: op, Err: cause}
+		return &Error{Kind: KindTemp, Reason: ReasonConnection, Op: op, Err: cause}
 	}
 	return wrap(op, err, ph)
 }
