@@ -87,15 +87,20 @@ func RematchTies(m *Mailbox, listed []Listed) []uint32 {
 // the stored entries without a Digest that share a fingerprint with such a
 // new message. Their UIDs are valid: the UIDVALIDITY is the record's.
 func IncrementalTies(m *Mailbox, listed []Listed) []uint32 {
-	known := make(map[uint32]bool, len(m.Entries))
-	for _, e := range m.Entries {
-		known[e.UID] = true
+	if len(listed) == 0 {
+		return nil
+	}
+	// The entries are in ascending UID order: a search per listed message
+	// spares a map of the whole record on every login with new mail.
+	known := func(uid uint32) bool {
+		_, found := slices.BinarySearchFunc(m.Entries, uid, func(e Entry, u uint32) int { return cmpUID(e.UID, u) })
+		return found
 	}
 	newFP := make(map[string]int)
 	seen := make(map[uint32]bool)
 	var news []Listed
 	for _, l := range listed {
-		if known[l.UID] || seen[l.UID] {
+		if seen[l.UID] || known(l.UID) {
 			continue
 		}
 		seen[l.UID] = true
