@@ -289,7 +289,8 @@ func synthUIDs(box synthBox, set string, fn func(uid uint32) error) error {
 func (s *synthIMAP) fetch(bw *bufio.Writer, box synthBox, set, items string) {
 	size := strings.Contains(items, "RFC822.SIZE")
 	date := strings.Contains(items, "INTERNALDATE")
-	msgid := strings.Contains(items, "HEADER.FIELDS (MESSAGE-ID)")
+	// imapclient quotes the field name: HEADER.FIELDS ("MESSAGE-ID").
+	msgid := strings.Contains(items, "HEADER.FIELDS (MESSAGE-ID)") || strings.Contains(items, `HEADER.FIELDS ("MESSAGE-ID")`)
 	body := strings.Contains(items, "BODY.PEEK[]") || strings.Contains(items, "BODY[]")
 	var num [20]byte
 	synthUIDs(box, set, func(uid uint32) error {

@@ -20,7 +20,14 @@
 //     fails with a clear error; it never widens.
 //  3. A UIDL, once issued for a message, stays that message's UIDL across
 //     sessions, restarts, instances and UIDVALIDITY changes, and is never
-//     reused for another message. The state records are keyed on
+//     reused for another message. Nor is it carried over a UIDVALIDITY
+//     change to a message it may not belong to: where messages share a
+//     fingerprint (Message-ID, INTERNALDATE, size), popbridge keeps a
+//     SHA-256 of their content, taken when the tie is first seen, and a UIDL
+//     goes over only when fingerprint and digest name one stored message and
+//     one message now; a message it cannot tell apart gets a new UIDL (the
+//     client downloads it again, which loses nothing).
+//     The state records are keyed on
 //     upstream.name, the account (through accountKey, the one function
 //     every key is built with) and the mailbox, never on upstream.address:
 //     writing the address another way, or moving the account to another
@@ -37,9 +44,17 @@
 //     error texts.
 //  7. One session per (mailbox, client) at a time, across all instances that
 //     share a store.
-//  8. At QUIT the intent (policy and UIDLs) is written to the store before the
-//     upstream is touched, and cleared only after the upstream confirmed it;
-//     an intent left by a crash is finished at that client's next login.
+//  8. At QUIT the intent (policy, UIDLs and the fingerprint and digest of
+//     each message) is written to the store before the upstream is touched,
+//     and cleared only after the upstream confirmed it. An intent left by a
+//     crash or a temporary failure is retried at that client's next logins,
+//     and never fails them: the login is served whatever the replay does.
+//     After 10 failed attempts, or 7 days, it is dropped with a log line.
+//     Until the upstream confirmed it, its messages stay listed, under every
+//     policy (nothing is hidden or removed that the upstream did not do).
+//     A replay acts only on messages whose identity is certain: after a
+//     UIDVALIDITY change, one whose fingerprint, or, where fingerprints tie,
+//     digest, is not the one recorded at QUIT is skipped and logged.
 //  9. POP3 message numbers are fixed at login for the whole session.
 //  10. One login name is one account. A name the upstream could read
 //     differently from its octets (control characters such as NUL, invalid
@@ -68,4 +83,13 @@
 //     existing empty (0-byte) file is refused, with the way out, unless the
 //     operator asks for it to be initialised (serve -init-state,
 //     state.init_empty).
+//  15. An UPDATE the upstream refuses leaves the upstream as it was: the
+//     \Deleted popbridge set for a UID EXPUNGE that failed is taken back
+//     (a \Deleted that was there before stays), and the intent is dropped at
+//     once when the refusal is for good. QUIT tells the client what
+//     happened (RFC 3206): [SYS/PERM] with "permission denied" for a
+//     missing right (NO [NOPERM], or a NO whose text says so), [SYS/PERM]
+//     with "over quota" for a full target (NO [OVERQUOTA]), [SYS/TEMP] when
+//     the server is down or busy or the connection broke (the intent stays
+//     for the next login).
 package bridge

@@ -15,7 +15,9 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state"
@@ -73,9 +75,24 @@ type env struct {
 	addr      string
 	done      chan error
 	logger    *zap.Logger // nil: the test's own
+	// With observe set before start, logs receives popbridge's log from
+	// then on (a restart starts it anew).
+	observe bool
+	logs    *observer.ObservedLogs
+	// now, when set before start, is the bridge's clock.
+	now func() time.Time
 }
 
 func newEnv(t *testing.T, up *upstreamEnv, mutate ...func(*Config)) *env {
+	t.Helper()
+	e := newEnvConfig(t, up, mutate...)
+	e.start()
+	t.Cleanup(e.stop)
+	return e
+}
+
+// newEnvConfig is newEnv without the start.
+func newEnvConfig(t *testing.T, up *upstreamEnv, mutate ...func(*Config)) *env {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Server.Listen = "127.0.0.1:0"
@@ -87,10 +104,7 @@ func newEnv(t *testing.T, up *upstreamEnv, mutate ...func(*Config)) *env {
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	e := &env{t: t, up: up, cfg: cfg, statePath: filepath.Join(t.TempDir(), "state.db")}
-	e.start()
-	t.Cleanup(e.stop)
-	return e
+	return &env{t: t, up: up, cfg: cfg, statePath: filepath.Join(t.TempDir(), "state.db")}
 }
 
 func (e *env) start() {
@@ -103,9 +117,17 @@ func (e *env) start() {
 	if log == nil {
 		log = zaptest.NewLogger(e.t)
 	}
+	if e.observe {
+		var core zapcore.Core
+		core, e.logs = observer.New(zapcore.DebugLevel)
+		log = zap.New(zapcore.NewTee(log.Core(), core))
+	}
 	srv, err := NewServer(e.cfg, st, log)
 	if err != nil {
 		e.t.Fatal(err)
+	}
+	if e.now != nil {
+		srv.Bridge.now = e.now
 	}
 	if err := srv.Listen(); err != nil {
 		e.t.Fatal(err)

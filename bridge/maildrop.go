@@ -1,17 +1,28 @@
 package bridge
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/upstream"
+)
+
+// The bound of a pending UPDATE's replays: after maxReplayAttempts failed
+// attempts upstream (the one at QUIT included), or once it is maxReplayAge
+// old, a pending UPDATE is dropped with a log line, and its messages stay
+// as they are upstream.
+const (
+	maxReplayAttempts = 10
+	maxReplayAge      = 7 * 24 * time.Hour
 )
 
 // maildrop is one POP3 session's view of an upstream mailbox. Its message
@@ -27,6 +38,8 @@ type maildrop struct {
 	conn   *upstream.Conn
 	status upstream.Status
 
+	rec      *state.Mailbox // the record the message list was built from
+	pending  *state.Pending // an UPDATE still pending after the replay at login, or nil
 	msgs     []pop3.Message
 	uids     []uint32
 	measured map[string]int64 // UIDL → octets RETR really sent, where they differ from the record
@@ -39,8 +52,12 @@ type maildrop struct {
 	release   func()
 }
 
-// open finishes an UPDATE left pending by a crash, syncs the mailbox record
-// and builds the session's fixed message list.
+// open syncs the mailbox record, tries once to finish an UPDATE left
+// pending by an earlier session (a crash, a temporary failure), and builds
+// the session's fixed message list. A pending UPDATE never fails the login:
+// if the replay fails, the session is served all the same (the messages are
+// still there) and the replay is tried again at the next login, within the
+// bound of maxReplayAttempts and maxReplayAge.
 func (m *maildrop) open(ctx context.Context) error {
 	rec, err := m.b.sync(ctx, m.conn, m.key.Mailbox, m.status, m.log)
 	if err != nil {
@@ -51,14 +68,14 @@ func (m *maildrop) open(ctx context.Context) error {
 		return fmt.Errorf("loading the client record: %w", err)
 	}
 	if cl.Pending != nil {
-		if rec, err = m.replay(ctx, rec, cl.Pending); err != nil {
-			return err
-		}
+		rec = m.replay(ctx, rec, cl.Pending)
 		if cl, err = m.b.store.LoadClient(ctx, m.key); err != nil {
 			return fmt.Errorf("loading the client record: %w", err)
 		}
+		m.pending = cl.Pending
 	}
 	snap := m.b.cache.put(m.key.Mailbox, rec)
+	m.rec = rec
 	if len(cl.Hidden) == 0 {
 		// The common case: share the mailbox's list with its other sessions.
 		m.msgs, m.uids = snap.msgs, snap.uids
@@ -96,39 +113,66 @@ func (m *maildrop) open(ctx context.Context) error {
 	return nil
 }
 
-// replay finishes a pending UPDATE: the UIDLs it names are looked up in the
-// current record (they survive a UIDVALIDITY change), the policy recorded
-// with it is applied upstream, and the intent is cleared.
-func (m *maildrop) replay(ctx context.Context, rec *state.Mailbox, p *state.Pending) (*state.Mailbox, error) {
-	want := make(map[string]bool, len(p.UIDLs))
-	for _, u := range p.UIDLs {
-		want[u] = true
-	}
-	var uids []uint32
-	var uidls []string
-	for _, e := range rec.Entries {
-		if want[e.UIDL] {
-			uids = append(uids, e.UID)
-			uidls = append(uidls, e.UIDL)
-		}
-	}
+// replay tries to finish a pending UPDATE: the UIDLs it names are looked up
+// in the current record (they survive a UIDVALIDITY change), and the policy
+// recorded with it is applied upstream to the messages whose identity is
+// certain (state.ReplayTargets; the others are skipped and logged). Done,
+// the intent is cleared. Refused for good (KindPerm), or failed once too
+// often or too long, it is dropped with a log line: its messages stay, which
+// loses nothing. Failed otherwise, it stays for the next login with one more
+// attempt counted. It returns the record as it now is and never fails: the
+// login goes on whatever happens here.
+func (m *maildrop) replay(ctx context.Context, rec *state.Mailbox, p *state.Pending) *state.Mailbox {
+	plan := state.ReplayTargets(rec, p)
 	m.log.Info("finishing an UPDATE left pending by an earlier session",
-		zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDLs)), zap.Int("still_present", len(uids)))
-	err := m.applyUpstream(ctx, p, uids, uidls)
-	if err != nil && upstream.KindOf(err) != upstream.KindPerm {
-		return nil, fmt.Errorf("finishing the pending UPDATE: %w", err)
+		zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDLs)), zap.Int("still_present", len(plan.UIDs)+len(plan.Skipped)),
+		zap.Int("attempts", p.Attempts))
+	if len(plan.Skipped) > 0 {
+		m.log.Warn("a pending UPDATE skips messages whose identity is not certain after a UIDVALIDITY change; they stay",
+			zap.String("policy", p.Policy), zap.Strings("uidls", plan.Skipped),
+			zap.Uint32("pending_uidvalidity", p.UIDValidity), zap.Uint32("uidvalidity", rec.UIDValidity))
 	}
-	if err != nil {
-		// It can never succeed (a mailbox or capability is missing): drop
-		// it. The messages stay, which loses nothing.
-		m.log.Error("dropping a pending UPDATE the upstream refuses; its messages were not deleted",
-			zap.String("policy", p.Policy), zap.Int("messages", len(uids)), zap.Error(err))
-		if err := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); err != nil {
-			return nil, err
+	err := m.applyUpstream(ctx, p, plan.UIDs, plan.UIDLs)
+	if err == nil {
+		done := *p
+		done.UIDLs = plan.UIDLs
+		next, ferr := m.finish(ctx, rec, &done)
+		if ferr != nil {
+			m.log.Warn("recording the finished UPDATE failed; it is replayed (idempotently) at the next login", zap.Error(ferr))
+			return rec
 		}
-		return rec, nil
+		return next
 	}
-	return m.finish(ctx, rec, p)
+	attempts := p.Attempts + 1
+	age := m.b.now().Sub(p.Created)
+	switch {
+	case upstream.KindOf(err) == upstream.KindPerm:
+		m.drop(ctx, p, attempts, "the upstream refuses it", err)
+	case attempts >= maxReplayAttempts || age >= maxReplayAge:
+		m.drop(ctx, p, attempts, fmt.Sprintf("it failed %d times over %v (at most %d attempts over %v)", attempts, age.Round(time.Second), maxReplayAttempts, maxReplayAge), err)
+	default:
+		again := *p
+		again.Attempts = attempts
+		if serr := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: &again}); serr != nil {
+			m.log.Warn("counting a failed replay failed", zap.Error(serr))
+		}
+		m.log.Warn("a pending UPDATE failed again; its messages stay listed and it is retried at the next login",
+			zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDLs)), zap.Int("attempts", attempts),
+			zap.Duration("age", age), zap.Stringer("reason", upstream.ReasonOf(err)), zap.Error(err))
+	}
+	return rec
+}
+
+// drop clears a pending UPDATE that will not be tried again. Its messages
+// stay upstream as they are.
+func (m *maildrop) drop(ctx context.Context, p *state.Pending, attempts int, why string, err error) {
+	m.log.Error("dropping a pending UPDATE: "+why+"; its messages were not deleted",
+		zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDLs)), zap.Strings("uidls", p.UIDLs),
+		zap.Int("attempts", attempts), zap.Time("created", p.Created),
+		zap.Stringer("reason", upstream.ReasonOf(err)), zap.Error(err))
+	if cerr := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
+		m.log.Warn("clearing the dropped UPDATE failed", zap.Error(cerr))
+	}
 }
 
 // finish records that p reached the upstream: the intent is cleared, hidden
@@ -274,6 +318,8 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 		}
 		p.Target = target
 	}
+	m.merge(p)
+	m.identify(p)
 	if err := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
 		if pe := storeTrouble(m.log, err); pe != nil {
 			return &pop3.Error{Code: pe.Code, Text: pe.Text + "; nothing was deleted", Err: err}
@@ -281,16 +327,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 		return &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable; nothing was deleted", Err: err}
 	}
 	if err := m.applyUpstream(ctx, p, p.UIDs, p.UIDLs); err != nil {
-		if upstream.KindOf(err) == upstream.KindPerm {
-			if cerr := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
-				m.log.Warn("clearing a refused UPDATE failed", zap.Error(cerr))
-			}
-			m.log.Error("the upstream refused the UPDATE; nothing was deleted", zap.String("policy", p.Policy), zap.Error(err))
-			return &pop3.Error{Code: pop3.CodeSysPerm, Text: "the upstream refused the deletion; nothing was deleted", Err: err}
-		}
-		m.log.Warn("UPDATE failed upstream; it stays recorded and is finished at the next login",
-			zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDs)), zap.Error(err))
-		return &pop3.Error{Code: pop3.CodeSysTemp, Text: "some deleted messages not removed; they will be at the next login", Err: err}
+		return m.failed(ctx, p, err)
 	}
 	if _, err := m.finish(ctx, &state.Mailbox{}, p); err != nil {
 		// The upstream has done it; the intent is replayed (idempotently)
@@ -298,6 +335,99 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 		m.log.Warn("recording the finished UPDATE failed", zap.Error(err))
 	}
 	return nil
+}
+
+// failed handles an UPDATE the upstream did not confirm at QUIT and
+// returns what the client is told (RFC 3206). Refused for good (KindPerm:
+// a right is missing, the target is over quota, a mailbox is missing), the
+// intent is cleared, as nothing will make it succeed by itself; the answer
+// is [SYS/PERM] with the cause. Otherwise (the server is down or busy, the
+// connection broke, the answer was lost) it stays pending with one attempt
+// counted, for the next login; the answer is [SYS/TEMP].
+func (m *maildrop) failed(ctx context.Context, p *state.Pending, err error) error {
+	reason := upstream.ReasonOf(err)
+	if upstream.KindOf(err) == upstream.KindPerm {
+		if cerr := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
+			m.log.Warn("clearing a refused UPDATE failed", zap.Error(cerr))
+		}
+		m.log.Error("the upstream refused the UPDATE; nothing was deleted",
+			zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDs)), zap.Stringer("reason", reason), zap.Error(err))
+		text := "the upstream server refused the deletion; nothing was deleted"
+		switch reason {
+		case upstream.ReasonPermission:
+			text = "the upstream server refused the deletion: permission denied; nothing was deleted"
+		case upstream.ReasonQuota:
+			text = "the upstream server refused the deletion: over quota; nothing was deleted"
+		}
+		return &pop3.Error{Code: pop3.CodeSysPerm, Text: text, Err: err}
+	}
+	again := *p
+	again.Attempts++
+	if serr := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: &again}); serr != nil {
+		m.log.Warn("counting the failed attempt failed", zap.Error(serr))
+	}
+	m.log.Warn("UPDATE failed upstream; it stays recorded and is retried at the next login",
+		zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDs)), zap.Stringer("reason", reason), zap.Error(err))
+	return &pop3.Error{Code: pop3.CodeSysTemp, Text: "the upstream server did not confirm the deletion; it is retried at the next login", Err: err}
+}
+
+// merge adds to p, decided at this QUIT, the messages of an UPDATE still
+// pending from an earlier session (its replay at login failed), when both
+// have the same policy: one intent covers both, and the client need not DELE
+// those messages again. The merged intent counts its attempts and its age
+// afresh. An UPDATE pending with another policy (the configuration changed)
+// is replaced, with a log line; its messages stay.
+func (m *maildrop) merge(p *state.Pending) {
+	old := m.pending
+	if old == nil {
+		return
+	}
+	if old.Policy != p.Policy || old.Target != p.Target || !slices.Equal(old.Flags, p.Flags) {
+		m.log.Warn("a new UPDATE replaces one still pending with another policy; the messages of the old one were not deleted",
+			zap.String("old_policy", old.Policy), zap.String("policy", p.Policy), zap.Strings("uidls", old.UIDLs))
+		return
+	}
+	have := make(map[string]bool, len(p.UIDLs))
+	for _, u := range p.UIDLs {
+		have[u] = true
+	}
+	plan := state.ReplayTargets(m.rec, old)
+	for i, uid := range plan.UIDs {
+		if !have[plan.UIDLs[i]] {
+			p.UIDs = append(p.UIDs, uid)
+			p.UIDLs = append(p.UIDLs, plan.UIDLs[i])
+		}
+	}
+	idx := make([]int, len(p.UIDs))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return cmp.Compare(p.UIDs[a], p.UIDs[b]) })
+	uids, uidls := make([]uint32, len(idx)), make([]string, len(idx))
+	for i, j := range idx {
+		uids[i], uidls[i] = p.UIDs[j], p.UIDLs[j]
+	}
+	p.UIDs, p.UIDLs = uids, uidls
+}
+
+// identify records in p the fingerprint and digest of each of its
+// messages, from the record the session was opened with, so that a replay
+// after a UIDVALIDITY change acts only on those very messages.
+func (m *maildrop) identify(p *state.Pending) {
+	at := make(map[string]int, len(p.UIDLs))
+	for i, u := range p.UIDLs {
+		at[u] = i
+	}
+	p.Fingerprints = make([]string, len(p.UIDLs))
+	p.Digests = make([]string, len(p.UIDLs))
+	if m.rec == nil {
+		return
+	}
+	for _, e := range m.rec.Entries {
+		if i, ok := at[e.UIDL]; ok {
+			p.Fingerprints[i], p.Digests[i] = e.Fingerprint, e.Digest
+		}
+	}
 }
 
 // moveTarget returns the mailbox the move policy moves to: delete.move_to,

@@ -55,7 +55,11 @@ func (b *Bridge) sync(ctx context.Context, conn *upstream.Conn, mbox string, st 
 			// new record and chose another plan.
 			log.Warn("upstream UIDVALIDITY changed; messages re-matched by fingerprint",
 				zap.String("mailbox", mbox), zap.Uint32("old_uidvalidity", m.UIDValidity), zap.Uint32("new_uidvalidity", now.UIDValidity),
-				zap.Int("matched", stats.Matched), zap.Int("new", stats.New), zap.Int("gone", stats.Gone))
+				zap.Int("matched", stats.Matched), zap.Int("new", stats.New), zap.Int("ambiguous", stats.Ambiguous), zap.Int("gone", stats.Gone))
+			if stats.Ambiguous > 0 {
+				log.Warn("messages that share a fingerprint could not be told apart after the UIDVALIDITY change; they got new UIDLs (clients download them again)",
+					zap.String("mailbox", mbox), zap.Int("messages", stats.Ambiguous))
+			}
 		}
 		log.Debug("mailbox synced", zap.Stringer("plan", plan), zap.Int("added", len(ch.Put)), zap.Int("removed", len(ch.Delete)))
 		rec := state.Apply(m, v, ch)
@@ -112,7 +116,29 @@ func (b *Bridge) syncIncremental(ctx context.Context, conn *upstream.Conn, m *st
 			}
 		}
 	}
-	return state.Incremental(m, now, news, present, uidl), nil
+	digests, err := b.digests(ctx, conn, state.IncrementalTies(m, news))
+	if err != nil {
+		return state.MailboxChange{}, err
+	}
+	return state.Incremental(m, now, news, present, digests, uidl), nil
+}
+
+// digests takes the content digests of uids, the messages whose fingerprint
+// another message shares, so that they can be told apart (state.Rematch).
+// A UID that no longer exists has none.
+func (b *Bridge) digests(ctx context.Context, conn *upstream.Conn, uids []uint32) (map[uint32]string, error) {
+	if len(uids) == 0 {
+		return nil, nil
+	}
+	sums, err := conn.Digests(ctx, uids)
+	if err != nil {
+		return nil, fmt.Errorf("digests of %d messages that share a fingerprint: %w", len(uids), err)
+	}
+	out := make(map[uint32]string, len(sums))
+	for uid, sum := range sums {
+		out[uid] = state.FormatDigest(sum)
+	}
+	return out, nil
 }
 
 // syncFull lists the whole mailbox and re-matches it against the record.
@@ -125,6 +151,10 @@ func (b *Bridge) syncFull(ctx context.Context, conn *upstream.Conn, m *state.Mai
 	if err != nil {
 		return state.MailboxChange{}, state.RematchStats{}, err
 	}
-	ch, stats := state.Rematch(m, now, all, uidl)
+	digests, err := b.digests(ctx, conn, state.RematchTies(m, all))
+	if err != nil {
+		return state.MailboxChange{}, state.RematchStats{}, err
+	}
+	ch, stats := state.Rematch(m, now, all, digests, uidl)
 	return ch, stats, nil
 }

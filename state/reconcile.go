@@ -115,8 +115,11 @@ func (is *uidlIssuer) issue(uid uint32) string {
 // listed are the messages the upstream listed from the stored UIDNEXT on,
 // plus any older UIDs present upstream but missing from the record. present,
 // when not nil, is the complete set of UIDs in the mailbox now (UID SEARCH
-// ALL): entries not in it are removed. uidl formats the UIDL of a new UID.
-func Incremental(m *Mailbox, now Markers, listed []Listed, present []uint32, uidl func(uid uint32) string) MailboxChange {
+// ALL): entries not in it are removed. digests are the content digests the
+// caller took, by UID, of the UIDs IncrementalTies named: a new message
+// stores its digest, and a stored entry without one gains it. uidl formats
+// the UIDL of a new UID.
+func Incremental(m *Mailbox, now Markers, listed []Listed, present []uint32, digests map[uint32]string, uidl func(uid uint32) string) MailboxChange {
 	ch := MailboxChange{Markers: now}
 	known := make(map[uint32]bool, len(m.Entries))
 	for _, e := range m.Entries {
@@ -132,7 +135,15 @@ func Incremental(m *Mailbox, now Markers, listed []Listed, present []uint32, uid
 			added = make(map[uint32]bool)
 		}
 		added[l.UID] = true
-		ch.Put = append(ch.Put, Entry{UID: l.UID, UIDL: is.issue(l.UID), Size: l.Size, Fingerprint: l.Fingerprint})
+		ch.Put = append(ch.Put, Entry{UID: l.UID, UIDL: is.issue(l.UID), Size: l.Size, Fingerprint: l.Fingerprint, Digest: digests[l.UID]})
+	}
+	if len(digests) > 0 {
+		for _, e := range m.Entries {
+			if d := digests[e.UID]; d != "" && e.Digest == "" {
+				e.Digest = d
+				ch.Put = append(ch.Put, e)
+			}
+		}
 	}
 	if present != nil {
 		in := make(map[uint32]bool, len(present))
@@ -158,46 +169,85 @@ func Incremental(m *Mailbox, now Markers, listed []Listed, present []uint32, uid
 
 // RematchStats counts what a full re-listing found.
 type RematchStats struct {
-	Matched int // messages that kept their UIDL
-	New     int // messages that got a new UIDL
-	Gone    int // entries whose message is no longer upstream
+	Matched   int // messages that kept their UIDL
+	New       int // messages that got a new UIDL
+	Ambiguous int // of New: messages that tied with another and could not be told apart
+	Gone      int // entries whose message is no longer upstream
 }
 
 // Rematch computes the change that replaces the record with a complete
 // listing after a UIDVALIDITY change (or for a record seen for the first
 // time). A listed message whose fingerprint matches a stored entry keeps that
-// entry's UIDL and size; messages sharing a fingerprint are paired in UID
-// order. Every other message gets a new UIDL, distinct from every UIDL of
-// the old record, so that no UIDL is ever reused for another message.
-func Rematch(m *Mailbox, now Markers, listed []Listed, uidl func(uid uint32) string) (MailboxChange, RematchStats) {
+// entry's UIDL and size, provided the match is certain: the fingerprint
+// belongs to one stored entry and one listed message, neither of which
+// needs a digest; or, where fingerprints tie (RematchTies), the content
+// digest in digests (by listed UID) matches the Digest of exactly one of
+// those stored entries and of no other listed message. Every other message
+// gets a new UIDL, distinct from every UIDL of the old record, so that no
+// UIDL is ever reused for another message or carried to a message it may
+// not belong to. Listed messages keep the digest they were given.
+func Rematch(m *Mailbox, now Markers, listed []Listed, digests map[uint32]string, uidl func(uid uint32) string) (MailboxChange, RematchStats) {
 	ch := MailboxChange{Markers: now, Reset: true, Put: make([]Entry, 0, len(listed))}
 	var st RematchStats
 	// The record's entries are in ascending UID order already; so, from
 	// the upstream, is a listing.
-	var byFP map[string][]Entry
+	sorted := ascending(listed)
+	var byFP map[string]Entry // the entry of a fingerprint held by one stored entry
+	var gs map[string]fpGroup
 	if len(m.Entries) > 0 {
-		byFP = make(map[string][]Entry, len(m.Entries))
+		byFP = make(map[string]Entry, len(m.Entries))
 		for _, e := range m.Entries {
 			if e.Fingerprint != "" {
-				byFP[e.Fingerprint] = append(byFP[e.Fingerprint], e)
+				byFP[e.Fingerprint] = e
+			}
+		}
+		gs = groups(m, sorted)
+	}
+	// Where fingerprints tie: the stored entries and the listed messages
+	// of each (fingerprint, digest).
+	var storedFD map[[2]string][]Entry
+	var listedFD map[[2]string]int
+	for _, l := range sorted {
+		if g, ok := gs[l.Fingerprint]; ok && g.stored > 0 && g.tied() {
+			if listedFD == nil {
+				storedFD = make(map[[2]string][]Entry)
+				listedFD = make(map[[2]string]int)
+			}
+			if d := digests[l.UID]; d != "" {
+				listedFD[[2]string{l.Fingerprint, d}]++
 			}
 		}
 	}
-	sorted := listed
-	if !strictlyAscending(listed) {
-		sorted = slices.Clone(listed)
-		slices.SortFunc(sorted, func(a, b Listed) int { return cmpUID(a.UID, b.UID) })
-		sorted = slices.CompactFunc(sorted, func(a, b Listed) bool { return a.UID == b.UID })
+	if listedFD != nil {
+		for _, e := range m.Entries {
+			if e.Digest != "" && gs[e.Fingerprint].tied() {
+				k := [2]string{e.Fingerprint, e.Digest}
+				storedFD[k] = append(storedFD[k], e)
+			}
+		}
 	}
 	is := newIssuer(m.Entries, uidl)
 	for _, l := range sorted {
-		if cands := byFP[l.Fingerprint]; l.Fingerprint != "" && len(cands) > 0 {
-			byFP[l.Fingerprint] = cands[1:]
-			ch.Put = append(ch.Put, Entry{UID: l.UID, UIDL: cands[0].UIDL, Size: cands[0].Size, Fingerprint: l.Fingerprint})
+		d := digests[l.UID]
+		g := gs[l.Fingerprint]
+		switch {
+		case l.Fingerprint == "" || g.stored == 0:
+		case !g.tied():
+			e := byFP[l.Fingerprint]
+			ch.Put = append(ch.Put, Entry{UID: l.UID, UIDL: e.UIDL, Size: e.Size, Fingerprint: l.Fingerprint, Digest: e.Digest})
 			st.Matched++
 			continue
+		default:
+			k := [2]string{l.Fingerprint, d}
+			if cands := storedFD[k]; d != "" && len(cands) == 1 && listedFD[k] == 1 {
+				e := cands[0]
+				ch.Put = append(ch.Put, Entry{UID: l.UID, UIDL: e.UIDL, Size: e.Size, Fingerprint: l.Fingerprint, Digest: d})
+				st.Matched++
+				continue
+			}
+			st.Ambiguous++
 		}
-		ch.Put = append(ch.Put, Entry{UID: l.UID, UIDL: is.issue(l.UID), Size: l.Size, Fingerprint: l.Fingerprint})
+		ch.Put = append(ch.Put, Entry{UID: l.UID, UIDL: is.issue(l.UID), Size: l.Size, Fingerprint: l.Fingerprint, Digest: d})
 		st.New++
 	}
 	st.Gone = len(m.Entries) - st.Matched

@@ -97,7 +97,7 @@ func TestIncremental(t *testing.T) {
 	// UID 3 comes back from "UID FETCH 4:*"-style listings only when it is the
 	// last one; UIDs 4 and 6 are new, and 2 was expunged.
 	listed := []Listed{{UID: 6, Size: 60, Fingerprint: "f6"}, {UID: 4, Size: 40, Fingerprint: "f4"}, {UID: 3, Size: 30}}
-	ch := Incremental(m, now, listed, []uint32{1, 3, 4, 6}, uidlOf(5))
+	ch := Incremental(m, now, listed, []uint32{1, 3, 4, 6}, nil, uidlOf(5))
 	if ch.Reset || ch.Markers != now {
 		t.Fatalf("change = %+v", ch)
 	}
@@ -122,11 +122,11 @@ func TestIncremental(t *testing.T) {
 
 	// Without a search, nothing is removed, and a listed UID that has been
 	// expunged by the time of the search is not added.
-	ch = Incremental(m, now, listed, nil, uidlOf(5))
+	ch = Incremental(m, now, listed, nil, nil, uidlOf(5))
 	if len(ch.Delete) != 0 || len(ch.Put) != 2 {
 		t.Errorf("without search: %+v", ch)
 	}
-	ch = Incremental(m, now, listed, []uint32{1, 2, 3, 4}, uidlOf(5))
+	ch = Incremental(m, now, listed, []uint32{1, 2, 3, 4}, nil, uidlOf(5))
 	if len(ch.Put) != 1 || ch.Put[0].UID != 4 {
 		t.Errorf("with UID 6 gone by the search: %+v", ch.Put)
 	}
@@ -138,7 +138,7 @@ func TestIncrementalNeverReusesUIDL(t *testing.T) {
 	f, _ := NewUIDLFormatter("%u")
 	format := func(uid uint32) string { return f.Format(uid, 0) }
 	m := &Mailbox{Version: 1, Markers: Markers{UIDValidity: 5, UIDNext: 2, NumMessages: 1}, Entries: []Entry{{UID: 1, UIDL: "2"}}}
-	ch := Incremental(m, Markers{UIDValidity: 5, UIDNext: 3, NumMessages: 2}, []Listed{{UID: 2}}, nil, format)
+	ch := Incremental(m, Markers{UIDValidity: 5, UIDNext: 3, NumMessages: 2}, []Listed{{UID: 2}}, nil, nil, format)
 	if len(ch.Put) != 1 || ch.Put[0].UIDL != "2-2" {
 		t.Errorf("Put = %+v, want UIDL 2-2", ch.Put)
 	}
@@ -161,14 +161,16 @@ func TestRematch(t *testing.T) {
 		{UID: 4, Size: 77, Fingerprint: "C2"}, // new
 	}
 	listed = append(listed, Listed{UID: 6, Size: 15, Fingerprint: "C"})
-	ch, st := Rematch(old, now, listed, uidlOf(0x200))
+	ch, st := Rematch(old, now, listed, nil, uidlOf(0x200))
 	if !ch.Reset {
 		t.Fatal("Rematch must reset the record")
 	}
 	want := []Entry{
 		{UID: 1, UIDL: "old1", Size: 11, Fingerprint: "A"},
-		{UID: 2, UIDL: "old2", Size: 12, Fingerprint: "dup"},
-		{UID: 3, UIDL: "old3", Size: 13, Fingerprint: "dup"},
+		// Twins without digests cannot be told apart: new UIDLs
+		// (state/twins_test.go has the cases with digests).
+		{UID: 2, UIDL: "0000000200000200", Size: 12, Fingerprint: "dup"},
+		{UID: 3, UIDL: "0000000300000200", Size: 12, Fingerprint: "dup"},
 		{UID: 4, UIDL: "0000000400000200", Size: 77, Fingerprint: "C2"},
 		{UID: 5, UIDL: "0000000500000200", Size: 99, Fingerprint: "new"},
 		{UID: 6, UIDL: "0000000100000200", Size: 15, Fingerprint: "C"},
@@ -176,14 +178,14 @@ func TestRematch(t *testing.T) {
 	if !slices.Equal(ch.Put, want) {
 		t.Errorf("Put =\n%+v\nwant\n%+v", ch.Put, want)
 	}
-	if st != (RematchStats{Matched: 4, New: 2, Gone: 1}) {
+	if st != (RematchStats{Matched: 2, New: 4, Ambiguous: 2, Gone: 3}) {
 		t.Errorf("stats = %+v", st)
 	}
 
 	// A collision between a new message's UIDL and an old one.
 	f, _ := NewUIDLFormatter("%u")
 	ch, _ = Rematch(&Mailbox{Version: 1, Entries: []Entry{{UID: 1, UIDL: "1", Fingerprint: "x"}}}, now,
-		[]Listed{{UID: 1, Fingerprint: "y"}}, func(u uint32) string { return f.Format(u, 0) })
+		[]Listed{{UID: 1, Fingerprint: "y"}}, nil, func(u uint32) string { return f.Format(u, 0) })
 	if ch.Put[0].UIDL == "1" {
 		t.Errorf("UIDL 1 was reused for another message")
 	}

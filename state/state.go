@@ -51,6 +51,12 @@ type Entry struct {
 	UIDL        string // issued at first sight, never changed, never reused
 	Size        int64  // octets RETR sends (CRLF line ends)
 	Fingerprint string // identifies the message across UIDVALIDITY changes
+	// Digest is the content digest (see FormatDigest) of a message whose
+	// Fingerprint another message of the mailbox shares, taken when that
+	// tie was first seen; "" for every other message. Twins (the same
+	// Message-ID, INTERNALDATE and size, different bodies) are told apart
+	// by it after a UIDVALIDITY change (see Rematch).
+	Digest string
 }
 
 // Markers are what the upstream said about the mailbox at the last sync.
@@ -85,16 +91,27 @@ type ClientKey struct {
 
 // Pending is an UPDATE that was decided at QUIT and may not have reached the
 // upstream yet. It is written before the upstream is touched and removed once
-// the upstream confirmed it, so a crash in between is finished at the
-// client's next login.
+// the upstream confirmed it, so a crash or a temporary failure in between is
+// finished at the client's next login. A replay is tried a bounded number of
+// times (Attempts) over a bounded time from Created, and then dropped.
 type Pending struct {
-	Policy      string    // "move", "expunge", "flag" or "hide"
-	Target      string    // destination mailbox of "move"
-	Flags       []string  // flags of "flag"
-	UIDValidity uint32    // of UIDs
-	UIDs        []uint32  // ascending
-	UIDLs       []string  // UIDLs[i] belongs to UIDs[i]
-	Created     time.Time // when QUIT decided it
+	Policy      string   // "move", "expunge", "flag" or "hide"
+	Target      string   // destination mailbox of "move"
+	Flags       []string // flags of "flag"
+	UIDValidity uint32   // of UIDs
+	UIDs        []uint32 // ascending
+	UIDLs       []string // UIDLs[i] belongs to UIDs[i]
+	// Fingerprints[i] and Digests[i] are the Fingerprint and Digest of the
+	// entry of UIDLs[i] when QUIT decided the UPDATE, so that a replay after
+	// a UIDVALIDITY change acts only on the very message DELE'd (see
+	// ReplayTargets). Both are nil in a Pending stored before they existed.
+	Fingerprints []string
+	Digests      []string
+	// Created is when QUIT decided the UPDATE, just before its first
+	// attempt upstream; the age bound of the replays counts from it.
+	Created time.Time
+	// Attempts counts the attempts upstream that failed so far.
+	Attempts int
 	// Copied are the UIDLs (of UIDLs) whose messages a UID COPY has already
 	// put into Target: the move policy on a server without MOVE copies,
 	// records what the server reported copied (COPYUID) here, and only then

@@ -158,9 +158,9 @@ func dial(ctx context.Context, cfg Config) (*Conn, error) {
 func dialError(op string, dctx, ctx context.Context, err error) error {
 	switch {
 	case ctx.Err() != nil:
-		return &Error{Kind: KindTemp, Op: op, Err: ctx.Err()}
+		return &Error{Kind: KindTemp, Reason: ReasonConnection, Op: op, Err: ctx.Err()}
 	case dctx.Err() != nil:
-		return &Error{Kind: KindTemp, Op: op, Err: fmt.Errorf("timeout: %w", dctx.Err())}
+		return &Error{Kind: KindTemp, Reason: ReasonConnection, Op: op, Err: fmt.Errorf("timeout: %w", dctx.Err())}
 	case err == nil:
 		return tempError(op, "connection closed")
 	}

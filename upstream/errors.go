@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/emersion/go-imap/v2"
 )
@@ -23,15 +24,121 @@ const (
 const codeExpungeIssued imap.ResponseCode = "EXPUNGEISSUED"
 
 // tempCodes are the response codes of a NO that may go away by itself.
+// OVERQUOTA is not among them: a full mailbox stays full until someone
+// makes room (see reasonOf).
 var tempCodes = map[imap.ResponseCode]bool{
 	imap.ResponseCodeUnavailable: true,
 	imap.ResponseCodeLimit:       true,
 	imap.ResponseCodeInUse:       true,
 	imap.ResponseCodeServerBug:   true,
-	imap.ResponseCodeOverQuota:   true,
 	imap.ResponseCodeCorruption:  true,
 	codeExpungeIssued:            true,
 }
+
+// Reason says why an upstream command failed, as far as the server's answer
+// tells: from the response code of a NO, or, for a NO without one, from its
+// text (Cyrus answers a missing right with a bare "NO Permission denied").
+type Reason int
+
+const (
+	ReasonOther       Reason = iota // a NO that says nothing telling, a BAD, a client-side refusal
+	ReasonConnection                // I/O error, timeout, BYE: the server or the path went away
+	ReasonPermission                // NO [NOPERM], or a NO whose text says permission denied, ACL, read-only
+	ReasonQuota                     // NO [OVERQUOTA], or a NO whose text says over quota
+	ReasonUnavailable               // NO [UNAVAILABLE], [INUSE], [LIMIT], [SERVERBUG], [CORRUPTION]: try later
+)
+
+func (r Reason) String() string {
+	switch r {
+	case ReasonOther:
+		return "other"
+	case ReasonConnection:
+		return "connection"
+	case ReasonPermission:
+		return "permission"
+	case ReasonQuota:
+		return "quota"
+	case ReasonUnavailable:
+		return "unavailable"
+	}
+	return fmt.Sprintf("Reason(%d)", int(r))
+}
+
+// ReasonOf returns the Reason of err: that of the first *Error in its
+// chain, else what err itself says.
+func ReasonOf(err error) Reason {
+	if err == nil {
+		return ReasonOther
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Reason
+	}
+	return reasonOf(err)
+}
+
+// Texts of a NO without a response code that tell why. Matched in lower
+// case as substrings.
+var (
+	permissionTexts = []string{"permission denied", "not permitted", "access denied", "insufficient rights", "acl", "read-only", "read only"}
+	quotaTexts      = []string{"over quota", "quota exceeded", "exceeds quota", "quota exceed"}
+)
+
+// reasonOf classifies err, an error of imapclient, net or crypto/tls.
+func reasonOf(err error) Reason {
+	var ie *imap.Error
+	if !errors.As(err, &ie) {
+		return ReasonConnection
+	}
+	switch ie.Type {
+	case imap.StatusResponseTypeNo:
+	case imap.StatusResponseTypeBad:
+		return ReasonOther
+	default: // BYE
+		return ReasonConnection
+	}
+	switch {
+	case ie.Code == imap.ResponseCodeNoPerm:
+		return ReasonPermission
+	case ie.Code == imap.ResponseCodeOverQuota:
+		return ReasonQuota
+	case tempCodes[ie.Code] && ie.Code != codeExpungeIssued:
+		return ReasonUnavailable
+	case ie.Code != "":
+		return ReasonOther
+	}
+	text := strings.ToLower(ie.Text)
+	for _, q := range quotaTexts {
+		if strings.Contains(text, q) {
+			return ReasonQuota
+		}
+	}
+	for _, p := range permissionTexts {
+		if containsWord(text, p) {
+			return ReasonPermission
+		}
+	}
+	return ReasonOther
+}
+
+// containsWord reports whether s holds w with no letter right before or
+// after it ("acl" is in "no acl right", not in "oracle").
+func containsWord(s, w string) bool {
+	for off := 0; ; {
+		i := strings.Index(s[off:], w)
+		if i < 0 {
+			return false
+		}
+		i += off
+		end := i + len(w)
+		if (i == 0 || !isLetter(s[i-1])) && (end == len(s) || !isLetter(s[end])) {
+			return true
+		}
+		off = i + 1
+	}
+}
+
+func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
 // permCodes are the response codes of a NO that will not go away by itself.
 var permCodes = map[imap.ResponseCode]bool{
@@ -65,7 +172,11 @@ func kindOf(err error, ph phase) Kind {
 		default: // BYE (greeting), or anything odd
 			return KindTemp
 		}
+		reason := reasonOf(err)
 		switch {
+		case reason == ReasonQuota:
+			// Over quota stays so until someone makes room.
+			return KindPerm
 		case tempCodes[ie.Code]:
 			return KindTemp
 		case ph == phaseLogin && ie.Code == imap.ResponseCodePrivacyRequired:
@@ -77,6 +188,9 @@ func kindOf(err error, ph phase) Kind {
 		case permCodes[ie.Code]:
 			return KindPerm
 		case ph == phaseSelect && ie.Code == "":
+			return KindPerm
+		case reason == ReasonPermission:
+			// A NO without a code that says a right is missing.
 			return KindPerm
 		}
 		return KindTemp
@@ -104,15 +218,17 @@ func wrap(op string, err error, ph phase) error {
 	if errors.As(err, &e) {
 		return e
 	}
-	return &Error{Kind: kindOf(err, ph), Op: op, Err: err}
+	return &Error{Kind: kindOf(err, ph), Reason: reasonOf(err), Op: op, Err: err}
 }
 
 func permError(op, format string, args ...any) *Error {
 	return &Error{Kind: KindPerm, Op: op, Err: fmt.Errorf(format, args...)}
 }
 
+// tempError is a temporary failure seen on the client side: a closed or
+// broken connection, an answer that makes no sense.
 func tempError(op, format string, args ...any) *Error {
-	return &Error{Kind: KindTemp, Op: op, Err: fmt.Errorf(format, args...)}
+	return &Error{Kind: KindTemp, Reason: ReasonConnection, Op: op, Err: fmt.Errorf(format, args...)}
 }
 
 // isExpungeIssued reports whether err is a NO [EXPUNGEISSUED]: the message

@@ -2,11 +2,14 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"go.uber.org/zap"
 )
 
 // maxCommandLine is the longest command line popbridge sends, in octets
@@ -148,6 +151,14 @@ func (c *Conn) AddFlags(ctx context.Context, uids []uint32, flags []string) erro
 // messages go: a message another client marked \Deleted stays. Without
 // UIDPLUS or IMAP4rev2 it returns KindPerm and sends nothing. It never
 // sends a bare EXPUNGE or CLOSE.
+//
+// Before it flags a chunk, it asks which of those messages carry \Deleted
+// already (UID FETCH set (FLAGS)). When the server refuses the UID STORE or
+// the UID EXPUNGE of the chunk (a NO or BAD: it answered, so the
+// connection still works), Expunge takes \Deleted back from the messages
+// that did not carry it (UID STORE -FLAGS.SILENT (\Deleted)), so that no
+// other client's EXPUNGE removes them later; a \Deleted set by someone
+// else stays. Chunks before the refused one are expunged.
 func (c *Conn) Expunge(ctx context.Context, uids []uint32) error {
 	const op = "expunge"
 	if err := c.alive(op); err != nil {
@@ -164,11 +175,71 @@ func (c *Conn) Expunge(ctx context.Context, uids []uint32) error {
 	var err error
 	for _, set := range sets {
 		w.touch()
-		if err = c.deleteSet(set); err != nil {
+		if err = c.expungeSet(w, set); err != nil {
 			break
 		}
 	}
 	return w.end(op, err, phaseCommand)
+}
+
+// expungeSet is one chunk of Expunge.
+func (c *Conn) expungeSet(w *watch, set imap.UIDSet) error {
+	had, err := c.flagged(set, imap.FlagDeleted)
+	if err != nil {
+		return err
+	}
+	w.touch()
+	if err = c.storeAdd(set, deletedFlag); err == nil {
+		w.touch()
+		err = c.client.UIDExpunge(set).Close()
+	}
+	var ie *imap.Error
+	if err == nil || !errors.As(err, &ie) {
+		// Done, or the connection broke: a replay finishes it.
+		return err
+	}
+	all, _ := set.Nums()
+	ours := make([]uint32, 0, len(all))
+	for _, u := range all {
+		if !had[uint32(u)] {
+			ours = append(ours, uint32(u))
+		}
+	}
+	for _, s := range uidChunks(ours, setBudget(len(" -FLAGS.SILENT (\\Deleted)"))) {
+		w.touch()
+		if rerr := c.client.Store(s, &imap.StoreFlags{Op: imap.StoreFlagsDel, Silent: true, Flags: deletedFlag}, nil).Close(); rerr != nil {
+			c.log.Warn("taking back \\Deleted after a refused UID EXPUNGE failed", zap.Stringer("uids", s), zap.Error(rerr))
+			break
+		}
+	}
+	return err
+}
+
+// flagged sends UID FETCH set (UID FLAGS) and returns the UIDs of the
+// messages that carry flag.
+func (c *Conn) flagged(set imap.UIDSet, flag imap.Flag) (map[uint32]bool, error) {
+	out := make(map[uint32]bool)
+	cmd := c.client.Fetch(set, &imap.FetchOptions{UID: true, Flags: true})
+	for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
+		var uid uint32
+		var has bool
+		for item := msg.Next(); item != nil; item = msg.Next() {
+			switch it := item.(type) {
+			case imapclient.FetchItemDataUID:
+				uid = uint32(it.UID)
+			case imapclient.FetchItemDataFlags:
+				for _, f := range it.Flags {
+					if strings.EqualFold(string(f), string(flag)) {
+						has = true
+					}
+				}
+			}
+		}
+		if uid != 0 && has {
+			out[uid] = true
+		}
+	}
+	return out, cmd.Close()
 }
 
 // deleteSet sends UID STORE set +FLAGS.SILENT (\Deleted) and UID EXPUNGE set.

@@ -101,15 +101,16 @@ type Kind int
 const (
 	KindTemp Kind = iota // [SYS/TEMP]: I/O errors, timeouts, BYE, NO [UNAVAILABLE] ...
 	KindAuth             // [AUTH]: the server refused the credentials
-	KindPerm             // [SYS/PERM]: a missing capability, a mailbox that does not exist ...
+	KindPerm             // [SYS/PERM]: a missing capability or right, a mailbox that does not exist, over quota ...
 	KindGone             // the message is no longer in the mailbox
 )
 
 // Error is an upstream failure with its kind. Its text never holds secrets.
 type Error struct {
-	Kind Kind
-	Op   string // "login", "select", "fetch", "store", "expunge", "move" ...
-	Err  error
+	Kind   Kind
+	Reason Reason // why, as far as the server said; ReasonOf fills in a zero one
+	Op     string // "login", "select", "fetch", "store", "expunge", "move" ...
+	Err    error
 }
 
 func (e *Error) Error() string { return "upstream " + e.Op + ": " + e.Err.Error() }

@@ -88,7 +88,7 @@ func (w *watch) done() error {
 // fired, else err classified for ph.
 func (w *watch) end(op string, err error, ph phase) error {
 	if cause := w.done(); cause != nil && err != nil {
-		return &Error{Kind: KindTemp, Op: op, Err: cause}
+		return &Error{Kind: KindTemp, Reason: ReasonConnection, Op: op, Err: cause}
 	}
 	return wrap(op, err, ph)
 }

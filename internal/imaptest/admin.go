@@ -71,6 +71,7 @@ type Admin struct {
 	mu     sync.Mutex
 	client *imapclient.Client
 	caps   imap.CapSet
+	user   string
 }
 
 var _ Mailboxes = (*Admin)(nil)
@@ -104,7 +105,7 @@ func newAdmin(t testing.TB, conn net.Conn, user, pass string) *Admin {
 		c.Close()
 		t.Fatalf("imaptest: capability: %v", err)
 	}
-	a := &Admin{t: t, client: c, caps: caps}
+	a := &Admin{t: t, client: c, caps: caps, user: user}
 	t.Cleanup(a.Close)
 	return a
 }
@@ -359,5 +360,35 @@ func (a *Admin) Reset(mailbox string) {
 	}
 	if err := a.client.UIDExpunge(all).Close(); err != nil {
 		a.fatalf("UID EXPUNGE: %v", err)
+	}
+}
+
+// SetACL sets the rights of identifier on mailbox (RFC 4314 SETACL; rights
+// replace those identifier had). The server must have ACL.
+func (a *Admin) SetACL(mailbox, identifier, rights string) {
+	a.t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.caps.Has(imap.CapACL) {
+		a.t.Skipf("imaptest: server lacks ACL")
+	}
+	err := a.client.SetACL(mailbox, imap.RightsIdentifier(identifier), imap.RightModificationReplace, imap.RightSet(rights)).Wait()
+	if err != nil {
+		a.fatalf("SETACL %s %s %s: %v", mailbox, identifier, rights, err)
+	}
+}
+
+// SetQuota makes mailbox a quota root of at most storage KiB (RFC 9208
+// SETQUOTA root (STORAGE n)). The server must have QUOTA.
+func (a *Admin) SetQuota(root string, storage int64) {
+	a.t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.caps.Has(imap.CapQuota) {
+		a.t.Skipf("imaptest: server lacks QUOTA")
+	}
+	err := a.client.SetQuota(root, map[imap.QuotaResourceType]int64{imap.QuotaResourceStorage: storage}).Wait()
+	if err != nil {
+		a.fatalf("SETQUOTA %s: %v", root, err)
 	}
 }

@@ -119,15 +119,25 @@ func openDB(path string, timeout time.Duration) (db *bolt.DB, err error) {
 // init checks the format version of the file, lays out a new file, and
 // adds the accounts bucket to a file made before it existed.
 func (s *Store) init() error {
-	fresh, accounts := false, false
+	fresh, old, accounts := false, false, false
 	err := s.view(func(tx *bolt.Tx) error {
 		var err error
 		fresh, err = s.checkFormat(tx)
+		old = err == nil && !fresh && format(tx) < formatVersion
 		accounts = tx.Bucket(bucketAccounts) != nil
 		return err
 	})
 	if err != nil {
 		return s.wrap(err)
+	}
+	if old {
+		// Every value of an older format is a value of this one (see
+		// formatVersion): only the number changes.
+		if err := s.wrap(s.update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketMeta).Put(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion))
+		})); err != nil {
+			return err
+		}
 	}
 	if !fresh {
 		if accounts {
@@ -176,13 +186,18 @@ func (s *Store) checkFormat(tx *bolt.Tx) (fresh bool, err error) {
 	if len(v) != 4 {
 		return false, fmt.Errorf("format version is missing or malformed (%d bytes)", len(v))
 	}
-	if f := binary.BigEndian.Uint32(v); f != formatVersion {
-		return false, fmt.Errorf("format version %d; this popbridge reads version %d", f, formatVersion)
+	if f := binary.BigEndian.Uint32(v); f < oldestFormat || f > formatVersion {
+		return false, fmt.Errorf("format version %d; this popbridge reads versions %d to %d", f, oldestFormat, formatVersion)
 	}
 	if tx.Bucket(bucketMailboxes) == nil || tx.Bucket(bucketClients) == nil {
 		return false, s.corrupt("top-level buckets missing")
 	}
 	return false, nil
+}
+
+// format returns the format version of an initialised file.
+func format(tx *bolt.Tx) uint32 {
+	return binary.BigEndian.Uint32(tx.Bucket(bucketMeta).Get(keyFormat))
 }
 
 // view and update run a bbolt transaction. bbolt can panic on a damaged

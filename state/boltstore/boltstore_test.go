@@ -180,9 +180,9 @@ func TestOpenRefuses(t *testing.T) {
 		{"future format", func(t *testing.T, path string) {
 			mustOpen(t, path).Close()
 			writeRaw(t, path, func(tx *bolt.Tx) error {
-				return tx.Bucket(bucketMeta).Put(keyFormat, binary.BigEndian.AppendUint32(nil, 2))
+				return tx.Bucket(bucketMeta).Put(keyFormat, binary.BigEndian.AppendUint32(nil, formatVersion+1))
 			})
-		}, "format version 2"},
+		}, fmt.Sprintf("format version %d", formatVersion+1)},
 		{"malformed format", func(t *testing.T, path string) {
 			mustOpen(t, path).Close()
 			writeRaw(t, path, func(tx *bolt.Tx) error {
@@ -335,7 +335,9 @@ func TestDamagedRecords(t *testing.T) {
 			return clBucket(tx).Put(keyPending, v)
 		}, true},
 		{"pending nanoseconds out of range", func(tx *bolt.Tx) error {
+			// A value of format 1, which ends with the nanoseconds.
 			v := encodePending(&state.Pending{Policy: "hide"})
+			v = v[:len(v)-3] // format 2's attempts and two empty lists
 			v = append(v[:len(v)-1], binary.AppendUvarint(nil, uint64(time.Second))...)
 			return clBucket(tx).Put(keyPending, v)
 		}, true},
@@ -607,6 +609,7 @@ func TestCanceled(t *testing.T) {
 
 func FuzzDecodeEntry(f *testing.F) {
 	f.Add(appendEntry(nil, &state.Entry{UID: 1, UIDL: "000000016b076fcb", Size: 1234, Fingerprint: "<a@b> 2026"}))
+	f.Add(appendEntry(nil, &state.Entry{UID: 1, UIDL: "000000016b076fcb", Size: 1234, Fingerprint: "h:x", Digest: "s:y"}))
 	f.Add([]byte{})
 	f.Add([]byte{0x80})
 	f.Fuzz(func(t *testing.T, v []byte) {
@@ -624,6 +627,8 @@ func FuzzDecodeEntry(f *testing.F) {
 func FuzzDecodePending(f *testing.F) {
 	f.Add(encodePending(&state.Pending{Policy: "flag", Flags: []string{`\Seen`}, UIDValidity: 5, UIDs: []uint32{1, 2}, UIDLs: []string{"a", "b"}, Created: time.Unix(1_700_000_000, 123)}))
 	f.Add(encodePending(&state.Pending{}))
+	f.Add(encodePending(&state.Pending{Policy: "expunge", UIDValidity: 5, UIDs: []uint32{1}, UIDLs: []string{"a"},
+		Fingerprints: []string{"h:x"}, Digests: []string{"s:y"}, Attempts: 3, Created: time.Unix(1_700_000_000, 0)}))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, v []byte) {
 		p, err := decodePending(v)
@@ -636,7 +641,8 @@ func FuzzDecodePending(f *testing.F) {
 		}
 		if again.Policy != p.Policy || again.Target != p.Target || !slices.Equal(again.Flags, p.Flags) ||
 			again.UIDValidity != p.UIDValidity || !slices.Equal(again.UIDs, p.UIDs) || !slices.Equal(again.UIDLs, p.UIDLs) ||
-			!again.Created.Equal(p.Created) {
+			!again.Created.Equal(p.Created) || again.Attempts != p.Attempts ||
+			!slices.Equal(again.Fingerprints, p.Fingerprints) || !slices.Equal(again.Digests, p.Digests) {
 			t.Fatalf("re-encoded %+v decodes as %+v", p, again)
 		}
 	})

@@ -1,7 +1,7 @@
 // Package boltstore is the embedded state.Store: one bbolt file, held by one
 // popbridge process at a time.
 //
-// # Layout on disk (format 1)
+// # Layout on disk (format 2)
 //
 // Integers written as "u32" and "u64" are fixed-size big-endian; "uvarint" and
 // "varint" are encoding/binary's unsigned and zig-zag signed varints; a
@@ -11,14 +11,15 @@
 // Top-level buckets:
 //
 //	meta                      bucket
-//	  "format"                u32: the format version, 1
+//	  "format"                u32: the format version, 2
 //	mailboxes                 bucket
 //	  <mailbox key>           bucket, one per mailbox record
 //	    "meta"                version u64, UIDVALIDITY u32, UIDNEXT u32,
 //	                          message count u32, HIGHESTMODSEQ u64,
 //	                          entry count u32 (32 bytes)
 //	    "uid"                 bucket
-//	      <UID u32>           Size varint, UIDL string, Fingerprint string
+//	      <UID u32>           Size varint, UIDL string, Fingerprint string,
+//	                          and Digest string only when not empty
 //	clients                   bucket
 //	  <client key>            bucket, one per client record
 //	    "hidden"              bucket
@@ -40,9 +41,16 @@
 // A "pending" value is: Policy string, Target string, uvarint count then that
 // many Flags strings, UIDValidity u32, uvarint count then that many UIDs as
 // uvarints, uvarint count then that many UIDLs strings, Created as varint Unix
-// seconds then uvarint nanoseconds (0 to 999,999,999), read back in UTC, and,
-// only when Copied is not empty, a uvarint count then that many Copied
-// strings (a value that ends after Created has no Copied).
+// seconds then uvarint nanoseconds (0 to 999,999,999), read back in UTC;
+// then Attempts uvarint, uvarint count then that many Fingerprints strings,
+// uvarint count then that many Digests strings, uvarint count then that many
+// Copied strings.
+//
+// Format 1 had the same layout without the fields format 2 added at the end
+// of a value (an entry's Digest; a pending value's Attempts, Fingerprints,
+// Digests and Copied): a format-1 value decodes as one whose new fields are
+// empty. Open reads a format-1 file and marks it format 2; a popbridge that
+// knows only format 1 then refuses the file rather than misread it.
 //
 // A client record with nothing hidden and no pending UPDATE is deleted, so
 // LoadClient reports it as unknown again.
@@ -62,8 +70,9 @@
 // Open creates the top-level buckets and "format" in a new file, and
 // refuses a file whose format it does not know, or that holds other buckets
 // and no "format": a later format bumps the number and migrates older files in
-// Open. Every value is checked while it is decoded, and a bad one is reported
-// as an error naming what is wrong, never as a panic.
+// Open (for format 1, by changing the number). Every value is checked while
+// it is decoded, and a bad one is reported as an error naming what is
+// wrong, never as a panic.
 //
 // # Concurrency
 //

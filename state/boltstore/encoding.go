@@ -10,9 +10,14 @@ import (
 	"github.com/popbridge/popbridge/state"
 )
 
-// formatVersion is the layout this build reads and writes; see the package
-// documentation.
-const formatVersion = 1
+// formatVersion is the layout this build writes; see the package
+// documentation. It reads format 1 as well: every value of format 1 is a
+// value of format 2 without the fields format 2 added at the end, and Open
+// marks such a file as format 2.
+const formatVersion = 2
+
+// oldestFormat is the oldest layout this build reads.
+const oldestFormat = 1
 
 // Names of buckets and keys.
 var (
@@ -88,14 +93,19 @@ func decodeMailboxMeta(b []byte) (mailboxMeta, error) {
 
 // maxEntryLen is the most bytes appendEntry appends for e.
 func maxEntryLen(e *state.Entry) int {
-	return 3*binary.MaxVarintLen64 + len(e.UIDL) + len(e.Fingerprint)
+	return 4*binary.MaxVarintLen64 + len(e.UIDL) + len(e.Fingerprint) + len(e.Digest)
 }
 
-// appendEntry appends the value of e's key in a "uid" bucket.
+// appendEntry appends the value of e's key in a "uid" bucket. The Digest
+// (format 2) is left out when empty, as it is for almost every message.
 func appendEntry(b []byte, e *state.Entry) []byte {
 	b = binary.AppendVarint(b, e.Size)
 	b = appendString(b, e.UIDL)
-	return appendString(b, e.Fingerprint)
+	b = appendString(b, e.Fingerprint)
+	if e.Digest != "" {
+		b = appendString(b, e.Digest)
+	}
+	return b
 }
 
 // decoder reads the fields of one value. The first error sticks; later reads
@@ -197,6 +207,11 @@ func decodeEntry(uid uint32, v []byte) (state.Entry, error) {
 	e.Size = d.varint()
 	e.UIDL = d.string()
 	e.Fingerprint = d.string()
+	if d.err == nil && len(d.b) > 0 {
+		if e.Digest = d.string(); d.err == nil && e.Digest == "" {
+			d.fail(errors.New("empty digest stored"))
+		}
+	}
 	return e, d.end()
 }
 
@@ -219,15 +234,33 @@ func encodePending(p *state.Pending) []byte {
 	}
 	b = binary.AppendVarint(b, p.Created.Unix())
 	b = binary.AppendUvarint(b, uint64(p.Created.Nanosecond()))
-	// Copied is optional: a value without it is one written before it
-	// existed, and reads back the same.
-	if len(p.Copied) > 0 {
-		b = binary.AppendUvarint(b, uint64(len(p.Copied)))
-		for _, u := range p.Copied {
-			b = appendString(b, u)
-		}
+	// Format 2.
+	b = binary.AppendUvarint(b, uint64(p.Attempts))
+	b = appendStrings(b, p.Fingerprints)
+	b = appendStrings(b, p.Digests)
+	return appendStrings(b, p.Copied)
+}
+
+// appendStrings appends a uvarint count and that many strings.
+func appendStrings(b []byte, ss []string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ss)))
+	for _, s := range ss {
+		b = appendString(b, s)
 	}
 	return b
+}
+
+// strings reads what appendStrings wrote; nil for a count of 0.
+func (d *decoder) strings() []string {
+	n := d.count(1)
+	if n == 0 {
+		return nil
+	}
+	ss := make([]string, n)
+	for i := range ss {
+		ss[i] = d.string()
+	}
+	return ss
 }
 
 func decodePending(v []byte) (*state.Pending, error) {
@@ -264,15 +297,15 @@ func decodePending(v []byte) (*state.Pending, error) {
 		d.fail(fmt.Errorf("nanoseconds %d out of range", nsec))
 	}
 	if d.err == nil && len(d.b) > 0 {
-		// Written only when not empty.
-		n := d.count(1)
-		if n == 0 {
-			d.fail(errors.New("empty Copied list"))
+		// Format 2; a value of format 1 ends here.
+		attempts := d.uvarint()
+		if attempts > math.MaxInt32 {
+			d.fail(fmt.Errorf("attempts %d out of range", attempts))
 		}
-		p.Copied = make([]string, n)
-		for i := range p.Copied {
-			p.Copied[i] = d.string()
-		}
+		p.Attempts = int(attempts)
+		p.Fingerprints = d.strings()
+		p.Digests = d.strings()
+		p.Copied = d.strings()
 	}
 	if err := d.end(); err != nil {
 		return nil, err

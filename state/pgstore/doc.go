@@ -11,7 +11,8 @@
 //
 //	popbridge_mailbox  name PRIMARY KEY, version, uid_validity, uid_next,
 //	                   num_messages, highest_modseq
-//	popbridge_entry    (mailbox, uid) PRIMARY KEY, uidl, size, fingerprint
+//	popbridge_entry    (mailbox, uid) PRIMARY KEY, uidl, size, fingerprint,
+//	                   digest ('' when none; schema 2)
 //	popbridge_client   (mailbox, client) PRIMARY KEY, pending (jsonb or NULL)
 //	popbridge_hidden   (mailbox, client, uidl) PRIMARY KEY
 //	popbridge_account  name PRIMARY KEY, version, kind, upstream, provider,
@@ -31,7 +32,9 @@
 // refuses others with an error. UIDs and the other 32-bit numbers are bigint;
 // the version and HIGHESTMODSEQ, which are unsigned 64-bit, are stored as
 // the bigint with the same 64 bits. A pending UPDATE is JSON with Created in
-// RFC 3339 with nanoseconds.
+// RFC 3339 with nanoseconds; the fields added later (attempts, fingerprints,
+// digests) are left out when empty, so rows written before them read back
+// as Pendings without them.
 //
 // # Concurrency
 //

@@ -202,7 +202,7 @@ func (s *Store) LoadMailbox(ctx context.Context, mailbox string) (*state.Mailbox
 			return fmt.Errorf("%s out of range", strings.Join(bad, ", "))
 		}
 
-		rows, err := tx.Query(ctx, `SELECT uid, uidl, size, fingerprint FROM popbridge_entry WHERE mailbox = $1 ORDER BY uid`, mailbox)
+		rows, err := tx.Query(ctx, `SELECT uid, uidl, size, fingerprint, digest FROM popbridge_entry WHERE mailbox = $1 ORDER BY uid`, mailbox)
 		if err != nil {
 			return err
 		}
@@ -211,7 +211,7 @@ func (s *Store) LoadMailbox(ctx context.Context, mailbox string) (*state.Mailbox
 		var uid int64
 		var e state.Entry
 		for rows.Next() {
-			if err := rows.Scan(&uid, &e.UIDL, &e.Size, &e.Fingerprint); err != nil {
+			if err := rows.Scan(&uid, &e.UIDL, &e.Size, &e.Fingerprint, &e.Digest); err != nil {
 				return err
 			}
 			if e.UID = u32(uid, "uid", &bad); bad != nil {
@@ -290,14 +290,15 @@ func (s *Store) ApplyMailbox(ctx context.Context, mailbox string, base uint64, c
 			uidls := make([]string, len(chunk))
 			sizes := make([]int64, len(chunk))
 			fps := make([]string, len(chunk))
+			digests := make([]string, len(chunk))
 			for i, e := range chunk {
-				uids[i], uidls[i], sizes[i], fps[i] = int64(e.UID), e.UIDL, e.Size, e.Fingerprint
+				uids[i], uidls[i], sizes[i], fps[i], digests[i] = int64(e.UID), e.UIDL, e.Size, e.Fingerprint, e.Digest
 			}
-			_, err := tx.Exec(ctx, `INSERT INTO popbridge_entry (mailbox, uid, uidl, size, fingerprint)
-				SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[])
+			_, err := tx.Exec(ctx, `INSERT INTO popbridge_entry (mailbox, uid, uidl, size, fingerprint, digest)
+				SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[])
 				ON CONFLICT (mailbox, uid) DO UPDATE
-				SET uidl = EXCLUDED.uidl, size = EXCLUDED.size, fingerprint = EXCLUDED.fingerprint`,
-				mailbox, uids, uidls, sizes, fps)
+				SET uidl = EXCLUDED.uidl, size = EXCLUDED.size, fingerprint = EXCLUDED.fingerprint, digest = EXCLUDED.digest`,
+				mailbox, uids, uidls, sizes, fps, digests)
 			if err != nil {
 				return err
 			}
@@ -326,16 +327,20 @@ func dedupLast(entries []state.Entry) []state.Entry {
 	return out
 }
 
-// pendingJSON is the stored form of a state.Pending.
+// pendingJSON is the stored form of a state.Pending. Fields added later
+// are omitted when empty, so that older rows read as Pendings without them.
 type pendingJSON struct {
-	Policy      string    `json:"policy"`
-	Target      string    `json:"target,omitempty"`
-	Flags       []string  `json:"flags,omitempty"`
-	UIDValidity uint32    `json:"uidvalidity"`
-	UIDs        []uint32  `json:"uids,omitempty"`
-	UIDLs       []string  `json:"uidls,omitempty"`
-	Created     time.Time `json:"created"`
-	Copied      []string  `json:"copied,omitempty"`
+	Policy       string    `json:"policy"`
+	Target       string    `json:"target,omitempty"`
+	Flags        []string  `json:"flags,omitempty"`
+	UIDValidity  uint32    `json:"uidvalidity"`
+	UIDs         []uint32  `json:"uids,omitempty"`
+	UIDLs        []string  `json:"uidls,omitempty"`
+	Fingerprints []string  `json:"fingerprints,omitempty"`
+	Digests      []string  `json:"digests,omitempty"`
+	Created      time.Time `json:"created"`
+	Attempts     int       `json:"attempts,omitempty"`
+	Copied       []string  `json:"copied,omitempty"`
 }
 
 // LoadClient returns the record of k, or an empty Client when there is none.
@@ -359,7 +364,8 @@ func (s *Store) LoadClient(ctx context.Context, k state.ClientKey) (*state.Clien
 			c.Pending = &state.Pending{
 				Policy: p.Policy, Target: p.Target, Flags: p.Flags,
 				UIDValidity: p.UIDValidity, UIDs: p.UIDs, UIDLs: p.UIDLs,
-				Created: p.Created.UTC(), Copied: p.Copied,
+				Fingerprints: p.Fingerprints, Digests: p.Digests,
+				Created: p.Created.UTC(), Attempts: p.Attempts, Copied: p.Copied,
 			}
 		}
 		rows, err := tx.Query(ctx, `SELECT uidl FROM popbridge_hidden WHERE mailbox = $1 AND client = $2`, k.Mailbox, k.Client)
@@ -388,7 +394,8 @@ func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.Cli
 		pending, err = json.Marshal(pendingJSON{
 			Policy: p.Policy, Target: p.Target, Flags: p.Flags,
 			UIDValidity: p.UIDValidity, UIDs: p.UIDs, UIDLs: p.UIDLs,
-			Created: p.Created.UTC(), Copied: p.Copied,
+			Fingerprints: p.Fingerprints, Digests: p.Digests,
+			Created: p.Created.UTC(), Attempts: p.Attempts, Copied: p.Copied,
 		})
 		if err != nil {
 			return fmt.Errorf("pgstore: %w", err)

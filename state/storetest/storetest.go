@@ -30,7 +30,8 @@
 //     may be nil or empty (the suite compares lengths); Hidden only holds
 //     true values.
 //   - Pending comes back field by field, Created Equal to what was stored,
-//     nanoseconds included; nil and empty slices count as equal.
+//     nanoseconds included; nil and empty slices count as equal. Entries
+//     come back with their Digest.
 //   - The empty string is a valid mailbox name and client tag, and two
 //     different ClientKeys never share a record or a lock, even when their
 //     concatenations are equal.
@@ -281,14 +282,19 @@ func checkEntries(t *testing.T, got, want []state.Entry) {
 }
 
 // entry makes a distinct Entry for uid; tag varies the other fields, so a
-// replaced entry can be told from the original.
+// replaced entry can be told from the original. Every third UID has a
+// Digest, as messages whose fingerprint another shares do.
 func entry(uid uint32, tag string) state.Entry {
-	return state.Entry{
+	e := state.Entry{
 		UID:         uid,
 		UIDL:        fmt.Sprintf("%08x6b076fcb%s", uid, tag),
 		Size:        int64(uid)*131 + int64(len(tag)),
 		Fingerprint: fmt.Sprintf("<%d.%s@example.org> 2026-03-01T12:00:00Z %d", uid, tag, uid*131),
 	}
+	if uid%3 == 0 {
+		e.Digest = fmt.Sprintf("s:%d.%s", uid, tag)
+	}
+	return e
 }
 
 var markers1 = state.Markers{UIDValidity: 0x6b076fcb, UIDNext: 100, NumMessages: 42, HighestModSeq: 1<<40 + 7}
@@ -553,6 +559,9 @@ func (s *suite) mailboxBig(t *testing.T) {
 			Size:        int64(1000 + i%50_000),
 			Fingerprint: fmt.Sprintf("<%d.%x@mail.example.org> 2026-03-01T12:%02d:00Z %d", i, i*7919, i%60, 1000+i%50_000),
 		}
+		if i%1000 == 0 {
+			want[i].Digest = fmt.Sprintf("s:%043d", i)
+		}
 	}
 	// Put in descending order, one change.
 	put := slices.Clone(want)
@@ -692,7 +701,8 @@ func checkPending(t *testing.T, got, want *state.Pending) {
 	}
 	if got.Policy != want.Policy || got.Target != want.Target || got.UIDValidity != want.UIDValidity ||
 		!slices.Equal(got.Flags, want.Flags) || !slices.Equal(got.UIDs, want.UIDs) || !slices.Equal(got.UIDLs, want.UIDLs) ||
-		!slices.Equal(got.Copied, want.Copied) || !got.Created.Equal(want.Created) {
+		!slices.Equal(got.Fingerprints, want.Fingerprints) || !slices.Equal(got.Digests, want.Digests) ||
+		!got.Created.Equal(want.Created) || got.Attempts != want.Attempts || !slices.Equal(got.Copied, want.Copied) {
 		t.Errorf("Pending = %+v\nwant      %+v", *got, *want)
 	}
 }
@@ -707,8 +717,12 @@ func (s *suite) clientPending(t *testing.T) {
 		UIDValidity: 0x6b076fcb,
 		UIDs:        []uint32{1, 2, 1<<32 - 1},
 		UIDLs:       []string{"000000016b076fcb", "000000026b076fcb", "ffffffff6b076fcb"},
+		// Identities, with a digest for the twins only.
+		Fingerprints: []string{"h:AAAA", "h:AAAA", "h:BBBB"},
+		Digests:      []string{"s:one", "s:two", ""},
 		// Nanoseconds and a zone other than UTC; compared with Equal.
-		Created: time.Date(2026, 3, 1, 12, 34, 56, 789012345, time.FixedZone("CET", 3600)),
+		Created:  time.Date(2026, 3, 1, 12, 34, 56, 789012345, time.FixedZone("CET", 3600)),
+		Attempts: 3,
 	}
 	applyClient(t, st, k, state.ClientChange{SetPending: p1, Hide: []string{"h1"}})
 	c := loadClient(t, st, k)
