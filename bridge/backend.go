@@ -22,14 +22,13 @@ import (
 // upstream account, logs in there, takes the maildrop lock, brings the
 // mailbox record up to date and opens the session's maildrop.
 type Bridge struct {
-	cfg   Config
-	log   *zap.Logger
-	store state.Store
-	up    upstream.Config
-	uidl  *state.UIDLFormatter
-	cache *recordCache
-	now   func() time.Time
-	ahead *aheadPool // the read-ahead buffers of every session
+	cfg     Config
+	log     *zap.Logger
+	store   state.Store
+	up      upstream.Config
+	records *records
+	now     func() time.Time
+	drops   *maildropDeps // what every maildrop is given
 
 	// sessions, when set, counts the sessions of each account
 	// (limits.max_sessions_per_account).
@@ -52,8 +51,31 @@ func NewBridge(cfg Config, st state.Store, log *zap.Logger) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Bridge{cfg: cfg, log: log, store: st, up: up, uidl: &cfg.UIDL.Format, cache: newRecordCache(), now: time.Now,
-		ahead: newAheadPool(readAheadTotal)}, nil
+	b := &Bridge{cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
+	b.drops = &maildropDeps{
+		records:  b.records,
+		store:    st,
+		delete:   cfg.Delete,
+		timeout:  cfg.Upstream.Timeout,
+		markSeen: cfg.Upstream.MarkSeenOnRetr,
+		ahead:    newAheadPool(readAheadTotal),
+		now:      func() time.Time { return b.now() },
+	}
+	return b, nil
+}
+
+// maildropDeps is what a maildrop needs of the bridge, and nothing more:
+// the mailbox records, the store's client records and locks, the delete
+// policy, the upstream's timeout, the shared read-ahead budget and the
+// clock.
+type maildropDeps struct {
+	records  *records
+	store    state.Store
+	delete   DeleteConfig
+	timeout  time.Duration // upstream.timeout
+	markSeen bool          // upstream.mark_seen_on_retr
+	ahead    *aheadPool    // the read-ahead buffers of every session
+	now      func() time.Time
 }
 
 // dialConfig turns the [upstream] table into an upstream.Config,
@@ -239,7 +261,7 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable, try again later", Err: err}
 	}
 	md := &maildrop{
-		b: b, log: log, key: key, account: account, reopen: open,
+		d: b.drops, log: log, key: key, account: account, reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
 	}
 	if err := b.adoptLegacy(ctx, account, key.Mailbox, log); err != nil {

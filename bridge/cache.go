@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"context"
 	"sync"
 
 	"github.com/popbridge/popbridge/pop3"
@@ -90,26 +89,4 @@ func (c *recordCache) put(mbox string, rec *state.Mailbox) *snapshot {
 		delete(c.m, lru)
 	}
 	return s
-}
-
-// loadRecord returns the stored record of mbox, from the cache when the
-// store says its version has not moved.
-func (b *Bridge) loadRecord(ctx context.Context, mbox string) (*state.Mailbox, error) {
-	if vs, ok := b.store.(state.Versioner); ok {
-		if cv := b.cache.version(mbox); cv != 0 {
-			v, err := vs.MailboxVersion(ctx, mbox)
-			if err != nil {
-				return nil, err
-			}
-			if s := b.cache.get(mbox, v); s != nil {
-				return s.rec, nil
-			}
-		}
-	}
-	m, err := b.store.LoadMailbox(ctx, mbox)
-	if err != nil {
-		return nil, err
-	}
-	b.cache.put(mbox, m)
-	return m, nil
 }

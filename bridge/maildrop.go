@@ -29,7 +29,7 @@ const (
 // list is fixed at login (invariant 9). The pop3 package calls it from one
 // goroutine.
 type maildrop struct {
-	b       *Bridge
+	d       *maildropDeps
 	log     *zap.Logger
 	key     state.ClientKey
 	account string
@@ -59,22 +59,22 @@ type maildrop struct {
 // still there) and the replay is tried again at the next login, within the
 // bound of maxReplayAttempts and maxReplayAge.
 func (m *maildrop) open(ctx context.Context) error {
-	rec, err := m.b.sync(ctx, m.conn, m.key.Mailbox, m.status, m.log)
+	rec, err := m.d.records.sync(ctx, m.conn, m.key.Mailbox, m.status, m.log)
 	if err != nil {
 		return err
 	}
-	cl, err := m.b.store.LoadClient(ctx, m.key)
+	cl, err := m.d.store.LoadClient(ctx, m.key)
 	if err != nil {
 		return fmt.Errorf("loading the client record: %w", err)
 	}
 	if cl.Pending != nil {
 		rec = m.replay(ctx, rec, cl.Pending)
-		if cl, err = m.b.store.LoadClient(ctx, m.key); err != nil {
+		if cl, err = m.d.store.LoadClient(ctx, m.key); err != nil {
 			return fmt.Errorf("loading the client record: %w", err)
 		}
 		m.pending = cl.Pending
 	}
-	snap := m.b.cache.put(m.key.Mailbox, rec)
+	snap := m.d.records.snapshot(m.key.Mailbox, rec)
 	m.rec = rec
 	if len(cl.Hidden) == 0 {
 		// The common case: share the mailbox's list with its other sessions.
@@ -106,7 +106,7 @@ func (m *maildrop) open(ctx context.Context) error {
 		}
 	}
 	if len(stale) > 0 {
-		if err := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{Unhide: stale}); err != nil {
+		if err := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{Unhide: stale}); err != nil {
 			m.log.Warn("pruning hidden UIDLs failed", zap.Error(err))
 		}
 	}
@@ -144,7 +144,7 @@ func (m *maildrop) replay(ctx context.Context, rec *state.Mailbox, p *state.Pend
 		return next
 	}
 	attempts := p.Attempts + 1
-	age := m.b.now().Sub(p.Created)
+	age := m.d.now().Sub(p.Created)
 	switch {
 	case upstream.KindOf(err) == upstream.KindPerm:
 		m.drop(ctx, p, attempts, "the upstream refuses it", err)
@@ -153,7 +153,7 @@ func (m *maildrop) replay(ctx context.Context, rec *state.Mailbox, p *state.Pend
 	default:
 		again := *p
 		again.Attempts = attempts
-		if serr := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: &again}); serr != nil {
+		if serr := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: &again}); serr != nil {
 			m.log.Warn("counting a failed replay failed", zap.Error(serr))
 		}
 		m.log.Warn("a pending UPDATE failed again; its messages stay listed and it is retried at the next login",
@@ -170,7 +170,7 @@ func (m *maildrop) drop(ctx context.Context, p *state.Pending, attempts int, why
 		zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDLs)), zap.Strings("uidls", p.UIDLs),
 		zap.Int("attempts", attempts), zap.Time("created", p.Created),
 		zap.Stringer("reason", upstream.ReasonOf(err)), zap.Error(err))
-	if cerr := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
+	if cerr := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
 		m.log.Warn("clearing the dropped UPDATE failed", zap.Error(cerr))
 	}
 }
@@ -183,7 +183,7 @@ func (m *maildrop) finish(ctx context.Context, rec *state.Mailbox, p *state.Pend
 	if p.Policy == PolicyFlag || p.Policy == PolicyHide {
 		ch.Hide = p.UIDLs
 	}
-	if err := m.b.store.ApplyClient(ctx, m.key, ch); err != nil {
+	if err := m.d.store.ApplyClient(ctx, m.key, ch); err != nil {
 		return nil, fmt.Errorf("clearing the pending UPDATE: %w", err)
 	}
 	if p.Policy == PolicyFlag || p.Policy == PolicyHide {
@@ -195,11 +195,7 @@ func (m *maildrop) finish(ctx context.Context, rec *state.Mailbox, p *state.Pend
 	}
 	// The next sync would find them gone too; removing them now keeps
 	// every client's view exact meanwhile.
-	for attempt := 0; ; attempt++ {
-		cur, err := m.b.loadRecord(ctx, m.key.Mailbox)
-		if err != nil {
-			return rec, nil
-		}
+	next, err := m.d.records.update(ctx, m.key.Mailbox, func(cur *state.Mailbox) (state.MailboxChange, error) {
 		ch := state.MailboxChange{Markers: cur.Markers}
 		for _, e := range cur.Entries {
 			if gone[e.UIDL] {
@@ -207,20 +203,15 @@ func (m *maildrop) finish(ctx context.Context, rec *state.Mailbox, p *state.Pend
 			}
 		}
 		if len(ch.Delete) == 0 {
-			return cur, nil
+			return ch, errUnchanged
 		}
-		v, err := m.b.store.ApplyMailbox(ctx, m.key.Mailbox, cur.Version, ch)
-		if errors.Is(err, state.ErrConflict) && attempt < maxConflicts {
-			continue
-		}
-		if err != nil {
-			m.log.Warn("removing deleted messages from the mailbox record failed; the next sync will", zap.Error(err))
-			return cur, nil
-		}
-		next := state.Apply(cur, v, ch)
-		m.b.cache.put(m.key.Mailbox, next)
-		return next, nil
+		return ch, nil
+	})
+	if err != nil {
+		m.log.Warn("removing deleted messages from the mailbox record failed; the next sync will", zap.Error(err))
+		return rec, nil
 	}
+	return next, nil
 }
 
 // List implements pop3.Maildrop.
@@ -257,7 +248,7 @@ func (m *maildrop) Retr(ctx context.Context, n int, cw pop3.MessageWriter) error
 	if size := cw.MessageOctets(); size != msg.Size {
 		m.measured[msg.UIDL] = size
 	}
-	if m.b.cfg.Upstream.MarkSeenOnRetr {
+	if m.d.markSeen {
 		if err := m.conn.AddFlags(ctx, []uint32{uid}, []string{`\Seen`}); err != nil {
 			m.log.Warn("setting \\Seen after RETR failed", zap.Uint32("uid", uid), zap.Error(err))
 		}
@@ -299,8 +290,8 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 	if len(deleted) == 0 {
 		return nil
 	}
-	cfg := m.b.cfg.Delete
-	p := &state.Pending{Policy: string(cfg.Policy), UIDValidity: m.status.UIDValidity, Created: m.b.now()}
+	cfg := m.d.delete
+	p := &state.Pending{Policy: string(cfg.Policy), UIDValidity: m.status.UIDValidity, Created: m.d.now()}
 	for _, n := range deleted {
 		p.UIDs = append(p.UIDs, m.uids[n-1])
 		p.UIDLs = append(p.UIDLs, m.msgs[n-1].UIDL)
@@ -320,7 +311,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 	}
 	m.merge(p)
 	m.identify(p)
-	if err := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
+	if err := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
 		if pe := storeTrouble(m.log, err); pe != nil {
 			return &pop3.Error{Code: pe.Code, Text: pe.Text + "; nothing was deleted", Err: err}
 		}
@@ -347,7 +338,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 func (m *maildrop) failed(ctx context.Context, p *state.Pending, err error) error {
 	reason := upstream.ReasonOf(err)
 	if upstream.KindOf(err) == upstream.KindPerm {
-		if cerr := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
+		if cerr := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
 			m.log.Warn("clearing a refused UPDATE failed", zap.Error(cerr))
 		}
 		m.log.Error("the upstream refused the UPDATE; nothing was deleted",
@@ -363,7 +354,7 @@ func (m *maildrop) failed(ctx context.Context, p *state.Pending, err error) erro
 	}
 	again := *p
 	again.Attempts++
-	if serr := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: &again}); serr != nil {
+	if serr := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: &again}); serr != nil {
 		m.log.Warn("counting the failed attempt failed", zap.Error(serr))
 	}
 	m.log.Warn("UPDATE failed upstream; it stays recorded and is retried at the next login",
@@ -436,7 +427,7 @@ func (m *maildrop) moveTarget(ctx context.Context) (string, error) {
 	if m.target != "" {
 		return m.target, nil
 	}
-	if t := m.b.cfg.Delete.MoveTo; t != "" {
+	if t := m.d.delete.MoveTo; t != "" {
 		m.target = t
 		return t, nil
 	}
@@ -465,8 +456,8 @@ func (m *maildrop) applyUpstream(ctx context.Context, p *state.Pending, uids []u
 	if len(uids) == 0 || p.Policy == PolicyHide {
 		return nil
 	}
-	lctx, cancel := context.WithTimeout(ctx, updateLockWait*m.b.cfg.Upstream.Timeout)
-	release, err := m.b.store.LockUpdate(lctx, m.key.Mailbox)
+	lctx, cancel := context.WithTimeout(ctx, updateLockWait*m.d.timeout)
+	release, err := m.d.store.LockUpdate(lctx, m.key.Mailbox)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("waiting for the other UPDATEs of this mailbox: %w", err)
@@ -531,7 +522,7 @@ func (m *maildrop) recordCopied(ctx context.Context, p *state.Pending, src []uin
 			p.Copied = append(p.Copied, uidl)
 		}
 	}
-	if err := m.b.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
+	if err := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
 		m.log.Warn("recording what the COPY copied failed; a retry may copy it again", zap.Error(err))
 	}
 }
@@ -567,11 +558,7 @@ func (m *maildrop) saveMeasured(ctx context.Context) {
 	if len(m.measured) == 0 {
 		return
 	}
-	for attempt := 0; attempt < maxConflicts; attempt++ {
-		cur, err := m.b.loadRecord(ctx, m.key.Mailbox)
-		if err != nil {
-			break
-		}
+	_, err := m.d.records.update(ctx, m.key.Mailbox, func(cur *state.Mailbox) (state.MailboxChange, error) {
 		ch := state.MailboxChange{Markers: cur.Markers}
 		for _, e := range cur.Entries {
 			if size, ok := m.measured[e.UIDL]; ok && size != e.Size {
@@ -580,16 +567,12 @@ func (m *maildrop) saveMeasured(ctx context.Context) {
 			}
 		}
 		if len(ch.Put) == 0 {
-			break
+			return ch, errUnchanged
 		}
-		_, err = m.b.store.ApplyMailbox(ctx, m.key.Mailbox, cur.Version, ch)
-		if errors.Is(err, state.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			m.log.Warn("storing measured sizes failed", zap.Error(err))
-		}
-		break
+		return ch, nil
+	})
+	if err != nil {
+		m.log.Warn("storing measured sizes failed", zap.Error(err))
 	}
 	clear(m.measured)
 }
@@ -598,7 +581,7 @@ func (m *maildrop) saveMeasured(ctx context.Context) {
 // upstream and releases the lock. It never deletes anything.
 func (m *maildrop) Close() error {
 	m.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), m.b.cfg.Upstream.Timeout)
+		ctx, cancel := context.WithTimeout(context.Background(), m.d.timeout)
 		defer cancel()
 		m.saveMeasured(ctx)
 		// The read-ahead first: a LOGOUT sent while its FETCH is pending

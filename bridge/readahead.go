@@ -92,7 +92,7 @@ func (m *maildrop) dropAhead() {
 	m.settle()
 	m.ahead = nil
 	if m.arena != nil {
-		m.b.ahead.put(m.arena)
+		m.d.ahead.put(m.arena)
 		m.arena = nil
 	}
 }
@@ -117,7 +117,7 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w pop3.MessageWriter) (
 		}
 		m.dropAhead()
 	}
-	if m.b.cfg.Upstream.MarkSeenOnRetr || (n != 1 && m.lastRetr != n-1) {
+	if m.d.markSeen || (n != 1 && m.lastRetr != n-1) {
 		return false, nil
 	}
 	batch := []uint32{uid}
@@ -135,7 +135,7 @@ func (m *maildrop) retrAhead(ctx context.Context, n int, w pop3.MessageWriter) (
 	if len(batch) == 1 {
 		return false, nil
 	}
-	if m.arena = m.b.ahead.get(); m.arena == nil {
+	if m.arena = m.d.ahead.get(); m.arena == nil {
 		return false, nil // the process's budget is spent: no read-ahead
 	}
 	arena := &arena{buf: m.arena}

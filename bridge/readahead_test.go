@@ -67,7 +67,7 @@ func TestReadAheadGlobalBudget(t *testing.T) {
 	stored := mem.Messages("INBOX")
 	cfg := secConfig(mem.Addr)
 	s := startSec(t, cfg, func(srv *Server) {
-		srv.Bridge.ahead = newAheadPool(readAheadBudget) // room for one session's read-ahead
+		srv.Bridge.drops.ahead = newAheadPool(readAheadBudget) // room for one session's read-ahead
 	})
 	fetchSets := func() []string {
 		var sets []string
@@ -117,7 +117,7 @@ func TestReadAheadGlobalBudget(t *testing.T) {
 	}
 	a.quit()
 	b.quit()
-	if held := s.srv.Bridge.ahead.held(); held != 0 {
+	if held := s.srv.Bridge.drops.ahead.held(); held != 0 {
 		t.Errorf("%d read-ahead buffers still held after the sessions ended", held)
 	}
 }

@@ -46,7 +46,7 @@ func legacyMailboxKey(address, account, mailbox string) string {
 // most once, so concurrent logins of the account adopt it once between them.
 // It runs before the record is synced, so that the sync finds it.
 func (b *Bridge) adoptLegacy(ctx context.Context, account, mbox string, log *zap.Logger) error {
-	if b.cache.version(mbox) != 0 {
+	if b.records.cache.version(mbox) != 0 {
 		return nil // the record exists
 	}
 	legacy := legacyMailboxKey(b.cfg.Upstream.Address, account, b.cfg.Upstream.Mailbox)

@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"go.uber.org/zap"
@@ -11,61 +10,50 @@ import (
 	"github.com/popbridge/popbridge/upstream"
 )
 
-// maxConflicts bounds the retries when another session updated the mailbox
-// record between our load and our write.
-const maxConflicts = 8
-
 // sync brings the mailbox record of mbox up to date with the selected
-// mailbox, asking the upstream as little as it can (DESIGN.md, "Sync at
-// login"), and returns the record.
-func (b *Bridge) sync(ctx context.Context, conn *upstream.Conn, mbox string, st upstream.Status, log *zap.Logger) (*state.Mailbox, error) {
+// mailbox, asking the upstream as little as it can (see "Sync at login" in
+// docs/architecture.md), and returns the record.
+func (r *records) sync(ctx context.Context, conn *upstream.Conn, mbox string, st upstream.Status, log *zap.Logger) (*state.Mailbox, error) {
 	now := state.Markers{UIDValidity: st.UIDValidity, UIDNext: st.UIDNext, NumMessages: st.NumMessages, HighestModSeq: st.HighestModSeq}
-	uidl := func(uid uint32) string { return b.uidl.Format(uid, st.UIDValidity) }
-	for attempt := 0; ; attempt++ {
-		m, err := b.loadRecord(ctx, mbox)
-		if err != nil {
-			return nil, fmt.Errorf("loading the mailbox record: %w", err)
-		}
-		plan := state.Decide(m, now)
-		var ch state.MailboxChange
-		var stats state.RematchStats
+	uidl := func(uid uint32) string { return r.uidl.Format(uid, st.UIDValidity) }
+	var (
+		plan   state.Plan
+		before *state.Mailbox
+		ch     state.MailboxChange
+		stats  state.RematchStats
+	)
+	rec, err := r.update(ctx, mbox, func(m *state.Mailbox) (c state.MailboxChange, err error) {
+		plan, before, stats = state.Decide(m, now), m, state.RematchStats{}
 		switch plan {
 		case state.PlanNone:
 			if m.Markers == now {
-				return m, nil
+				return c, errUnchanged
 			}
-			ch = state.MailboxChange{Markers: now} // only HIGHESTMODSEQ moved (flags)
+			c = state.MailboxChange{Markers: now} // only HIGHESTMODSEQ moved (flags)
 		case state.PlanIncremental:
-			ch, err = b.syncIncremental(ctx, conn, m, now, uidl)
+			c, err = r.syncIncremental(ctx, conn, m, now, uidl)
 		case state.PlanFull:
-			ch, stats, err = b.syncFull(ctx, conn, m, now, uidl)
+			c, stats, err = r.syncFull(ctx, conn, m, now, uidl)
 		}
-		if err != nil {
-			return nil, err
-		}
-		v, err := b.store.ApplyMailbox(ctx, mbox, m.Version, ch)
-		if errors.Is(err, state.ErrConflict) && attempt < maxConflicts {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("storing the mailbox record: %w", err)
-		}
-		if plan == state.PlanFull && m.Version != 0 && m.UIDValidity != now.UIDValidity {
-			// Once per change: a session that lost the race above saw the
-			// new record and chose another plan.
-			log.Warn("upstream UIDVALIDITY changed; messages re-matched by fingerprint",
-				zap.String("mailbox", mbox), zap.Uint32("old_uidvalidity", m.UIDValidity), zap.Uint32("new_uidvalidity", now.UIDValidity),
-				zap.Int("matched", stats.Matched), zap.Int("new", stats.New), zap.Int("ambiguous", stats.Ambiguous), zap.Int("gone", stats.Gone))
-			if stats.Ambiguous > 0 {
-				log.Warn("messages that share a fingerprint could not be told apart after the UIDVALIDITY change; they got new UIDLs (clients download them again)",
-					zap.String("mailbox", mbox), zap.Int("messages", stats.Ambiguous))
-			}
-		}
-		log.Debug("mailbox synced", zap.Stringer("plan", plan), zap.Int("added", len(ch.Put)), zap.Int("removed", len(ch.Delete)))
-		rec := state.Apply(m, v, ch)
-		b.cache.put(mbox, rec)
-		return rec, nil
+		ch = c
+		return c, err
+	})
+	if err != nil {
+		return nil, err
 	}
+	if plan == state.PlanFull && before.Version != 0 && before.UIDValidity != now.UIDValidity {
+		// Once per change: a session that lost the race to store it saw
+		// the new record and chose another plan.
+		log.Warn("upstream UIDVALIDITY changed; messages re-matched by fingerprint",
+			zap.String("mailbox", mbox), zap.Uint32("old_uidvalidity", before.UIDValidity), zap.Uint32("new_uidvalidity", now.UIDValidity),
+			zap.Int("matched", stats.Matched), zap.Int("new", stats.New), zap.Int("ambiguous", stats.Ambiguous), zap.Int("gone", stats.Gone))
+		if stats.Ambiguous > 0 {
+			log.Warn("messages that share a fingerprint could not be told apart after the UIDVALIDITY change; they got new UIDLs (clients download them again)",
+				zap.String("mailbox", mbox), zap.Int("messages", stats.Ambiguous))
+		}
+	}
+	log.Debug("mailbox synced", zap.Stringer("plan", plan), zap.Int("added", len(ch.Put)), zap.Int("removed", len(ch.Delete)))
+	return rec, nil
 }
 
 func listed(msg upstream.Msg) state.Listed {
@@ -74,7 +62,7 @@ func listed(msg upstream.Msg) state.Listed {
 
 // syncIncremental fetches only the UIDs from the stored UIDNEXT on, and
 // searches for expunged UIDs only when the count says some are gone.
-func (b *Bridge) syncIncremental(ctx context.Context, conn *upstream.Conn, m *state.Mailbox, now state.Markers, uidl func(uint32) string) (state.MailboxChange, error) {
+func (r *records) syncIncremental(ctx context.Context, conn *upstream.Conn, m *state.Mailbox, now state.Markers, uidl func(uint32) string) (state.MailboxChange, error) {
 	known := make(map[uint32]bool, len(m.Entries))
 	for _, e := range m.Entries {
 		known[e.UID] = true
@@ -116,7 +104,7 @@ func (b *Bridge) syncIncremental(ctx context.Context, conn *upstream.Conn, m *st
 			}
 		}
 	}
-	digests, err := b.digests(ctx, conn, state.IncrementalTies(m, news))
+	digests, err := r.digests(ctx, conn, state.IncrementalTies(m, news))
 	if err != nil {
 		return state.MailboxChange{}, err
 	}
@@ -126,7 +114,7 @@ func (b *Bridge) syncIncremental(ctx context.Context, conn *upstream.Conn, m *st
 // digests takes the content digests of uids, the messages whose fingerprint
 // another message shares, so that they can be told apart (state.Rematch).
 // A UID that no longer exists has none.
-func (b *Bridge) digests(ctx context.Context, conn *upstream.Conn, uids []uint32) (map[uint32]string, error) {
+func (r *records) digests(ctx context.Context, conn *upstream.Conn, uids []uint32) (map[uint32]string, error) {
 	if len(uids) == 0 {
 		return nil, nil
 	}
@@ -142,7 +130,7 @@ func (b *Bridge) digests(ctx context.Context, conn *upstream.Conn, uids []uint32
 }
 
 // syncFull lists the whole mailbox and re-matches it against the record.
-func (b *Bridge) syncFull(ctx context.Context, conn *upstream.Conn, m *state.Mailbox, now state.Markers, uidl func(uint32) string) (state.MailboxChange, state.RematchStats, error) {
+func (r *records) syncFull(ctx context.Context, conn *upstream.Conn, m *state.Mailbox, now state.Markers, uidl func(uint32) string) (state.MailboxChange, state.RematchStats, error) {
 	all := make([]state.Listed, 0, now.NumMessages)
 	err := conn.List(ctx, 1, true, func(msg upstream.Msg) error {
 		all = append(all, listed(msg))
@@ -151,7 +139,7 @@ func (b *Bridge) syncFull(ctx context.Context, conn *upstream.Conn, m *state.Mai
 	if err != nil {
 		return state.MailboxChange{}, state.RematchStats{}, err
 	}
-	digests, err := b.digests(ctx, conn, state.RematchTies(m, all))
+	digests, err := r.digests(ctx, conn, state.RematchTies(m, all))
 	if err != nil {
 		return state.MailboxChange{}, state.RematchStats{}, err
 	}
