@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -12,13 +11,6 @@ import (
 )
 
 var _ state.AccountStore = (*Store)(nil)
-
-// grantLock is the grant lock of one account name: a token in ch while
-// held. refs counts holders and waiters, so the entry goes when unused.
-type grantLock struct {
-	ch   chan struct{}
-	refs int
-}
 
 // checkName refuses names bbolt cannot take as keys.
 func checkName(name string) error {
@@ -132,44 +124,5 @@ func (s *Store) DeleteAccount(ctx context.Context, name string) error {
 // ends or the Store is closed. The locks live in the Store: no other process
 // can open the file while it is open.
 func (s *Store) LockGrant(ctx context.Context, name string) (release func(), err error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil, s.wrap(errClosed)
-	}
-	l := s.grants[name]
-	if l == nil {
-		l = &grantLock{ch: make(chan struct{}, 1)}
-		s.grants[name] = l
-	}
-	l.refs++
-	s.mu.Unlock()
-
-	select {
-	case l.ch <- struct{}{}:
-	case <-ctx.Done():
-		s.dropGrantRef(name, l)
-		return nil, ctx.Err()
-	case <-s.done:
-		s.dropGrantRef(name, l)
-		return nil, s.wrap(errClosed)
-	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			<-l.ch
-			s.dropGrantRef(name, l)
-		})
-	}, nil
-}
-
-func (s *Store) dropGrantRef(name string, l *grantLock) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l.refs--; l.refs == 0 && s.grants[name] == l {
-		delete(s.grants, name)
-	}
+	return s.waitLock(ctx, "grant\x00"+name)
 }

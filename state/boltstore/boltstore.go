@@ -48,15 +48,15 @@ type Store struct {
 
 	mu     sync.Mutex
 	locks  map[state.ClientKey]struct{} // maildrop locks held now
-	grants map[string]*grantLock        // grant locks held or waited for
 	done   chan struct{}                // closed by Close
-	upd    map[string]*updateLock       // update locks held or waited for
+	waits  map[string]*waitLock         // update and grant locks held or waited for
 	closed bool
 }
 
-// updateLock is the update lock of one mailbox: a slot taken by its holder,
-// and the count of sessions holding or waiting for it.
-type updateLock struct {
+// waitLock is one lock that sessions wait for (LockUpdate, LockGrant): a
+// slot taken by its holder, and the count of sessions holding or waiting
+// for it, so that the entry goes when no one uses it.
+type waitLock struct {
 	slot chan struct{}
 	refs int
 }
@@ -91,8 +91,8 @@ func Open(path string, opts *Options) (s *Store, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
-	s = &Store{db: db, path: path, locks: make(map[state.ClientKey]struct{}), upd: make(map[string]*updateLock),
-		grants: make(map[string]*grantLock), done: make(chan struct{})}
+	s = &Store{db: db, path: path, locks: make(map[state.ClientKey]struct{}), waits: make(map[string]*waitLock),
+		done: make(chan struct{})}
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -538,8 +538,18 @@ func (s *Store) Lock(ctx context.Context, k state.ClientKey) (release func(), er
 }
 
 // LockUpdate takes the update lock of mailbox, waiting while another
-// session of this Store holds it, until ctx ends.
+// session of this Store holds it, until ctx ends or the Store is closed.
 func (s *Store) LockUpdate(ctx context.Context, mailbox string) (release func(), err error) {
+	release, err = s.waitLock(ctx, "update\x00"+mailbox)
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("boltstore: waiting for the update lock of %q: %w", mailbox, err)
+	}
+	return release, err
+}
+
+// waitLock takes the lock named key, waiting until it is free, ctx ends or
+// the Store is closed. release frees it and may be called more than once.
+func (s *Store) waitLock(ctx context.Context, key string) (release func(), err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -548,26 +558,28 @@ func (s *Store) LockUpdate(ctx context.Context, mailbox string) (release func(),
 		s.mu.Unlock()
 		return nil, s.wrap(errClosed)
 	}
-	l := s.upd[mailbox]
+	l := s.waits[key]
 	if l == nil {
-		l = &updateLock{slot: make(chan struct{}, 1)}
-		s.upd[mailbox] = l
+		l = &waitLock{slot: make(chan struct{}, 1)}
+		s.waits[key] = l
 	}
 	l.refs++
 	s.mu.Unlock()
 	drop := func() {
 		s.mu.Lock()
-		l.refs--
-		if l.refs == 0 && s.upd[mailbox] == l {
-			delete(s.upd, mailbox)
+		defer s.mu.Unlock()
+		if l.refs--; l.refs == 0 && s.waits[key] == l {
+			delete(s.waits, key)
 		}
-		s.mu.Unlock()
 	}
 	select {
 	case l.slot <- struct{}{}:
 	case <-ctx.Done():
 		drop()
-		return nil, fmt.Errorf("boltstore: waiting for the update lock of %q: %w", mailbox, ctx.Err())
+		return nil, ctx.Err()
+	case <-s.done:
+		drop()
+		return nil, s.wrap(errClosed)
 	}
 	var once sync.Once
 	return func() {
