@@ -142,44 +142,6 @@ func validDevice(d string) bool {
 	return true
 }
 
-// accountKey is the one name of an upstream account in everything
-// popbridge keeps about it: the mailbox record and the maildrop locks
-// (mailboxKey), the counts of failed logins and of sessions (Limits,
-// through AccountKey). Two logins get the same key exactly when the
-// upstream takes them for the same account: with auth.fold_case, names
-// that differ only in the case of ASCII letters (as Dovecot's %Lu folds
-// them; a fold of other letters could join two accounts the upstream
-// keeps apart); without it, the same name octet for octet.
-func (b *Bridge) accountKey(account string) string {
-	if !b.cfg.Auth.FoldCase {
-		return account
-	}
-	return asciiLower(account)
-}
-
-// AccountKey returns the account key (accountKey) of a POP3 login name,
-// device tag left out: what the per-account limits count by.
-func (b *Bridge) AccountKey(login string) string {
-	account, _ := b.splitLogin(login)
-	return b.accountKey(account)
-}
-
-// asciiLower maps A-Z to a-z and leaves every other octet alone.
-func asciiLower(s string) string {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c >= 'A' && c <= 'Z' {
-			b := []byte(s)
-			for j := i; j < len(b); j++ {
-				if c := b[j]; c >= 'A' && c <= 'Z' {
-					b[j] = c + 'a' - 'A'
-				}
-			}
-			return string(b)
-		}
-	}
-	return s
-}
-
 // LogFields implements pop3.LogFielder: the account and the device tag.
 func (b *Bridge) LogFields(username string) []zap.Field {
 	account, device := b.splitLogin(username)
