@@ -106,7 +106,7 @@ func TestSessionsPerAccount(t *testing.T) {
 }
 
 // TestPostgresLockPool: the PostgreSQL store keeps a connection per
-// maildrop lock; OpenStore sizes that pool from limits.max_connections,
+// maildrop lock; stores.Open sizes that pool (bridge.StateLocks) from limits.max_connections,
 // so that it is never what refuses a session the limits allow. 110
 // sessions (above the store's default of 100 locks) of one account with
 // the per-account cap off, and another account still logs in.
