@@ -236,3 +236,14 @@ func (c *Conn) ServerID() ServerID {
 	defer c.mu.Unlock()
 	return c.serverID
 }
+
+// HasCap reports whether the server advertised capability name
+// ("X-GM-EXT-1"), case-insensitively.
+func (c *Conn) HasCap(name string) bool {
+	for cp := range c.Caps() {
+		if strings.EqualFold(string(cp), name) {
+			return true
+		}
+	}
+	return false
+}
