@@ -88,8 +88,9 @@ type flagChoice struct {
 }
 
 // permittedFlags returns the flags of delete.flags that perm (SELECT's
-// PERMANENTFLAGS) allows. When it allows none of them, \Seen takes their
-// place if perm allows it; \Deleted is never added.
+// PERMANENTFLAGS) allows: the system flags, and the keywords it lists or
+// allows with `\*`. When none is left, \Seen takes their place; \Deleted
+// is never added.
 func permittedFlags(configured, perm []string) flagChoice {
 	var fc flagChoice
 	for _, f := range configured {
@@ -99,7 +100,7 @@ func permittedFlags(configured, perm []string) flagChoice {
 			fc.Refused = append(fc.Refused, f)
 		}
 	}
-	if len(fc.Flags) == 0 && len(fc.Refused) > 0 && upstream.Permits(perm, `\Seen`) {
+	if len(fc.Flags) == 0 && len(fc.Refused) > 0 {
 		fc.Flags = []string{`\Seen`}
 	}
 	return fc

@@ -47,17 +47,18 @@ func (c *Conn) Noop(ctx context.Context) error {
 	})
 }
 
-// Permits reports whether flag may be set for good in the mailbox whose
-// PERMANENTFLAGS are perm: perm is nil (the server sent none: every flag
-// is permanent), perm lists flag (case-insensitively), or flag is a
-// keyword and perm holds `\*`.
+// Permits reports whether keyword flag may be set for good in the mailbox
+// whose PERMANENTFLAGS are perm: perm is nil (the server sent none: every
+// flag is permanent, RFC 9051 §7.1), perm lists the keyword
+// (case-insensitively), or perm holds `\*`. A system flag (\Seen ...) is
+// always permitted: servers accept a STORE of one (imapmemserver lists
+// only the flags in use), and the flag policy never sets \Deleted.
 func Permits(perm []string, flag string) bool {
-	if perm == nil {
+	if perm == nil || strings.HasPrefix(flag, `\`) {
 		return true
 	}
-	keyword := !strings.HasPrefix(flag, `\`)
 	for _, f := range perm {
-		if strings.EqualFold(f, flag) || keyword && f == `\*` {
+		if strings.EqualFold(f, flag) || f == `\*` {
 			return true
 		}
 	}

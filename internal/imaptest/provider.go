@@ -128,7 +128,7 @@ func (sess *session) keepInAllMail(uids *imap.UIDSet) error {
 		return nil
 	}
 	// Only the messages flagged \Deleted go, as the expunge does.
-	data, err := sess.UserSession.Search(imapserver.NumKindUID, &imap.SearchCriteria{UID: []imap.UIDSet{*uids}, Flag: []imap.Flag{imap.FlagDeleted}}, nil)
+	data, err := sess.UserSession.Search(imapserver.NumKindUID, &imap.SearchCriteria{UID: []imap.UIDSet{*uids}, Flag: []imap.Flag{imap.FlagDeleted}}, &imap.SearchOptions{})
 	if err != nil {
 		return err
 	}

@@ -110,3 +110,14 @@ func SkewSizes(t testing.TB, target string, delta int64) string {
 		})
 	})
 }
+
+// AddCaps is a RewriteProxy that adds caps to every capability list the
+// server sends (the greeting, CAPABILITY responses, [CAPABILITY ...]
+// codes), for capabilities imapserver does not know, such as Gmail's
+// X-GM-EXT-1. The server does not implement them.
+func AddCaps(t testing.TB, target string, caps ...string) string {
+	t.Helper()
+	return RewriteProxy(t, target, func(line string) string {
+		return capList.ReplaceAllString(line, "${1}${2} "+strings.Join(caps, " "))
+	})
+}
