@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -427,4 +428,43 @@ func TestPermittedFlags(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestDovecotWithoutTrash: on a real Dovecot account that has no Trash
+// mailbox (Debian's Dovecot auto-creates none), DELE + QUIT with the
+// default configuration succeeds: popbridge creates Trash and moves the
+// message there; a second deletion uses the Trash it created.
+func TestDovecotWithoutTrash(t *testing.T) {
+	addr := os.Getenv("POPBRIDGE_TEST_DOVECOT_ADDR")
+	domain := os.Getenv("POPBRIDGE_TEST_DOVECOT_NOTRASH_DOMAIN")
+	if addr == "" || domain == "" {
+		t.Skip("no Dovecot: set POPBRIDGE_TEST_DOVECOT_ADDR and _NOTRASH_DOMAIN (see .ci/dovecot-start)")
+	}
+	user := freshUser(domain)
+	admin := imaptest.NewAdmin(t, addr, user, "pass")
+	up := &upstreamEnv{name: "dovecot", addr: addr, user: user, pass: "pass", box: admin}
+	seed(up, 3)
+	e := newEnv(t, up)
+	var out strings.Builder
+	if err := Check(t.Context(), e.cfg, user, "pass", &out, nil); err != nil {
+		t.Fatalf("check: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "trash: Trash (none found; created at the first deletion)") {
+		t.Fatalf("the account has a Trash already, or check does not say it will be created:\n%s", out.String())
+	}
+	for _, n := range []int{1, 1} {
+		c := e.session("")
+		list := c.list()
+		for _, l := range list {
+			if got := int64(len(c.retr(l.n))); got != l.size {
+				t.Errorf("message %d: LIST says %d octets, RETR sent %d", l.n, l.size, got)
+			}
+		}
+		c.ok("DELE %d", n)
+		if q := c.quit(); !strings.HasPrefix(q, "+OK") {
+			t.Fatalf("QUIT = %q", q)
+		}
+	}
+	assertSubjects(t, "INBOX", admin.Messages("INBOX"), "message 3")
+	assertSubjects(t, "Trash", admin.Messages("Trash"), "message 1", "message 2")
 }
