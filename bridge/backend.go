@@ -28,7 +28,7 @@ type Bridge struct {
 	up      upstream.Config
 	records *records
 	now     func() time.Time
-	drops   *maildropDeps // what every maildrop is given
+	drops   *maildropDeps  // what every maildrop is given
 	prov    *providerState // the upstream's profile, connection budgets and back-off
 
 	// sessions, when set, counts the sessions of each account

@@ -3,6 +3,8 @@ package bridge
 import (
 	"context"
 	"os"
+	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -467,4 +469,62 @@ func TestDovecotWithoutTrash(t *testing.T) {
 	}
 	assertSubjects(t, "INBOX", admin.Messages("INBOX"), "message 3")
 	assertSubjects(t, "Trash", admin.Messages("Trash"), "message 1", "message 2")
+}
+
+// TestRealClientProviders: curl and fetchmail fetch and delete through
+// popbridge from the imitated providers whose defaults used to fail (a
+// Dovecot without Trash, iCloud's unmarked Trash, Exchange's refused
+// keywords and wrong sizes, Gmail's archiving expunge), under each delete
+// policy: every message arrives byte for byte, the deletion reaches the
+// upstream as the policy says, and the device no longer gets them.
+func TestRealClientProviders(t *testing.T) {
+	for _, c := range realClients {
+		if c.name != "curl" && c.name != "fetchmail" {
+			continue
+		}
+		for _, p := range simProviders {
+			if p.name != "generic" && p.name != "icloud" && p.name != "microsoft365" && p.name != "gmail" {
+				continue
+			}
+			for _, policy := range []string{PolicyMove, PolicyExpunge, PolicyFlag, PolicyHide} {
+				t.Run(c.name+"/"+p.name+"/"+policy, func(t *testing.T) {
+					if _, err := exec.LookPath(c.bin); err != nil {
+						t.Skipf("%s is not installed (.ci/run installs it)", c.bin)
+					}
+					t.Parallel()
+					up, profile := p.start(t)
+					corpus := clientCorpus(c.longLine)
+					for _, i := range []int{0, 1, 2, 5} {
+						up.box.Append("INBOX", corpus[i])
+					}
+					stored := up.box.Messages("INBOX")
+					e := newEnv(t, up, profile, func(cfg *Config) { cfg.Delete.Policy = Policy(policy) })
+					r := newClientRunner(t, c, e, c.name)
+					got, out := r.run(false)
+					checkDelivered(t, c, "delete run", got, stored, out)
+					inbox := up.box.Messages("INBOX")
+					switch policy {
+					case PolicyMove:
+						assertSubjects(t, "INBOX", inbox)
+						if got, want := rawSet(up.box.Messages(p.trash)), rawSet(stored); !slices.Equal(got, want) {
+							t.Errorf("%s does not hold exactly the messages INBOX held", p.trash)
+						}
+					case PolicyExpunge:
+						assertSubjects(t, "INBOX", inbox)
+					case PolicyFlag, PolicyHide:
+						assertSubjects(t, "INBOX", inbox, subjects(stored)...)
+						for _, m := range inbox {
+							if m.HasFlag(imap.FlagSeen) != (policy == PolicyFlag) || m.HasFlag("$POP3Deleted") != (policy == PolicyFlag && p.keyword) {
+								t.Errorf("%s policy: UID %d has flags %v", policy, m.UID, m.Flags)
+							}
+						}
+					}
+					r.forget()
+					if got, out := r.run(false); len(got) != 0 {
+						t.Errorf("second run: %s fetched %d messages after deleting them\n%s", c.name, len(got), out)
+					}
+				})
+			}
+		}
+	}
 }
