@@ -28,7 +28,8 @@ type Bridge struct {
 	up      upstream.Config
 	records *records
 	now     func() time.Time
-	drops   *maildropDeps // what every maildrop is given
+	drops   *maildropDeps  // what every maildrop is given
+	prov    *providerState // the upstream's profile, connection budgets and back-off
 
 	// sessions, when set, counts the sessions of each account
 	// (limits.max_sessions_per_account).
@@ -52,6 +53,7 @@ func NewBridge(cfg Config, st state.Store, log *zap.Logger) (*Bridge, error) {
 		return nil, err
 	}
 	b := &Bridge{cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
+	b.prov = newProviderState(cfg.Upstream, log, func() time.Time { return b.now() })
 	b.drops = &maildropDeps{
 		records:  b.records,
 		store:    st,
@@ -60,6 +62,7 @@ func NewBridge(cfg Config, st state.Store, log *zap.Logger) (*Bridge, error) {
 		markSeen: cfg.Upstream.MarkSeenOnRetr,
 		ahead:    newAheadPool(readAheadTotal),
 		now:      func() time.Time { return b.now() },
+		prov:     b.prov,
 	}
 	return b, nil
 }
@@ -76,6 +79,7 @@ type maildropDeps struct {
 	markSeen bool          // upstream.mark_seen_on_retr
 	ahead    *aheadPool    // the read-ahead buffers of every session
 	now      func() time.Time
+	prov     *providerState // the upstream's profile; what it permits
 }
 
 // dialConfig turns the [upstream] table into an upstream.Config,
@@ -205,15 +209,19 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 // openMaildrop opens the upstream, takes the maildrop lock and opens the
 // maildrop of (account, device).
 func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, device string, open upstreamOpener) (*maildrop, error) {
-	conn, st, err := open(ctx, account)
+	conn, st, freeSlot, err := b.openAdmitted(ctx, log, account, open)
 	if err != nil {
-		log.Info("upstream login failed", zap.Error(err))
-		return nil, toPOP3(err)
+		return nil, err
 	}
 	key := state.ClientKey{Mailbox: b.mailboxKey(account), Client: device}
-	release, err := b.store.Lock(ctx, key)
+	lockRelease, err := b.store.Lock(ctx, key)
+	release := func() {
+		lockRelease()
+		freeSlot()
+	}
 	if err != nil {
 		conn.Close()
+		freeSlot()
 		if errors.Is(err, state.ErrLocked) {
 			return nil, pop3.ErrInUse
 		}
@@ -223,7 +231,7 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable, try again later", Err: err}
 	}
 	md := &maildrop{
-		d: b.drops, log: log, key: key, account: account, reopen: open,
+		d: b.drops, log: log, key: key, account: account, acct: b.accountKey(account), reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
 	}
 	if err := b.adoptLegacy(ctx, account, key.Mailbox, log); err != nil {
@@ -276,6 +284,9 @@ func toPOP3(err error) error {
 			return pe
 		}
 		return &pop3.Error{Code: pop3.CodeSysTemp, Text: "internal error, try again later", Err: err}
+	}
+	if ue.Reason == upstream.ReasonThrottled {
+		return &pop3.Error{Code: pop3.CodeSysTemp, Text: "the upstream server throttles this account; try again later", Err: err}
 	}
 	switch ue.Kind {
 	case upstream.KindAuth:

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -11,54 +13,152 @@ import (
 )
 
 // Check logs in to the upstream as account, selects the configured mailbox
-// and reports to w what popbridge will be able to do there: the mailbox's
-// size, the capabilities the delete policy needs, and the Trash mailbox of
-// the move policy. It changes nothing upstream.
+// and reports to w, one line per finding, what popbridge will do there:
+// the connection and its TLS, the login, the capabilities, the provider
+// profile, the mailbox, how sizes are taken, the Trash of the move policy
+// (found, or to be created at the first deletion), the flags the flag
+// policy may set, the connection budget, and the delete policy; then one
+// line of advice per problem. It changes nothing upstream (it creates no
+// Trash). It returns an error when popbridge could not serve the account
+// with this configuration.
 func Check(ctx context.Context, cfg Config, account, password string, w io.Writer, log *zap.Logger) error {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	var advice []string
+	advise := func(format string, args ...any) { advice = append(advice, fmt.Sprintf(format, args...)) }
+	defer func() {
+		for _, a := range advice {
+			fmt.Fprintf(w, "advice: %s\n", a)
+		}
+	}()
 	up, err := dialConfig(cfg.Upstream, log)
 	if err != nil {
 		return err
 	}
 	conn, err := upstream.Dial(ctx, up)
 	if err != nil {
+		fmt.Fprintf(w, "upstream %s (%s): FAILED: %v\n", cfg.Upstream.Address, cfg.Upstream.Security, err)
+		switch {
+		case upstream.KindOf(err) == upstream.KindPerm && cfg.Upstream.Security != upstream.SecurityNone:
+			advise("the TLS handshake or the certificate failed: check upstream.security (tls for port 993, starttls for 143), upstream.server_name and upstream.ca_file")
+		default:
+			advise("check upstream.address (host:port) and that this host may reach it")
+		}
 		return err
 	}
 	defer conn.Close()
 	fmt.Fprintf(w, "upstream %s (%s): connected\n", cfg.Upstream.Address, cfg.Upstream.Security)
+	switch {
+	case cfg.Upstream.Security == upstream.SecurityNone:
+		fmt.Fprintf(w, "TLS: none (cleartext)\n")
+		if !loopbackAddr(cfg.Upstream.Address) {
+			advise("passwords and mail cross the network in clear: use upstream.security = \"tls\" or \"starttls\"")
+		}
+	case cfg.Upstream.InsecureSkipVerify:
+		fmt.Fprintf(w, "TLS: yes, certificate NOT verified\n")
+		advise("upstream.insecure_skip_verify = true: set upstream.ca_file instead")
+	default:
+		fmt.Fprintf(w, "TLS: yes, certificate verified\n")
+	}
 	if err := conn.Login(ctx, account, password); err != nil {
+		fmt.Fprintf(w, "login as %s: FAILED (%s)\n", account, upstream.KindOf(err))
+		switch upstream.ReasonOf(err) {
+		case upstream.ReasonThrottled:
+			advise("the server throttles this account or has too many connections open for it: wait, and lower upstream.max_connections_per_account")
+		default:
+			advise("check the user name and password; Gmail, iCloud, Yahoo and Fastmail want an app password (or OAuth), Microsoft 365 OAuth")
+		}
 		return err
 	}
 	fmt.Fprintf(w, "login as %s: ok\n", account)
-	st, err := conn.Select(ctx, cfg.Upstream.Mailbox)
-	if err != nil {
-		return err
+	host, _, _ := net.SplitHostPort(cfg.Upstream.Address)
+	p := resolveProfile(cfg.Upstream.Profile, host, conn.HasCap, conn.ServerID())
+	how := "recognized"
+	if cfg.Upstream.Profile != "" && cfg.Upstream.Profile != ProfileAuto {
+		how = "configured"
 	}
-	fmt.Fprintf(w, "mailbox %s: %d messages, UIDVALIDITY %d, UIDNEXT %d\n", cfg.Upstream.Mailbox, st.NumMessages, st.UIDValidity, st.UIDNext)
 	yes := func(b bool) string {
 		if b {
 			return "yes"
 		}
 		return "no"
 	}
-	fmt.Fprintf(w, "capabilities: UIDPLUS %s, MOVE %s, CONDSTORE %s\n", yes(conn.HasUIDPlus()), yes(conn.HasMove()), yes(conn.HasCondStore()))
-	if err := policyNeeds(conn, cfg.Delete.Policy); err != nil {
+	fmt.Fprintf(w, "capabilities: UIDPLUS %s, MOVE %s, CONDSTORE %s, SPECIAL-USE %s, CREATE-SPECIAL-USE %s, ID %s\n",
+		yes(conn.HasUIDPlus()), yes(conn.HasMove()), yes(conn.HasCondStore()), yes(conn.HasCap("SPECIAL-USE")),
+		yes(conn.HasCreateSpecialUse()), yes(conn.HasCap("ID")))
+	if id := conn.ServerID(); id.Name != "" || id.Vendor != "" {
+		fmt.Fprintf(w, "server: %s\n", strings.TrimSpace(id.Name+" "+id.Version))
+	}
+	fmt.Fprintf(w, "profile: %s (%s)\n", p.Name, how)
+	if p.Note != "" {
+		fmt.Fprintf(w, "profile note: %s\n", p.Note)
+	}
+	fmt.Fprintf(w, "fingerprint: %s\n", p.Fingerprint)
+	st, err := conn.Select(ctx, cfg.Upstream.Mailbox)
+	if err != nil {
+		fmt.Fprintf(w, "mailbox %s: FAILED: %v\n", cfg.Upstream.Mailbox, err)
+		advise("check upstream.mailbox (%q): the server has no such mailbox, or refuses it", cfg.Upstream.Mailbox)
 		return err
 	}
-	if cfg.Delete.Policy == PolicyMove {
-		target := cfg.Delete.MoveTo
-		if target == "" {
-			if target, err = conn.SpecialUse(ctx, `\Trash`); err != nil {
-				return err
-			}
-			if target == "" {
-				return fmt.Errorf("delete.policy = move: the server has no \\Trash special-use mailbox; set delete.move_to")
-			}
+	fmt.Fprintf(w, "mailbox %s: %d messages, UIDVALIDITY %d, UIDNEXT %d\n", cfg.Upstream.Mailbox, st.NumMessages, st.UIDValidity, st.UIDNext)
+	if p.LimitedView && st.UIDNext > 1 && st.UIDNext-1 > st.NumMessages {
+		advise("the mailbox shows %d messages but %d were delivered (UIDNEXT %d): if messages are missing, turn off the provider's IMAP \"limited mode\" (Yahoo: Settings, Security)", st.NumMessages, st.UIDNext-1, st.UIDNext)
+	}
+	if p.SizesUnreliable {
+		fmt.Fprintf(w, "sizes: measured (the %s profile's RFC822.SIZE is not the octets sent): the first poll reads each new message once\n", p.Name)
+	} else {
+		fmt.Fprintf(w, "sizes: RFC822.SIZE (a RETR that finds it wrong switches to measuring)\n")
+	}
+
+	if err := policyNeeds(conn, cfg.Delete.Policy); err != nil {
+		fmt.Fprintf(w, "delete policy %s: NOT POSSIBLE: %v\n", cfg.Delete.Policy, err)
+		advise("%v", err)
+		return err
+	}
+	switch cfg.Delete.Policy {
+	case PolicyMove:
+		tc, err := findTrash(ctx, conn, cfg.Delete.MoveTo, p)
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(w, "move target: %s\n", target)
+		if tc.Create {
+			fmt.Fprintf(w, "trash: %s (none found; created at the first deletion)\n", tc.Name)
+		} else {
+			fmt.Fprintf(w, "trash: %s (%s)\n", tc.Name, tc.How)
+		}
+	case PolicyExpunge:
+		if p.ExpungeArchives {
+			fmt.Fprintf(w, "expunge: does NOT delete here\n")
+			advise("%s", p.ExpungeNote)
+		}
+	case PolicyFlag:
+		fc := permittedFlags(cfg.Delete.Flags, st.PermanentFlags)
+		perm := "(none sent: every flag)"
+		if st.PermanentFlags != nil {
+			perm = "(" + strings.Join(st.PermanentFlags, " ") + ")"
+		}
+		fmt.Fprintf(w, "flags: PERMANENTFLAGS %s; the flag policy sets %s\n", perm, flagList(fc.Flags))
+		if len(fc.Refused) > 0 {
+			advise("the server does not keep %s: the flag policy sets %s instead, and the device no longer lists the messages all the same; "+
+				"other POP3 devices and IMAP clients cannot tell them apart", strings.Join(fc.Refused, " "), flagList(fc.Flags))
+		}
+	}
+	if n := maxConnections(cfg.Upstream.MaxConnectionsPerAccount, p); n > 0 {
+		fmt.Fprintf(w, "connection budget: %d upstream connections per account\n", n)
+	} else {
+		fmt.Fprintf(w, "connection budget: no limit\n")
+	}
+	if sess := cfg.Limits.MaxSessionsPerAccount; p.MaxConnections > 0 && (sess <= 0 || sess > p.MaxConnections) && cfg.Upstream.MaxConnectionsPerAccount == 0 {
+		advise("%s allows about %d connections per account; limits.max_sessions_per_account is %d: logins beyond the budget wait briefly and are refused with [SYS/TEMP]", p.Name, p.MaxConnections, sess)
 	}
 	fmt.Fprintf(w, "delete policy %s: ok\n", cfg.Delete.Policy)
 	return nil
+}
+
+func flagList(f []string) string {
+	if len(f) == 0 {
+		return "nothing (the device still hides the messages)"
+	}
+	return strings.Join(f, " ")
 }

@@ -18,17 +18,23 @@ func TestCheck(t *testing.T) {
 	cfg.Upstream.Security = upstream.SecurityNone
 
 	var out strings.Builder
-	// The default move policy needs a \Trash mailbox: there is none yet.
-	err := Check(t.Context(), cfg, mem.User, mem.Pass, &out, nil)
-	if err == nil || !strings.Contains(err.Error(), "move_to") {
-		t.Errorf("Check without Trash: %v, want an error naming delete.move_to", err)
+	// Without a Trash, the move policy creates one at the first deletion;
+	// check says so and creates nothing.
+	if err := Check(t.Context(), cfg, mem.User, mem.Pass, &out, nil); err != nil {
+		t.Fatalf("Check without Trash: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "trash: Trash (none found; created at the first deletion)") {
+		t.Errorf("Check without Trash does not say it will be created:\n%s", out.String())
+	}
+	if got := mem.CommandsNamed("CREATE"); len(got) != 0 {
+		t.Errorf("Check created a mailbox: %v", got)
 	}
 	mem.Create("Trash", imap.MailboxAttrTrash)
 	out.Reset()
 	if err := Check(t.Context(), cfg, mem.User, mem.Pass, &out, nil); err != nil {
 		t.Fatalf("Check: %v\n%s", err, out.String())
 	}
-	for _, want := range []string{"login as " + mem.User + ": ok", "INBOX: 1 messages", "UIDPLUS yes, MOVE yes", "move target: Trash", "delete policy move: ok"} {
+	for _, want := range []string{"login as " + mem.User + ": ok", "INBOX: 1 messages", "UIDPLUS yes, MOVE yes", "trash: Trash (\\Trash special-use)", "delete policy move: ok"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("Check output lacks %q:\n%s", want, out.String())
 		}

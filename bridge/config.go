@@ -84,6 +84,16 @@ type UpstreamConfig struct {
 	// is not on loopback (passwords and mail cross that network in
 	// clear); logged as a warning at every start.
 	AllowCleartextRemote bool `toml:"allow_cleartext_remote"`
+	// Profile names the provider (gmail, microsoft365, outlook, icloud,
+	// yahoo, fastmail, generic), whose known behaviour popbridge follows
+	// (see profile.go); "auto" recognizes it from the host name, the
+	// capabilities and the ID answer.
+	Profile string `toml:"profile"`
+	// MaxConnectionsPerAccount bounds the upstream connections popbridge
+	// holds for one account at once; a login beyond it waits briefly and
+	// is then refused with [SYS/TEMP]. 0: the profile's (Gmail 15,
+	// Microsoft 20, otherwise none); -1: no limit.
+	MaxConnectionsPerAccount int `toml:"max_connections_per_account"`
 }
 
 // AuthConfig is the [auth] table: how POP3 logins are read.
@@ -147,6 +157,7 @@ func DefaultConfig() Config {
 			Security: upstream.SecurityTLS,
 			Mailbox:  "INBOX",
 			Timeout:  30 * time.Second,
+			Profile:  ProfileAuto,
 		},
 		Auth: AuthConfig{
 			DeviceSeparator: "#",
@@ -326,6 +337,12 @@ func (c *UpstreamConfig) validate(p *problems) {
 	}
 	if c.Timeout <= 0 {
 		p.add("upstream.timeout", "must be positive")
+	}
+	if err := validProfile(c.Profile); err != nil {
+		p.add("upstream.profile", "%v", err)
+	}
+	if c.MaxConnectionsPerAccount < -1 {
+		p.add("upstream.max_connections_per_account", "must be -1 (no limit), 0 (the profile's) or positive")
 	}
 }
 

@@ -37,7 +37,11 @@
 //     the account's first login.
 //  4. LIST and STAT sizes are the octets RETR sends (CRLF line ends, before
 //     dot-stuffing); where the upstream's RFC822.SIZE was wrong, the size
-//     measured by the first RETR is stored and used from then on.
+//     measured by the first RETR is stored and used from then on. Where the
+//     provider profile says RFC822.SIZE is wrong (Exchange), or a RETR found
+//     it wrong for the mailbox, every message new to the record is measured
+//     (BODY.PEEK[] streamed through the POP3 framing into a counter) before
+//     its first LIST, once, and the measured size is stored.
 //  5. A RETR whose upstream fails midway ends the connection without the
 //     terminating dot: the client never stores a truncated message.
 //  6. Secrets (passwords, tokens, SASL payloads) never reach logs, metrics or
@@ -92,4 +96,20 @@
 //     with "over quota" for a full target (NO [OVERQUOTA]), [SYS/TEMP] when
 //     the server is down or busy or the connection broke (the intent stays
 //     for the next login).
+//  16. The move policy always has a destination: delete.move_to, the \Trash
+//     special-use mailbox, a mailbox with the profile's or a usual Trash name,
+//     or "Trash", which popbridge creates (and only then: at a QUIT that
+//     deletes, never at check or login; creating a mailbox changes no
+//     message). The flag policy sets only keywords the mailbox's
+//     PERMANENTFLAGS allow, \Seen in their place when none is left, never
+//     \Deleted; the device no longer lists the messages either way.
+//  17. An account holds at most upstream.max_connections_per_account upstream
+//     connections on an instance (the profile's by default: Gmail 15,
+//     Microsoft 20); a login beyond it waits briefly, then is refused with
+//     [SYS/TEMP] before the upstream hears of it. After a throttling answer
+//     the account's logins are refused with [LOGIN-DELAY], without reaching
+//     the upstream, until its back-off window has passed.
+//  18. Provider differences are data (profile.go), chosen by upstream.profile
+//     or recognized by host name, capabilities and ID, never tests of the
+//     provider spread through the code.
 package bridge

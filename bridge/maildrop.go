@@ -33,6 +33,7 @@ type maildrop struct {
 	log     *zap.Logger
 	key     state.ClientKey
 	account string
+	acct    string         // the account key (Bridge.accountKey)
 	reopen  upstreamOpener // logs in again with the session's credentials; never logged
 
 	conn   *upstream.Conn
@@ -59,7 +60,7 @@ type maildrop struct {
 // still there) and the replay is tried again at the next login, within the
 // bound of maxReplayAttempts and maxReplayAge.
 func (m *maildrop) open(ctx context.Context) error {
-	rec, err := m.d.records.sync(ctx, m.conn, m.key.Mailbox, m.status, m.log)
+	rec, err := m.d.records.sync(ctx, m.conn, m.key.Mailbox, m.status, m.log, m.d.prov.measureSizes(m.key.Mailbox))
 	if err != nil {
 		return err
 	}
@@ -247,6 +248,10 @@ func (m *maildrop) Retr(ctx context.Context, n int, cw pop3.MessageWriter) error
 	}
 	if size := cw.MessageOctets(); size != msg.Size {
 		m.measured[msg.UIDL] = size
+		if m.d.prov.sizeMismatch(m.key.Mailbox) {
+			m.log.Warn("the upstream's RFC822.SIZE is not the octets RETR sends; from now on new messages are measured at their first sync",
+				zap.String("uidl", msg.UIDL), zap.Int64("listed", msg.Size), zap.Int64("sent", size))
+		}
 	}
 	if m.d.markSeen {
 		if err := m.conn.AddFlags(ctx, []uint32{uid}, []string{`\Seen`}); err != nil {
@@ -301,7 +306,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 	}
 	switch cfg.Policy {
 	case PolicyFlag:
-		p.Flags = slices.Clone(cfg.Flags)
+		p.Flags = slices.Clone(m.flagsToSet())
 	case PolicyMove:
 		target, err := m.moveTarget(ctx)
 		if err != nil {
@@ -421,30 +426,48 @@ func (m *maildrop) identify(p *state.Pending) {
 	}
 }
 
-// moveTarget returns the mailbox the move policy moves to: delete.move_to,
-// or the upstream's \Trash special-use mailbox.
+// moveTarget returns the mailbox the move policy moves to (findTrash):
+// delete.move_to, the \Trash special-use mailbox, a mailbox with a usual
+// Trash name, or "Trash", which it creates then (with \Trash where the
+// server has CREATE-SPECIAL-USE). It runs at QUIT, after DELE: creating
+// the Trash touches no message. The choice is logged once per account.
 func (m *maildrop) moveTarget(ctx context.Context) (string, error) {
 	if m.target != "" {
 		return m.target, nil
 	}
-	if t := m.d.delete.MoveTo; t != "" {
-		m.target = t
-		return t, nil
-	}
-	var t string
+	var tc trashChoice
 	err := m.withConn(ctx, func(c *upstream.Conn) (err error) {
-		t, err = c.SpecialUse(ctx, `\Trash`)
-		return err
+		if tc, err = findTrash(ctx, c, m.d.delete.MoveTo, m.d.prov.current()); err != nil || !tc.Create {
+			return err
+		}
+		return c.Create(ctx, tc.Name, `\Trash`)
 	})
 	if err != nil {
+		m.log.Error("the move policy could not find or create a Trash mailbox upstream; set delete.move_to", zap.String("trash", tc.Name), zap.Error(err))
 		return "", toPOP3(err)
 	}
-	if t == "" {
-		m.log.Error("the move policy found no \\Trash mailbox upstream; set delete.move_to")
-		return "", &pop3.Error{Code: pop3.CodeSysPerm, Text: "no Trash mailbox upstream; nothing was deleted"}
+	if m.d.prov.first("trash " + m.acct) {
+		how := tc.How
+		if tc.Create {
+			how = "created"
+		}
+		m.log.Info("the move policy moves deleted messages to this Trash", zap.String("trash", tc.Name), zap.String("how", how))
 	}
-	m.target = t
-	return t, nil
+	m.target = tc.Name
+	return tc.Name, nil
+}
+
+// flagsToSet returns what the flag policy sets in this mailbox: the
+// configured flags its PERMANENTFLAGS allow, or \Seen in their place
+// (permittedFlags). A refusal is logged once per account; the messages
+// are hidden from the device all the same.
+func (m *maildrop) flagsToSet() []string {
+	fc := permittedFlags(m.d.delete.Flags, m.status.PermanentFlags)
+	if len(fc.Refused) > 0 && m.d.prov.first("flags "+m.acct) {
+		m.log.Warn("the upstream's PERMANENTFLAGS do not allow some of delete.flags; the flag policy sets what it can and the device no longer lists the messages all the same",
+			zap.Strings("refused", fc.Refused), zap.Strings("set", fc.Flags), zap.Strings("permanentflags", m.status.PermanentFlags))
+	}
+	return fc.Flags
 }
 
 // applyUpstream carries out p's policy on uids (uidls[i] is the UIDL of
@@ -536,6 +559,10 @@ func (m *maildrop) withConn(ctx context.Context, op func(*upstream.Conn) error) 
 	m.dropAhead()
 	err := op(m.conn)
 	if err == nil || errors.Is(err, errMidway) || upstream.KindOf(err) != upstream.KindTemp || ctx.Err() != nil {
+		return err
+	}
+	if m.d.prov.outcome(m.log, m.acct, err, false) {
+		// Throttled: a reconnect now would only make it worse.
 		return err
 	}
 	m.log.Info("upstream operation failed; reconnecting once", zap.Error(err))

@@ -3,17 +3,21 @@ package bridge
 import (
 	"context"
 	"fmt"
+	"io"
 
 	"go.uber.org/zap"
 
+	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/upstream"
 )
 
 // sync brings the mailbox record of mbox up to date with the selected
 // mailbox, asking the upstream as little as it can (see "Sync at login" in
-// docs/architecture.md), and returns the record.
-func (r *records) sync(ctx context.Context, conn *upstream.Conn, mbox string, st upstream.Status, log *zap.Logger) (*state.Mailbox, error) {
+// docs/architecture.md), and returns the record. With measure, the size
+// of each message new to the record is measured (measureSizes) instead of
+// taken from RFC822.SIZE.
+func (r *records) sync(ctx context.Context, conn *upstream.Conn, mbox string, st upstream.Status, log *zap.Logger, measure bool) (*state.Mailbox, error) {
 	now := state.Markers{UIDValidity: st.UIDValidity, UIDNext: st.UIDNext, NumMessages: st.NumMessages, HighestModSeq: st.HighestModSeq}
 	uidl := func(uid uint32) string { return r.uidl.Format(uid, st.UIDValidity) }
 	var (
@@ -21,6 +25,7 @@ func (r *records) sync(ctx context.Context, conn *upstream.Conn, mbox string, st
 		before *state.Mailbox
 		ch     state.MailboxChange
 		stats  state.RematchStats
+		sizes  = map[uint32]int64{} // measured, kept across conflict retries
 	)
 	rec, err := r.update(ctx, mbox, func(m *state.Mailbox) (c state.MailboxChange, err error) {
 		plan, before, stats = state.Decide(m, now), m, state.RematchStats{}
@@ -34,6 +39,9 @@ func (r *records) sync(ctx context.Context, conn *upstream.Conn, mbox string, st
 			c, err = r.syncIncremental(ctx, conn, m, now, uidl)
 		case state.PlanFull:
 			c, stats, err = r.syncFull(ctx, conn, m, now, uidl)
+		}
+		if err == nil && measure {
+			err = measureSizes(ctx, conn, m, c.Put, sizes)
 		}
 		ch = c
 		return c, err
@@ -145,4 +153,41 @@ func (r *records) syncFull(ctx context.Context, conn *upstream.Conn, m *state.Ma
 	}
 	ch, stats := state.Rematch(m, now, all, digests, uidl)
 	return ch, stats, nil
+}
+
+// measureSizes sets the Size of each entry of put that is new to the
+// record m to the octets RETR sends for it (CRLF line ends, the final CRLF
+// included, before dot-stuffing): BODY.PEEK[] streamed through the POP3
+// framing into a counter, nothing buffered. An entry m already holds keeps
+// its stored size, so every message is measured once. sizes caches what
+// was measured (a conflict retry asks again). A message expunged meanwhile
+// keeps its RFC822.SIZE: no RETR can fetch it.
+func measureSizes(ctx context.Context, conn *upstream.Conn, m *state.Mailbox, put []state.Entry, sizes map[uint32]int64) error {
+	stored := make(map[string]int64, len(m.Entries))
+	for _, e := range m.Entries {
+		stored[e.UIDL] = e.Size
+	}
+	for i := range put {
+		e := &put[i]
+		if size, ok := stored[e.UIDL]; ok {
+			e.Size = size
+			continue
+		}
+		if size, ok := sizes[e.UID]; ok {
+			e.Size = size
+			continue
+		}
+		mw, end := pop3.NewMessageWriter(io.Discard)
+		_, err := conn.WriteMessage(ctx, e.UID, mw)
+		if upstream.KindOf(err) == upstream.KindGone {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("measuring the size of UID %d: %w", e.UID, err)
+		}
+		_ = end()
+		sizes[e.UID] = mw.MessageOctets()
+		e.Size = sizes[e.UID]
+	}
+	return nil
 }

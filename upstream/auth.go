@@ -107,8 +107,13 @@ func (c *Conn) afterAuth() error {
 	if caps.Has(imap.CapID) {
 		// Some servers (NetEase) refuse SELECT without ID. Its failure is
 		// not ours to report.
-		if _, err := c.client.ID(clientID).Wait(); err != nil {
+		id, err := c.client.ID(clientID).Wait()
+		if err != nil {
 			c.log.Debug("upstream ID failed", zap.Error(err))
+		} else if id != nil {
+			c.mu.Lock()
+			c.serverID = ServerID{Name: id.Name, Vendor: id.Vendor, Version: id.Version}
+			c.mu.Unlock()
 		}
 	}
 	return nil

@@ -52,8 +52,9 @@ type Conn struct {
 	netConn net.Conn // what client reads and writes
 	timeout time.Duration
 
-	mu   sync.Mutex
-	caps imap.CapSet // refreshed after authentication
+	mu       sync.Mutex
+	caps     imap.CapSet // refreshed after authentication
+	serverID ServerID    // the server's ID answer (RFC 2971), after authentication
 
 	closeOnce sync.Once
 	closeErr  error
@@ -220,4 +221,29 @@ func (c *Conn) Close() error {
 
 func isClosedErr(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+}
+
+// ServerID is what the server said of itself in its ID answer (RFC 2971):
+// "Microsoft Exchange", "Dovecot", ... Empty when it has no ID.
+type ServerID struct {
+	Name, Vendor, Version string
+}
+
+// ServerID returns the server's ID answer, sent after authentication when
+// the server has ID; zero before, or without it.
+func (c *Conn) ServerID() ServerID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.serverID
+}
+
+// HasCap reports whether the server advertised capability name
+// ("X-GM-EXT-1"), case-insensitively.
+func (c *Conn) HasCap(name string) bool {
+	for cp := range c.Caps() {
+		if strings.EqualFold(string(cp), name) {
+			return true
+		}
+	}
+	return false
 }

@@ -5,7 +5,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 )
@@ -46,6 +49,10 @@ const (
 	ReasonPermission                // NO [NOPERM], or a NO whose text says permission denied, ACL, read-only
 	ReasonQuota                     // NO [OVERQUOTA], or a NO whose text says over quota
 	ReasonUnavailable               // NO [UNAVAILABLE], [INUSE], [LIMIT], [SERVERBUG], [CORRUPTION]: try later
+	// ReasonThrottled: the server limits this account for now: NO [THROTTLED],
+	// or a NO, BAD or BYE whose text says throttled, too many connections or
+	// back off (Gmail, Microsoft 365). Wait before trying again.
+	ReasonThrottled
 )
 
 func (r Reason) String() string {
@@ -60,6 +67,8 @@ func (r Reason) String() string {
 		return "quota"
 	case ReasonUnavailable:
 		return "unavailable"
+	case ReasonThrottled:
+		return "throttled"
 	}
 	return fmt.Sprintf("Reason(%d)", int(r))
 }
@@ -82,13 +91,58 @@ func ReasonOf(err error) Reason {
 var (
 	permissionTexts = []string{"permission denied", "not permitted", "access denied", "insufficient rights", "acl", "read-only", "read only"}
 	quotaTexts      = []string{"over quota", "quota exceeded", "exceeds quota", "quota exceed"}
+	throttleTexts   = []string{"throttl", "too many simultaneous", "too many connections", "too many concurrent", "backoff time", "rate limit"}
 )
+
+// codeThrottled is the response code Gmail sends when it throttles a user.
+const codeThrottled imap.ResponseCode = "THROTTLED"
+
+// throttled reports whether ie says the server is holding the account back.
+func throttled(ie *imap.Error) bool {
+	if ie.Code == codeThrottled {
+		return true
+	}
+	text := strings.ToLower(ie.Text)
+	for _, t := range throttleTexts {
+		if strings.Contains(text, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// BackoffHint returns the wait a throttled server suggested ("Suggested
+// Backoff Time: 3000 milliseconds", Microsoft's wording), or 0.
+func BackoffHint(err error) time.Duration {
+	var ie *imap.Error
+	if !errors.As(err, &ie) {
+		return 0
+	}
+	m := backoffRe.FindStringSubmatch(ie.Text)
+	if m == nil {
+		return 0
+	}
+	n, perr := strconv.ParseInt(m[1], 10, 64)
+	if perr != nil || n < 0 {
+		return 0
+	}
+	unit := time.Millisecond
+	if strings.HasPrefix(strings.ToLower(m[2]), "s") {
+		unit = time.Second
+	}
+	return time.Duration(min(n, int64(24*time.Hour/unit))) * unit
+}
+
+var backoffRe = regexp.MustCompile(`(?i)backoff time:?\s*(\d+)\s*(milliseconds|ms|seconds|s)`)
 
 // reasonOf classifies err, an error of imapclient, net or crypto/tls.
 func reasonOf(err error) Reason {
 	var ie *imap.Error
 	if !errors.As(err, &ie) {
 		return ReasonConnection
+	}
+	if throttled(ie) {
+		return ReasonThrottled
 	}
 	switch ie.Type {
 	case imap.StatusResponseTypeNo:
@@ -174,6 +228,10 @@ func kindOf(err error, ph phase) Kind {
 		}
 		reason := reasonOf(err)
 		switch {
+		case reason == ReasonThrottled:
+			// Not a wrong password, nor a refusal for good: the server
+			// wants the account to wait.
+			return KindTemp
 		case reason == ReasonQuota:
 			// Over quota stays so until someone makes room.
 			return KindPerm

@@ -84,6 +84,11 @@ type Status struct {
 	UIDNext       uint32
 	NumMessages   uint32
 	HighestModSeq uint64 // 0 without CONDSTORE
+	// PermanentFlags are the flags the server keeps for good (SELECT's
+	// PERMANENTFLAGS); `\*` among them means new keywords may be set.
+	// nil when the server sent none: then every flag is permanent
+	// (RFC 9051 §7.1).
+	PermanentFlags []string
 }
 
 // Msg is one message of a listing.

@@ -36,6 +36,7 @@ type memConfig struct {
 	tls        bool
 	user, pass string
 	oauth      BearerCheck // WithOAuth
+	provider   providerConfig
 }
 
 // WithCaps sets the capabilities the server offers (go-imap's
@@ -79,14 +80,17 @@ type MemServer struct {
 	rec  recorder
 	done chan struct{}
 
-	mu         sync.Mutex
-	finished   bool
-	internal   map[string]bool
-	specialUse map[string][]imap.MailboxAttr // every mailbox, with its attributes
-	faults     map[string]error
-	blocks     map[string]chan struct{}
-	admin      *Admin
-	oauth      BearerCheck // nil: passwords; else OAuth-only (WithOAuth)
+	mu            sync.Mutex
+	finished      bool
+	internal      map[string]bool
+	specialUse    map[string][]imap.MailboxAttr // every mailbox, with its attributes
+	faults        map[string]error
+	blocks        map[string]chan struct{}
+	admin         *Admin
+	oauth         BearerCheck // nil: passwords; else OAuth-only (WithOAuth)
+	provider      providerConfig
+	logins        int // client sessions logged in now (WithMaxLogins)
+	refusedLogins int // LOGINs refused for WithMaxLogins
 }
 
 var _ Mailboxes = (*MemServer)(nil)
@@ -110,6 +114,7 @@ func NewMemServer(t testing.TB, opts ...Option) *MemServer {
 		faults:     make(map[string]error),
 		blocks:     make(map[string]chan struct{}),
 		oauth:      cfg.oauth,
+		provider:   cfg.provider,
 	}
 	s.mem.AddUser(s.user)
 	s.Create("INBOX")

@@ -14,6 +14,8 @@ type session struct {
 	*imapmemserver.UserSession // nil until Login
 	s                          *MemServer
 	addr                       string // the client's address
+	selected                   string // the selected mailbox, "" when none
+	counted                    bool   // counted in MemServer.logins
 }
 
 var _ imapserver.SessionIMAP4rev2 = (*session)(nil)
@@ -36,6 +38,9 @@ func (sess *session) Login(username, password string) error {
 	if err := sess.s.user.Login(username, password); err != nil {
 		return err
 	}
+	if err := sess.admitLogin(); err != nil {
+		return err
+	}
 	sess.UserSession = imapmemserver.NewUserSession(sess.s.user)
 	return nil
 }
@@ -44,7 +49,15 @@ func (sess *session) Select(mailbox string, options *imap.SelectOptions) (*imap.
 	if err := sess.fault("SELECT"); err != nil {
 		return nil, err
 	}
-	return sess.UserSession.Select(mailbox, options)
+	data, err := sess.UserSession.Select(mailbox, options)
+	if err != nil {
+		return nil, err
+	}
+	sess.selected = mailbox
+	if pf := sess.s.provider.permanentFlags; pf != nil {
+		data.PermanentFlags = pf
+	}
+	return data, nil
 }
 
 func (sess *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
@@ -56,6 +69,9 @@ func (sess *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, option
 
 func (sess *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *imap.StoreFlags, options *imap.StoreOptions) error {
 	if err := sess.fault("STORE"); err != nil {
+		return err
+	}
+	if err := sess.refuseKeywords(flags.Flags); err != nil {
 		return err
 	}
 	return sess.UserSession.Store(w, numSet, flags, options)
@@ -73,6 +89,9 @@ func (sess *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) err
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot, Text: "imaptest: " + what + " is forbidden"}
 	}
 	if err := sess.fault("EXPUNGE"); err != nil {
+		return err
+	}
+	if err := sess.keepInAllMail(uids); err != nil {
 		return err
 	}
 	return sess.UserSession.Expunge(w, uids)
