@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -162,14 +163,26 @@ func (b *Bridge) enrolledTarget(ctx context.Context, log *zap.Logger, name, pass
 		log.Warn("checking the app password failed", zap.Error(err))
 		return target{}, true, toPOP3(err)
 	}
+	t, err = b.enrolledOpen(log, info, up, sess)
+	if err != nil {
+		sess.Close()
+		return target{}, true, err
+	}
+	return t, true, nil
+}
+
+// enrolledOpen is the target of the unlocked account sess (info, served
+// from up): its opener logs in with a token of the account's grant (or,
+// app-only, of the upstream's client) as the account's login user.
+func (b *Bridge) enrolledOpen(log *zap.Logger, info *account.Info, up *oauthUpstream, sess *account.Session) (target, error) {
+	e := b.enrolled
 	var src oauth.TokenSource
 	switch {
 	case info.Kind == account.AppOnly && up.app != nil:
 		src = up.app
 	case info.Kind == account.AppOnly:
-		sess.Close()
 		log.Error("app-only account refused: its upstream's oauth.flow is not client_credentials", zap.String("upstream", info.Upstream))
-		return target{}, true, errOAuthClient
+		return target{}, errOAuthClient
 	default:
 		src = oauth.NewKeeper(up.client, &sessionGrants{s: sess, count: b.countRefresh})
 	}
@@ -191,7 +204,51 @@ func (b *Bridge) enrolledTarget(ctx context.Context, log *zap.Logger, name, pass
 		open:       open,
 		mailboxKey: MailboxKey(up.cfg.Name, b.accountKey(user), up.cfg.Mailbox),
 		done:       sess.Close,
-	}, true, nil
+	}, nil
+}
+
+// CheckAccount is "popbridge account test": it unlocks the enrolled
+// account name with password (or, when password is empty, the server
+// key), gets a fresh token (refreshing the grant when needed, as a login
+// would), logs in upstream, selects the mailbox and writes what it saw to
+// w.
+func (b *Bridge) CheckAccount(ctx context.Context, name, password string, w io.Writer) error {
+	reg := b.enrolled.reg
+	if reg == nil {
+		return errors.New("the state store keeps no enrolled accounts")
+	}
+	info, err := reg.Lookup(ctx, name)
+	if err != nil {
+		return err
+	}
+	up := b.enrolled.upstreams[info.Upstream]
+	if up == nil {
+		return fmt.Errorf("account %s: upstream %q is not in [[upstreams]]", info.Name, info.Upstream)
+	}
+	var sess *account.Session
+	if password == "" {
+		sess, err = reg.Unlock(ctx, name)
+	} else {
+		sess, err = reg.Verify(ctx, name, password)
+	}
+	if err != nil {
+		return err
+	}
+	t, err := b.enrolledOpen(b.log, info, up, sess)
+	if err != nil {
+		sess.Close()
+		return err
+	}
+	defer t.done()
+	fmt.Fprintf(w, "account %s: unlocked (%s)\n", info.Name, map[bool]string{true: "server key", false: "app password"}[password == ""])
+	conn, st, err := t.open(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	fmt.Fprintf(w, "upstream %s (%s): logged in as %s\n", up.cfg.Name, up.cfg.Address, info.LoginUser())
+	fmt.Fprintf(w, "mailbox %s: %d messages\n", up.cfg.Mailbox, st.NumMessages)
+	return nil
 }
 
 // openEnrolled dials up, logs in as login with a token of src (one forced
