@@ -92,4 +92,12 @@
 //     with "over quota" for a full target (NO [OVERQUOTA]), [SYS/TEMP] when
 //     the server is down or busy or the connection broke (the intent stays
 //     for the next login).
+//  16. A login name enrolled in the account registry is served only as
+//     enrolled (never passed through), and its app password is checked by
+//     popbridge before anything else: a wrong one reaches neither the
+//     upstream nor the OAuth provider. The upstream login uses a token of
+//     the account's grant, refreshed once across every instance, the
+//     rotated refresh token stored before the new access token is used; a
+//     grant the provider no longer honours gives -ERR [AUTH] and marks the
+//     account (enrolled.go).
 package bridge
