@@ -34,6 +34,9 @@ type Bridge struct {
 	// sessions, when set, counts the sessions of each account
 	// (limits.max_sessions_per_account).
 	sessions sessionLimiter
+
+	enrolled  *enrolledState      // enrolled accounts (enrolled.go)
+	onRefresh func(result string) // counts OAuth refreshes (metrics)
 }
 
 // sessionLimiter admits the sessions of an account (Limits does).
@@ -45,14 +48,26 @@ type sessionLimiter interface {
 
 // NewBridge returns the backend for cfg, which must be valid.
 func NewBridge(cfg Config, st state.Store, log *zap.Logger) (*Bridge, error) {
+	return NewBridgeWith(cfg, st, log, AccountOptions{})
+}
+
+// NewBridgeWith is NewBridge with options for enrolled accounts.
+func NewBridgeWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOptions) (*Bridge, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	up, err := dialConfig(cfg.Upstream, log)
+	up := upstream.Config{Timeout: cfg.Upstream.Timeout, Logger: log.Named("upstream")}
+	if cfg.Upstream.Address != "" {
+		var err error
+		if up, err = dialConfig(cfg.Upstream, log); err != nil {
+			return nil, err
+		}
+	}
+	enrolled, err := newEnrolled(cfg, st, log, opts)
 	if err != nil {
 		return nil, err
 	}
-	b := &Bridge{cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
+	b := &Bridge{enrolled: enrolled, cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
 	b.prov = newProviderState(cfg.Upstream, log, func() time.Time { return b.now() })
 	b.drops = &maildropDeps{
 		records:  b.records,
@@ -152,14 +167,22 @@ func (b *Bridge) LogFields(username string) []zap.Field {
 	return []zap.Field{zap.String("account", account), zap.String("device", device)}
 }
 
-// Login implements pop3.Backend: the POP3 credentials are passed through
-// to the upstream's LOGIN (or AUTHENTICATE PLAIN).
+// Login implements pop3.Backend. A login name enrolled in the account
+// registry (bridge/account) is checked against its app passwords here and
+// served from its [[upstreams]] entry with a token (enrolled.go); any
+// other login's credentials are passed through to the [upstream]'s LOGIN
+// (or AUTHENTICATE PLAIN), unless accounts.passthrough is off.
 func (b *Bridge) Login(ctx context.Context, ci *pop3.ConnInfo, username, password string) (pop3.Maildrop, error) {
 	if password == "" {
 		return nil, pop3.ErrAuthFailed
 	}
-	return b.loginWith(ctx, ci, username, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
-		return b.openUpstream(ctx, account, password)
+	return b.loginWith(ctx, ci, username, func(ctx context.Context, log *zap.Logger, account string) (target, error) {
+		if t, ok, err := b.enrolledTarget(ctx, log, account, password); ok || err != nil {
+			return t, err
+		}
+		return b.passthroughTarget(account, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
+			return b.openUpstream(ctx, account, password)
+		})
 	})
 }
 
@@ -167,11 +190,39 @@ func (b *Bridge) Login(ctx context.Context, ci *pop3.ConnInfo, username, passwor
 // mailbox.
 type upstreamOpener func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error)
 
-// loginWith is Login with the upstream authentication left to open: it
-// splits the device tag, opens the upstream, takes the maildrop lock and
-// opens the maildrop.
-// The maildrop keeps open to reconnect with the same credentials.
-func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username string, open upstreamOpener) (pop3.Maildrop, error) {
+// target is where a login is served from: how to open (and reopen) the
+// upstream, and the mailbox record's key.
+type target struct {
+	open       upstreamOpener
+	mailboxKey string
+	// legacy: records of earlier versions (keyed on upstream.address)
+	// may exist for it; pass-through only.
+	legacy bool
+	// done, when set, is called once the maildrop is released (or the
+	// login failed): it forgets the enrolled account's unlocked key.
+	done func()
+}
+
+// resolver finds the target of the account part of a login name (device
+// tag stripped, the name checked): the one place that decides between an
+// enrolled account and pass-through.
+type resolver func(ctx context.Context, log *zap.Logger, account string) (target, error)
+
+// passthroughTarget is the [upstream] target of account, or -ERR [AUTH]
+// when pass-through is off.
+func (b *Bridge) passthroughTarget(account string, open upstreamOpener) (target, error) {
+	if !b.cfg.passthroughOn() {
+		return target{}, pop3.ErrAuthFailed
+	}
+	return target{open: open, mailboxKey: b.mailboxKey(account), legacy: true}, nil
+}
+
+// loginWith is Login with the upstream left to resolve: it splits the
+// device tag, resolves the target, opens the upstream, takes the maildrop
+// lock and opens the maildrop.
+// The maildrop keeps the target's opener to reconnect with the same
+// credentials.
+func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username string, resolve resolver) (pop3.Maildrop, error) {
 	// The pop3 package has checked the name already; a Backend checks
 	// what it is given.
 	if err := pop3.CheckLoginName(username); err != nil {
@@ -193,27 +244,40 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 			return nil, err
 		}
 	}
-	md, err := b.openMaildrop(ctx, log, account, device, open)
+	t, err := resolve(ctx, log, account)
 	if err != nil {
 		endSession()
+		return nil, err
+	}
+	done := endSession
+	if t.done != nil {
+		done = func() {
+			t.done()
+			endSession()
+		}
+	}
+	md, err := b.openMaildrop(ctx, log, account, device, t)
+	if err != nil {
+		done()
 		return nil, err
 	}
 	lockRelease := md.release
 	md.release = func() {
 		lockRelease()
-		endSession()
+		done()
 	}
 	return md, nil
 }
 
 // openMaildrop opens the upstream, takes the maildrop lock and opens the
 // maildrop of (account, device).
-func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, device string, open upstreamOpener) (*maildrop, error) {
+func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, device string, t target) (*maildrop, error) {
+	open := t.open
 	conn, st, freeSlot, err := b.openAdmitted(ctx, log, account, open)
 	if err != nil {
 		return nil, err
 	}
-	key := state.ClientKey{Mailbox: b.mailboxKey(account), Client: device}
+	key := state.ClientKey{Mailbox: t.mailboxKey, Client: device}
 	lockRelease, err := b.store.Lock(ctx, key)
 	release := func() {
 		lockRelease()
@@ -234,10 +298,12 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		d: b.drops, log: log, key: key, account: account, acct: b.accountKey(account), reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
 	}
-	if err := b.adoptLegacy(ctx, account, key.Mailbox, log); err != nil {
-		md.Close()
-		log.Warn("opening the maildrop failed", zap.Error(err))
-		return nil, toPOP3(err)
+	if t.legacy {
+		if err := b.adoptLegacy(ctx, account, key.Mailbox, log); err != nil {
+			md.Close()
+			log.Warn("opening the maildrop failed", zap.Error(err))
+			return nil, toPOP3(err)
+		}
 	}
 	if err := md.open(ctx); err != nil {
 		// Close calls release, which is the lock's alone here.

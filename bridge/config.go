@@ -32,6 +32,11 @@ type Config struct {
 	Limits   LimitsConfig   `toml:"limits"`
 	Log      LogConfig      `toml:"log"`
 	Admin    AdminConfig    `toml:"admin"`
+	// Upstreams are the upstreams of enrolled accounts ([[upstreams]]),
+	// Accounts how enrolled accounts are kept and who wins a login name
+	// (config_accounts.go).
+	Upstreams []OAuthUpstreamConfig `toml:"upstreams"`
+	Accounts  AccountsConfig        `toml:"accounts"`
 }
 
 // AdminConfig is the [admin] table: the operator's HTTP endpoints
@@ -178,8 +183,9 @@ func DefaultConfig() Config {
 			ExemptNetworks:             netlist.MustParse("127.0.0.0/8", "::1"),
 			MaxSessionsPerAccount:      10,
 		},
-		Log:   LogConfig{Level: zapcore.InfoLevel, Format: "json", UpstreamTraceAccounts: []string{}},
-		Admin: AdminConfig{ReadyCache: 5 * time.Second},
+		Log:      LogConfig{Level: zapcore.InfoLevel, Format: "json", UpstreamTraceAccounts: []string{}},
+		Admin:    AdminConfig{ReadyCache: 5 * time.Second},
+		Accounts: AccountsConfig{Passthrough: true},
 	}
 }
 
@@ -281,7 +287,10 @@ func (c *Config) problems() problems {
 	var p problems
 	c.Server.validate(&p)
 	c.TLS.validate(&p)
-	c.Upstream.validate(&p)
+	// [upstream] may go without an address when it serves no one: with
+	// [[upstreams]] or with pass-through off.
+	c.Upstream.validate(&p, len(c.Upstreams) == 0 && c.Accounts.Passthrough)
+	c.validateOAuth(&p)
 	c.Auth.validate(&p)
 	c.Delete.validate(&p)
 	c.State.Check(func(key, msg string) { p.add("state."+key, "%s", msg) })
@@ -319,13 +328,13 @@ func (c *TLSConfig) validate(p *problems) {
 	}
 }
 
-func (c *UpstreamConfig) validate(p *problems) {
+func (c *UpstreamConfig) validate(p *problems, addressRequired bool) {
 	if !validUpstreamName(c.Name) {
 		p.add("upstream.name", "%q: want 1 to 64 letters, digits, '.', '_' or '-'", c.Name)
 	}
 	switch {
-	case c.Address == "":
-		p.add("upstream.address", "is required (host:port of the IMAP server)")
+	case c.Address == "" && addressRequired:
+		p.add("upstream.address", "is required (host:port of the IMAP server), unless [[upstreams]] serve enrolled accounts or accounts.passthrough = false")
 	case c.Security == upstream.SecurityNone && !loopbackAddr(c.Address) && !c.AllowCleartextRemote:
 		p.add("upstream.security", `"none" would send passwords and mail in clear to %s, which is not loopback: use tls or starttls, or, for a private network, set upstream.allow_cleartext_remote = true`, c.Address)
 	}

@@ -112,4 +112,12 @@
 //  18. Provider differences are data (profile.go), chosen by upstream.profile
 //     or recognized by host name, capabilities and ID, never tests of the
 //     provider spread through the code.
+//  19. A login name enrolled in the account registry is served only as
+//     enrolled (never passed through), and its app password is checked by
+//     popbridge before anything else: a wrong one reaches neither the
+//     upstream nor the OAuth provider. The upstream login uses a token of
+//     the account's grant, refreshed once across every instance, the
+//     rotated refresh token stored before the new access token is used; a
+//     grant the provider no longer honours gives -ERR [AUTH] and marks the
+//     account (enrolled.go).
 package bridge

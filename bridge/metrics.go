@@ -23,6 +23,7 @@ type metrics struct {
 	upstreamError *prometheus.CounterVec   // kind
 
 	limiterRefusals *prometheus.CounterVec // limit
+	oauthRefreshes  *prometheus.CounterVec // result
 }
 
 // newMetrics registers popbridge's metrics, the Go runtime's and the
@@ -65,8 +66,15 @@ func newMetrics() (*metrics, *prometheus.Registry) {
 			Name: "popbridge_limiter_refusals_total",
 			Help: "Connections, logins and sessions refused by [limits], by limit: connections, connections_per_ip, login_failures_ip, login_failures_account, sessions_per_account.",
 		}, []string{"limit"}),
+		oauthRefreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popbridge_oauth_refreshes_total",
+			Help: "Refreshes of enrolled accounts' OAuth grants this instance made, by result: ok, reconsent (the grant is gone: the account must be enrolled again), error.",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.sessions, m.sessionsOpen, m.commands, m.logins, m.sentBytes, m.upstreamTime, m.upstreamError, m.limiterRefusals)
+	for _, r := range []string{"ok", "reconsent", "error"} {
+		m.oauthRefreshes.WithLabelValues(r)
+	}
+	reg.MustRegister(m.sessions, m.sessionsOpen, m.commands, m.logins, m.sentBytes, m.upstreamTime, m.upstreamError, m.limiterRefusals, m.oauthRefreshes)
 	return m, reg
 }
 
@@ -111,3 +119,6 @@ func (m *metrics) observeUpstream(op string, took time.Duration, err error) {
 		m.upstreamError.WithLabelValues(upstream.KindOf(err).String()).Inc()
 	}
 }
+
+// oauthRefresh counts one refresh of an enrolled account's grant.
+func (m *metrics) oauthRefresh(result string) { m.oauthRefreshes.WithLabelValues(result).Inc() }

@@ -30,8 +30,16 @@ func (b *Bridge) LoginToken(ctx context.Context, ci *pop3.ConnInfo, mech, userna
 	if !slices.Contains(b.cfg.Auth.OAuthMechanisms, mech) || token == "" {
 		return nil, pop3.ErrAuthFailed
 	}
-	return b.loginWith(ctx, ci, username, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
-		return b.openUpstreamToken(ctx, mech, account, token)
+	return b.loginWith(ctx, ci, username, func(ctx context.Context, log *zap.Logger, account string) (target, error) {
+		if b.enrolledName(ctx, account) {
+			// An enrolled account logs in with an app password only: a
+			// token of the client's own is not popbridge's to check.
+			log.Info("token login refused: the account is enrolled (log in with an app password)")
+			return target{}, pop3.ErrAuthFailed
+		}
+		return b.passthroughTarget(account, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
+			return b.openUpstreamToken(ctx, mech, account, token)
+		})
 	})
 }
 

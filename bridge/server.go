@@ -53,13 +53,18 @@ type Server struct {
 // NewServer wires a POP3 server to a Bridge over st. It opens no socket
 // yet: call Listen, then Serve.
 func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
+	return NewServerWith(cfg, st, log, AccountOptions{})
+}
+
+// NewServerWith is NewServer with options for enrolled accounts.
+func NewServerWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOptions) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if log == nil {
 		log = zap.NewNop()
 	}
-	b, err := NewBridge(cfg, st, log)
+	b, err := NewBridgeWith(cfg, st, log, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -82,6 +87,7 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 	ps.LoginFailDelay = cfg.Limits.LoginFailureDelay // used only without a LoginLimiter
 	ps.Observer = m
 	b.up.Observe = m.observeUpstream
+	b.onRefresh = m.oauthRefresh
 	s := &Server{cfg: cfg, log: log, Bridge: b, POP3: ps, Limits: lim.l, trusted: trusted, store: st, Metrics: reg, metrics: m}
 	if cfg.Admin.Listen != "" {
 		s.admin = admin.New(admin.Options{Registry: s.Metrics, Checks: s.readiness(), Pprof: cfg.Admin.Pprof, CacheFor: cfg.Admin.ReadyCache})

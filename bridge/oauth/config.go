@@ -330,3 +330,13 @@ func (c Config) readSecret() (string, error) {
 	}
 	return "", nil
 }
+
+// Upstream returns the IMAP service c leads to (upstream_address and
+// upstream_security, else the preset's), without reading the secret.
+func (c Config) Upstream() (address string, security upstream.Security, err error) {
+	r, err := c.resolve()
+	if err != nil {
+		return "", 0, err
+	}
+	return r.upAddress, r.upSecurity, nil
+}

@@ -4,6 +4,7 @@
 //	                               (-init-state: accept an empty state file as new)
 //	popbridge demo                 run against an in-process IMAP server with sample mail
 //	popbridge check -config FILE   validate the configuration, then try the upstream
+//	popbridge account ...          enrolled accounts: init-key, add, list, remove, passwd, test
 //	popbridge health [-ready]      ask a running popbridge's admin listener (for container health checks)
 //	popbridge version              print the version
 package main
@@ -43,6 +44,9 @@ const usage = `usage:
   popbridge check -config FILE [-user NAME]
                                    validate the configuration; with -user, log in
                                    upstream (password from POPBRIDGE_PASSWORD or stdin)
+  popbridge account SUBCOMMAND ... enrolled accounts of OAuth-only providers
+                                   (init-key, add, list, remove, passwd, test;
+                                   popbridge account help)
   popbridge health [-addr HOST:PORT] [-ready]
                                    ask the admin listener of a running popbridge:
                                    /healthz, or /readyz with -ready; exit 1 unless OK
@@ -64,6 +68,12 @@ func main() {
 		err = check(os.Args[2:], os.Stdin, os.Stdout)
 	case "health":
 		err = health(os.Args[2:], os.Stdout)
+	case "account":
+		if len(os.Args) > 2 && (os.Args[2] == "help" || os.Args[2] == "-h") {
+			fmt.Print(accountUsage)
+			return
+		}
+		err = accountCmd(os.Args[2:], os.Stdin, os.Stdout)
 	case "version", "-version", "--version":
 		fmt.Println("popbridge", buildVersion())
 	case "help", "-h", "-help", "--help":

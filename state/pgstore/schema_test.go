@@ -69,6 +69,6 @@ func TestReadsSchema1(t *testing.T) {
 	}
 	var version int
 	if err := conn.QueryRow(ctx, `SELECT version FROM popbridge_schema`).Scan(&version); err != nil || version != 3 {
-		t.Errorf("schema version after Open = %d, %v; want 3", version, err)
+		t.Errorf("schema version after Open = %d, %v; want 3 (accounts, then digests)", version, err)
 	}
 }
