@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"github.com/popbridge/popbridge/state"
 )
 
 // maxConflicts bounds the retries when another session updated the mailbox
-// record between our load and our write.
-const maxConflicts = 8
+// record between our load and our write. Each retry waits a little longer,
+// at random, so that sessions that collided do not collide again in step.
+const maxConflicts = 16
 
 // records owns the mailbox records: every read and every write of one goes
 // through it. It loads a record from the in-memory cache when the store
@@ -73,6 +76,7 @@ func (r *records) update(ctx context.Context, mbox string, change func(cur *stat
 		}
 		v, err := r.store.ApplyMailbox(ctx, mbox, cur.Version, ch)
 		if errors.Is(err, state.ErrConflict) && attempt < maxConflicts {
+			conflictPause(ctx, attempt)
 			continue
 		}
 		if err != nil {
@@ -88,4 +92,16 @@ func (r *records) update(ctx context.Context, mbox string, change func(cur *stat
 // mbox that load or update returned.
 func (r *records) snapshot(mbox string, rec *state.Mailbox) *snapshot {
 	return r.cache.put(mbox, rec)
+}
+
+// conflictPause waits before the retry after the attempt-th conflict: up to
+// 1 ms, doubling with each attempt, at most 50 ms; at random within that.
+func conflictPause(ctx context.Context, attempt int) {
+	limit := min(time.Millisecond<<min(attempt, 6), 50*time.Millisecond)
+	t := time.NewTimer(rand.N(limit) + 1)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }

@@ -96,6 +96,7 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 		var err error
 		retries := 0
 		progress := uint32(0)     // last, at the latest retry
+		var delivered []uint32    // the UIDs fn was called for, ascending
 		sets = slices.Clone(sets) // a set may be narrowed for a retry
 		for i := 0; i < len(sets); i++ {
 			set := sets[i]
@@ -110,6 +111,10 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 				m, ok, rerr := readMsg(msg, details)
 				var inc errIncomplete
 				switch {
+				case errors.As(rerr, &inc) && (inc.uid < from || inc.uid <= last && listed(delivered, inc.uid)):
+					// A flag update (unsolicited FETCH) of a message
+					// listed already, or not asked for: nothing is
+					// missing.
 				case errors.As(rerr, &inc) && inc.uid > last && retries < maxIncompleteRetries:
 					// The answer for this UID was taken by an unsolicited
 					// FETCH: ask again for the rest of the set, so that fn
@@ -139,6 +144,7 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 					err = tempError(op, "server sent UID %d after UID %d", m.UID, last)
 				default:
 					last = m.UID
+					delivered = append(delivered, m.UID)
 					if ferr := fn(m); ferr != nil {
 						err = fnError{ferr}
 					}
@@ -444,4 +450,10 @@ func (c *countWriter) Write(p []byte) (int, error) {
 		c.err = err
 	}
 	return n, err
+}
+
+// listed reports whether uid is in delivered, an ascending list.
+func listed(delivered []uint32, uid uint32) bool {
+	_, ok := slices.BinarySearch(delivered, uid)
+	return ok
 }
