@@ -21,6 +21,7 @@ import (
 
 	"github.com/popbridge/popbridge/internal/faultproxy"
 	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/state"
 )
 
@@ -578,7 +579,7 @@ func retrMidway(t *testing.T, up *upstreamEnv, act faultproxy.Action, tot *fault
 		t.Fatalf("the fault did not fire")
 	}
 	f.within("the partial RETR", took, faultTimeout+faultSlack)
-	body, derr := readDotBody(bufio.NewReader(bytes.NewReader(rest)), func() {})
+	body, derr := popclient.ReadMulti(bufio.NewReader(bytes.NewReader(rest)), func() {})
 	if derr == nil {
 		t.Errorf("a RETR cut midway ended with the terminating dot (%d octets)", len(body))
 	}

@@ -44,6 +44,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state/boltstore"
 	"github.com/popbridge/popbridge/upstream"
@@ -327,14 +328,14 @@ func (h *hostile) normalSessionOnce(device string) error {
 	if _, err := expect("UIDL", "+OK"); err != nil {
 		return err
 	}
-	if _, err := readDotBody(r, func() {}); err != nil {
+	if _, err := popclient.ReadMulti(r, func() {}); err != nil {
 		return fmt.Errorf("UIDL listing: %w", err)
 	}
 	for n := 1; n <= 3; n++ {
 		if _, err := expect(fmt.Sprintf("RETR %d", n), "+OK"); err != nil {
 			return err
 		}
-		body, err := readDotBody(r, func() {})
+		body, err := popclient.ReadMulti(r, func() {})
 		if err != nil {
 			return fmt.Errorf("RETR %d: %w", n, err)
 		}
@@ -616,7 +617,7 @@ func TestHostile(t *testing.T) {
 		mustERR(conn, r, "RETR +1", "RETR 0x1", "TOP 1 1.5", "UIDL 5", "LIST -1", "RETR 1 2", "XYZZY", "USER x", "PASS x")
 		if l := exchange(conn, r, "TOP 2 99999999999999999999999"); !strings.HasPrefix(l, "+OK") {
 			t.Errorf("TOP with a huge line count: %q", l)
-		} else if body, err := readDotBody(r, func() {}); err != nil || !bytes.Equal(body, h.msgs[1]) {
+		} else if body, err := popclient.ReadMulti(r, func() {}); err != nil || !bytes.Equal(body, h.msgs[1]) {
 			t.Errorf("TOP with a huge line count: %q, %v; want the whole message", body, err)
 		}
 		if l := exchange(conn, r, "QUIT"); !strings.HasPrefix(l, "+OK") {
@@ -740,7 +741,7 @@ func TestHostile(t *testing.T) {
 			if l := next(); !strings.HasPrefix(l, "+OK") {
 				t.Fatalf("round %d: RETR 1 answered %q", i+1, l)
 			}
-			body, err := readDotBody(r, func() {})
+			body, err := popclient.ReadMulti(r, func() {})
 			if err != nil || !bytes.Equal(body, h.msgs[0]) {
 				t.Fatalf("round %d: RETR 1 = %q, %v", i+1, body, err)
 			}

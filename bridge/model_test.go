@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
 	"github.com/popbridge/popbridge/upstream"
@@ -670,7 +671,7 @@ func (c *mConn) cmd(cmd string) (string, error) {
 	return c.line()
 }
 
-func (c *mConn) multi() ([]byte, error) { return readDotBody(c.r, func() {}) }
+func (c *mConn) multi() ([]byte, error) { return popclient.ReadMulti(c.r, func() {}) }
 
 // okMulti sends cmd and reads its +OK and multi-line body.
 func (c *mConn) okMulti(cmd string) ([]byte, error) {
