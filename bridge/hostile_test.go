@@ -347,20 +347,15 @@ func (h *hostile) normalSessionOnce(device string) error {
 	return err
 }
 
-// dial connects a raw client and reads the greeting.
+// dial connects a raw client and reads the greeting; the test then reads
+// and writes the connection itself, with a read deadline of 10 seconds
+// from now.
 func (h *hostile) dial(t *testing.T) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", h.e.addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	r := bufio.NewReader(conn)
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if g, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(g, "+OK") {
-		t.Fatalf("greeting %q, %v", g, err)
-	}
-	return conn, r
+	c := dialPOP(t, h.e.addr)
+	c.conn.SetDeadline(time.Time{})
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	return c.conn, c.r
 }
 
 // dialSmallWindow connects with a 4 KiB receive buffer, set before the
@@ -368,23 +363,24 @@ func (h *hostile) dial(t *testing.T) (net.Conn, *bufio.Reader) {
 // greeting.
 func (h *hostile) dialSmallWindow(t *testing.T) net.Conn {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-		return errors.Join(err, serr)
-	}}
-	conn, err := d.Dial("tcp", h.e.addr)
+	c, greet, err := popclient.Dial(h.e.addr, popclient.Options{Timeout: 10 * time.Second, Buffer: 512,
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			})
+			return errors.Join(err, serr)
+		}})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("greeting %q, %v", greet, err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { c.Close() })
+	if c.Reader().Buffered() != 0 {
+		t.Fatalf("more than the greeting before any command: %d octets", c.Reader().Buffered())
+	}
+	conn := c.NetConn()
+	conn.SetDeadline(time.Time{})
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	g := make([]byte, 64)
-	if n, err := conn.Read(g); err != nil || !bytes.HasPrefix(g[:n], []byte("+OK")) {
-		t.Fatalf("greeting %q, %v", g[:n], err)
-	}
 	return conn
 }
 

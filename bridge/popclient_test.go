@@ -39,6 +39,12 @@ func dialPOPFrom(t testing.TB, local, addr string) *popConn {
 	return wrapPOP(t, c)
 }
 
+// popOver is a popConn over an open connection (a TLS one, say); it reads
+// nothing.
+func popOver(t testing.TB, conn net.Conn) *popConn {
+	return wrapPOP(t, popclient.New(conn, popclient.Options{Timeout: 30 * time.Second}))
+}
+
 func wrapPOP(t testing.TB, c *popclient.Conn) *popConn {
 	return &popConn{t: t, c: c, conn: c.NetConn(), r: c.Reader()}
 }

@@ -5,7 +5,6 @@ package bridge
 // line, at Debug level, is kept for inspection.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -35,6 +34,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
 	"github.com/popbridge/popbridge/upstream"
@@ -403,23 +403,18 @@ func startSecStore(t *testing.T, cfg Config, st state.Store, tune ...func(*Serve
 // any address of 127.0.0.0/8 works on Linux) and reads the greeting.
 func dialFrom(t testing.TB, local, addr string) *popConn {
 	t.Helper()
-	c := dialRaw(t, local, addr)
-	if line := c.line(); !strings.HasPrefix(line, "+OK") {
-		t.Fatalf("greeting from %s: %q", addr, line)
-	}
-	return c
+	return dialPOPFrom(t, local, addr)
 }
 
 // dialRaw connects to addr from local without reading anything.
 func dialRaw(t testing.TB, local, addr string) *popConn {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
-	conn, err := d.Dial("tcp", addr)
+	c, err := popclient.Connect(addr, popclient.Options{Local: local, Timeout: 30 * time.Second})
 	if err != nil {
 		t.Fatalf("dial %s from %s: %v", addr, local, err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	return &popConn{t: t, conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
+	t.Cleanup(func() { c.Close() })
+	return wrapPOP(t, c)
 }
 
 // closed reports whether the server closed c (reading nothing more).
@@ -451,8 +446,6 @@ func (s *secServer) waitSessions(n int) []map[string]any {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-func newReader(c net.Conn) *bufio.Reader { return bufio.NewReaderSize(c, 64<<10) }
 
 func netipAddrPort(t testing.TB, s string) netip.AddrPort {
 	t.Helper()

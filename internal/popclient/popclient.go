@@ -18,6 +18,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -39,9 +40,11 @@ type Conn struct {
 
 // Options of a connection. The zero value is a 64 KiB read buffer.
 type Options struct {
-	// Local is the local address to dial from ("127.0.0.2:0"); empty
+	// Local is the local IP address to dial from ("127.0.0.2"); empty
 	// lets the system choose.
 	Local string
+	// Control, if not nil, is the dialer's Control (socket options).
+	Control func(network, address string, c syscall.RawConn) error
 	// Timeout bounds the dial and becomes Conn.Timeout.
 	Timeout time.Duration
 	// Buffer is the read buffer size (64 KiB when zero). A multi-line
@@ -52,32 +55,40 @@ type Options struct {
 // Dial connects to addr and reads the greeting, which must be +OK; the
 // greeting is returned.
 func Dial(addr string, o Options) (*Conn, string, error) {
-	d := net.Dialer{Timeout: o.Timeout}
+	c, err := Connect(addr, o)
+	if err != nil {
+		return nil, "", err
+	}
+	greet, err := c.Line()
+	if err != nil {
+		c.Close()
+		return nil, greet, err
+	}
+	if !strings.HasPrefix(greet, "+OK") {
+		c.Close()
+		return nil, greet, &StatusError{Cmd: "greeting", Line: greet}
+	}
+	return c, greet, nil
+}
+
+// Connect connects to addr and reads nothing.
+func Connect(addr string, o Options) (*Conn, error) {
+	d := net.Dialer{Timeout: o.Timeout, Control: o.Control}
 	if d.Timeout == 0 {
 		d.Timeout = 10 * time.Second
 	}
 	if o.Local != "" {
-		la, err := net.ResolveTCPAddr("tcp", o.Local)
+		la, err := net.ResolveTCPAddr("tcp", net.JoinHostPort(o.Local, "0"))
 		if err != nil {
-			return nil, "", err
+			return nil, err
 		}
 		d.LocalAddr = la
 	}
 	nc, err := d.Dial("tcp", addr)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	c := New(nc, o)
-	greet, err := c.Line()
-	if err != nil {
-		nc.Close()
-		return nil, greet, err
-	}
-	if !strings.HasPrefix(greet, "+OK") {
-		nc.Close()
-		return nil, greet, &StatusError{Cmd: "greeting", Line: greet}
-	}
-	return c, greet, nil
+	return New(nc, o), nil
 }
 
 // New wraps an open connection (a TLS one, say) without reading anything.
