@@ -14,13 +14,11 @@ package bridge
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -32,9 +30,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
-	"github.com/popbridge/popbridge/state/boltstore"
 )
 
 // ---------------------------------------------------------------------------
@@ -441,107 +439,40 @@ func startBenchServer(tb testing.TB, upstream string) *Server {
 	tb.Helper()
 	// The upstream may be another machine's (BenchmarkExternalUpstream).
 	text := fmt.Sprintf("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\naddress = %q\nsecurity = \"none\"\ntimeout = \"1m\"\nallow_cleartext_remote = true\n"+
-		"[auth]\nallow_insecure_auth = true\n[delete]\npolicy = \"hide\"\n[state]\npath = %q\n",
-		upstream, filepath.Join(tb.TempDir(), "state.db"))
+		"[auth]\nallow_insecure_auth = true\n[delete]\npolicy = \"hide\"\n", upstream)
 	// Up to 1,000 sessions of one account stay open, and log in, at once.
 	cfg, err := ParseConfig(text + "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\n" +
 		"max_login_failures_per_account = 0\nmax_sessions_per_account = 0\n")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	st, err := boltstore.Open(cfg.State.Path, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	srv, err := NewServer(cfg, st, zap.NewNop())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		tb.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { srv.Serve(); close(done) }()
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-		st.Close()
-	})
-	return srv
+	return startBridge(tb, nil, withBaseConfig(cfg), withLogger(zap.NewNop())).srv
 }
 
-// benchPOP is a POP3 client that keeps nothing: multi-line answers are
-// counted as they pass.
+// benchPOP is the client of internal/popclient used so that it keeps
+// nothing: multi-line answers are counted as they pass. It sets one
+// deadline at the dial and none per read.
 type benchPOP struct {
+	*popclient.Conn
 	conn net.Conn
-	r    *bufio.Reader
 }
 
 func benchDial(addr string) (*benchPOP, error) {
-	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	c, _, err := popclient.Dial(addr, popclient.Options{Buffer: 32 << 10})
 	if err != nil {
 		return nil, err
 	}
-	conn.SetDeadline(time.Now().Add(5 * time.Minute))
-	c := &benchPOP{conn: conn, r: bufio.NewReaderSize(conn, 32<<10)}
-	if _, err := c.status(); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return c, nil
+	c.NetConn().SetDeadline(time.Now().Add(5 * time.Minute))
+	return &benchPOP{Conn: c, conn: c.NetConn()}, nil
 }
 
-func (c *benchPOP) status() (string, error) {
-	line, err := c.r.ReadString('\n')
-	if err != nil {
-		return "", err
-	}
-	if !strings.HasPrefix(line, "+OK") {
-		return "", fmt.Errorf("answer %q", strings.TrimSpace(line))
-	}
-	return strings.TrimSpace(line), nil
-}
-
-func (c *benchPOP) cmd(line string) (string, error) {
-	if _, err := io.WriteString(c.conn, line+"\r\n"); err != nil {
-		return "", err
-	}
-	return c.status()
-}
+// cmd sends a command; an answer other than +OK is an error.
+func (c *benchPOP) cmd(line string) (string, error) { return c.OK(line) }
 
 // body reads a dot-terminated answer and returns its octets, unstuffed.
-func (c *benchPOP) body() (int64, error) {
-	var n int64
-	bol := true
-	for {
-		b, err := c.r.ReadSlice('\n')
-		if bol && len(b) > 0 && b[0] == '.' {
-			if err == nil && string(b) == ".\r\n" {
-				return n, nil
-			}
-			b = b[1:]
-		}
-		n += int64(len(b))
-		switch err {
-		case nil:
-			bol = true
-		case bufio.ErrBufferFull:
-			bol = false
-		default:
-			return n, err
-		}
-	}
-}
+func (c *benchPOP) body() (int64, error) { return c.Count() }
 
-func (c *benchPOP) login(user, pass string) error {
-	if _, err := c.cmd("USER " + user); err != nil {
-		return err
-	}
-	_, err := c.cmd("PASS " + pass)
-	return err
-}
+func (c *benchPOP) login(user, pass string) error { return c.Login(user, pass) }
 
 // poll is login, STAT, UIDL, QUIT; it returns the STAT count.
 func benchPoll(addr, user string) (int, error) {

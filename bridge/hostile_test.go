@@ -30,7 +30,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -41,13 +40,10 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/pop3"
-	"github.com/popbridge/popbridge/state/boltstore"
-	"github.com/popbridge/popbridge/upstream"
 )
 
 // Bounds of hostileCase (see the file comment).
@@ -115,39 +111,11 @@ func hostileCorpus() [][]byte {
 }
 
 // startTunedEnv is newEnv with a hook that sets pop3.Server fields before
-// the server accepts anything (setting them on a running server would be a
-// data race), and a logger that keeps to Info: thousands of hostile lines
-// at Debug would only fill the test's memory.
+// the server accepts anything, and a logger that keeps to Info: thousands
+// of hostile lines at Debug would only fill the test's memory.
 func startTunedEnv(t *testing.T, up *upstreamEnv, tune func(*pop3.Server), mutate ...func(*Config)) *env {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.Server.Listen = "127.0.0.1:0"
-	cfg.Upstream.Address = up.addr
-	cfg.Upstream.Security = upstream.SecurityNone
-	cfg.Upstream.Timeout = 10 * time.Second
-	cfg.Auth.AllowInsecureAuth = true
-	cfg.Limits.LoginFailureDelay, cfg.Limits.LoginFailureDelayMax = 0, 0
-	for _, m := range mutate {
-		m(&cfg)
-	}
-	e := &env{t: t, up: up, cfg: cfg, statePath: filepath.Join(t.TempDir(), "state.db")}
-	st, err := boltstore.Open(e.statePath, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := NewServer(cfg, st, zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tune(srv.POP3)
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	e.st, e.srv, e.addr = st, srv, srv.Addr().String()
-	e.done = make(chan error, 1)
-	go func() { e.done <- srv.Serve() }()
-	t.Cleanup(e.stop)
-	return e
+	return startBridge(t, up, withPOP3Tune(tune), withLogLevel(zap.InfoLevel), withConfig(mutate...))
 }
 
 // heapInuse returns HeapInuse after a full GC.

@@ -6,7 +6,6 @@ package bridge
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -30,13 +29,11 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 	"github.com/emersion/go-sasl"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/state"
-	"github.com/popbridge/popbridge/state/boltstore"
 	"github.com/popbridge/popbridge/upstream"
 )
 
@@ -308,26 +305,6 @@ func parseTestToken(mech, resp string) (user, token string) {
 	return user, token
 }
 
-// logBuffer keeps every log line, encoded as JSON, as a log file would.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) Sync() error { return nil }
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // secServer is a popbridge for the security tests.
 type secServer struct {
 	t       *testing.T
@@ -357,46 +334,17 @@ func secConfig(up string) Config {
 // server accepts anything.
 func startSec(t *testing.T, cfg Config, tune ...func(*Server)) *secServer {
 	t.Helper()
-	st, err := boltstore.Open(filepath.Join(t.TempDir(), "state.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return startSecStore(t, cfg, st, tune...)
+	return secOver(startBridge(t, nil, withBaseConfig(cfg), withObserver(), withJSONLog(), withTune(tune...)))
 }
 
 // startSecStore is startSec on the store st, which it closes at the end.
 func startSecStore(t *testing.T, cfg Config, st state.Store, tune ...func(*Server)) *secServer {
 	t.Helper()
-	obs, logs := observer.New(zapcore.DebugLevel)
-	raw := &logBuffer{}
-	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
-	core := zapcore.NewTee(obs, zapcore.NewCore(enc, raw, zapcore.DebugLevel), zaptest.NewLogger(t).Core())
-	srv, err := NewServer(cfg, st, zap.New(core))
-	if err != nil {
-		st.Close()
-		t.Fatal(err)
-	}
-	for _, f := range tune {
-		f(srv)
-	}
-	if err := srv.Listen(); err != nil {
-		st.Close()
-		t.Fatal(err)
-	}
-	s := &secServer{t: t, srv: srv, addr: srv.Addr().String(), logs: logs, raw: raw}
-	if a := srv.TLSAddr(); a != nil {
-		s.tlsAddr = a.String()
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-		st.Close()
-	})
-	return s
+	return secOver(startBridge(t, nil, withBaseConfig(cfg), withStore(st, false), withObserver(), withJSONLog(), withTune(tune...)))
+}
+
+func secOver(e *env) *secServer {
+	return &secServer{t: e.t, srv: e.srv, addr: e.addr, tlsAddr: e.tlsAddr, logs: e.logs, raw: e.raw}
 }
 
 // dialFrom connects to addr from the local address local ("127.0.0.2":
