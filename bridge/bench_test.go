@@ -1,6 +1,7 @@
 package bridge
 
-// Benchmarks and memory checks of issue 5 ("Fast on large mailboxes").
+// Benchmarks and memory checks of the speed targets ("fast on large
+// mailboxes", docs/benchmarks.md).
 //
 //	go test -run '^$' -bench . -benchmem ./bridge/            # figures (b.ReportMetric)
 //	go test -run 'Memory|UpstreamBytes' -v ./bridge/          # the checked bounds
@@ -726,7 +727,7 @@ func BenchmarkRetrSequential(b *testing.B) {
 }
 
 // ---------------------------------------------------------------------------
-// The bounds of issue 5, checked. Skipped with -short; each is bounded by
+// The bounds of the speed targets, checked. Skipped with -short; each is bounded by
 // a child-process upstream and deadlines. They measure the heap (stable);
 // RSS is logged, not checked.
 
@@ -777,7 +778,7 @@ func waitQuiet(s *synthIMAP) {
 }
 
 // TestRetr50MBMemory: RETR of a 50 MB message raises popbridge's heap by at
-// most 8 MB (issue 5: "RSS by at most 8 MB"; the heap is what can be
+// most 8 MB (the speed targets: "RSS by at most 8 MB"; the heap is what can be
 // measured stably, the RSS is logged).
 func TestRetr50MBMemory(t *testing.T) {
 	if testing.Short() {
@@ -820,7 +821,7 @@ func TestRetr50MBMemory(t *testing.T) {
 }
 
 // TestIdleSessionsMemory: 1,000 idle authenticated sessions use at most
-// 100 MB in total (issue 5): heap and goroutine stacks, measured after a
+// 100 MB in total (the speed targets): heap and goroutine stacks, measured after a
 // collection with all sessions logged in (the client ends of the
 // connections, in this process too, are a few hundred octets each).
 func TestIdleSessionsMemory(t *testing.T) {
@@ -899,7 +900,7 @@ func TestIdleSessionsMemory(t *testing.T) {
 
 // TestListing100kMemory: a mailbox of 100,000 messages is listed at first
 // sight, and polled unchanged, without holding much beyond the record
-// itself (issue 5: "not more than a few MB beyond the stored map"). The
+// itself (the speed targets: "not more than a few MB beyond the stored map"). The
 // garbage collector runs at GOGC=10 here, so that the sampled heap peak is
 // close to what is live at the peak.
 func TestListing100kMemory(t *testing.T) {
@@ -946,7 +947,7 @@ func TestListing100kMemory(t *testing.T) {
 
 // TestConcurrentPolls100kMemory: 50 sessions polling a 100,000-message
 // mailbox at once (each its own device tag) keep popbridge's heap under
-// 100 MB (issue 5: "popbridge's own peak memory at most 100 MB"; the
+// 100 MB (the speed targets: "popbridge's own peak memory at most 100 MB"; the
 // side-by-side run measures the process's VmHWM). Default GOGC: the peak
 // includes the garbage the collector lets accumulate, as in production.
 func TestConcurrentPolls100kMemory(t *testing.T) {

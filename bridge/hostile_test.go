@@ -1,6 +1,6 @@
 package bridge
 
-// Hostile POP3 clients (issue 4, item 5): binary garbage, 1 MB lines,
+// Hostile POP3 clients (docs/reliability.md): binary garbage, 1 MB lines,
 // commands split byte by byte, thousands of pipelined commands, sessions
 // that never read their responses, and many idle connections, against
 // popbridge over the in-process memory server.

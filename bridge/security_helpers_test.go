@@ -1,6 +1,6 @@
 package bridge
 
-// Helpers of the security tests (issue 3): test certificates, an upstream
+// Helpers of the security tests: test certificates, an upstream
 // IMAP server that checks OAuth tokens, and a popbridge whose every log
 // line, at Debug level, is kept for inspection.
 

@@ -1,6 +1,6 @@
 package bridge
 
-// Real clients from Debian over TLS (issue 3, "Tests"): curl with STLS
+// Real clients from Debian over TLS: curl with STLS
 // (--ssl-reqd), implicit TLS (pop3s://) and OAuth (--oauth2-bearer),
 // python3 poplib with stls(), openssl s_client -starttls pop3. Each runs
 // against a certificate generated here and must retrieve a message byte
