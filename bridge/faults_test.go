@@ -80,13 +80,11 @@ func newFx(t *testing.T, up *upstreamEnv, policy string, tot *faultTotals) *fx {
 	seed(up, 4)
 	up.box.Append("INBOX", bigMessage())
 	up.box.Append("INBOX", message("other", "someone else's", "x\r\n"), imap.FlagDeleted)
-	p := faultproxy.New(t, up.addr)
-	via := *up
-	via.addr = p.Addr
-	e := newEnv(t, &via, func(c *Config) {
+	var p *faultproxy.Proxy
+	e := startBridge(t, up, withFaultProxy(&p), withConfig(func(c *Config) {
 		c.Upstream.Timeout = faultTimeout
 		c.Delete.Policy = Policy(policy)
-	})
+	}))
 	f := &fx{t: t, up: up, p: p, e: e, policy: policy, tot: tot}
 	tot.scenarios.Add(1)
 	t.Cleanup(func() {

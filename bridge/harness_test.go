@@ -348,9 +348,3 @@ func newEnv(t *testing.T, up *upstreamEnv, mutate ...func(*Config)) *env {
 	t.Helper()
 	return startBridge(t, up, withConfig(mutate...))
 }
-
-// newEnvConfig is newEnv without the start.
-func newEnvConfig(t *testing.T, up *upstreamEnv, mutate ...func(*Config)) *env {
-	t.Helper()
-	return prepareBridge(t, up, withConfig(mutate...))
-}

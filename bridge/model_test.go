@@ -649,8 +649,6 @@ func dialModel(addr string) (*mConn, error) {
 	return &mConn{Conn: c, r: c.Reader()}, nil
 }
 
-func (c *mConn) line() (string, error) { return c.Line() }
-
 func (c *mConn) send(cmd string) error { c.Send(cmd); return c.Flush() }
 
 func (c *mConn) cmd(cmd string) (string, error) { return c.Cmd(cmd) }

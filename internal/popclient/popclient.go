@@ -204,14 +204,6 @@ func (c *Conn) Count() (int64, error) {
 	return ReadBody(c.r, nil, c.progress)
 }
 
-// Retr sends RETR n and returns the message.
-func (c *Conn) Retr(n int) ([]byte, error) {
-	if _, err := c.OK("RETR " + strconv.Itoa(n)); err != nil {
-		return nil, err
-	}
-	return c.Multi()
-}
-
 // Listing sends cmd (LIST, UIDL) and calls fn with each line of the answer,
 // unstuffed and without its line end; it returns the number of lines. A
 // line longer than the read buffer is an error.
@@ -294,9 +286,6 @@ func (c *Conn) List() ([]Entry, error) {
 	})
 	return out, err
 }
-
-// Quit sends QUIT and returns its status line.
-func (c *Conn) Quit() (string, error) { return c.Cmd("QUIT") }
 
 // Drain reads until the server closes the connection and returns what it
 // read.
