@@ -6,7 +6,6 @@ package bridge
 // goroutines.
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/base64"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+	"github.com/popbridge/popbridge/internal/popclient"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
@@ -79,19 +79,6 @@ func startUsersUpstream(t testing.TB, fold bool, names ...string) *usersUpstream
 	return u
 }
 
-// loginsOf returns how many LOGINs named exactly name.
-func (u *usersUpstream) loginsOf(name string) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	n := 0
-	for _, l := range u.logins {
-		if l == name {
-			n++
-		}
-	}
-	return n
-}
-
 // allLogins returns every LOGIN's name as sent.
 func (u *usersUpstream) allLogins() []string {
 	u.mu.Lock()
@@ -130,51 +117,24 @@ func (s *usersSession) Close() error {
 	return s.UserSession.Close()
 }
 
-// popLogin is one POP3 connection that reports errors instead of failing
-// the test, so that many goroutines can use it.
+// popLogin is one POP3 connection of internal/popclient that reports
+// errors instead of failing the test, so that many goroutines can use it.
 type popLogin struct {
-	conn net.Conn
-	r    *bufio.Reader
+	*popclient.Conn
 }
 
 // dialLogin connects to addr from the local address local ("" for any)
 // and reads the greeting.
 func dialLogin(addr, local string) (*popLogin, error) {
-	d := net.Dialer{Timeout: 10 * time.Second}
-	if local != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
-	}
-	conn, err := d.Dial("tcp", addr)
+	c, greet, err := popclient.Dial(addr, popclient.Options{Local: local, Timeout: 60 * time.Second})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("greeting %q: %w", greet, err)
 	}
-	p := &popLogin{conn: conn, r: bufio.NewReader(conn)}
-	g, err := p.read()
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	if !strings.HasPrefix(g, "+OK") {
-		conn.Close()
-		return nil, fmt.Errorf("greeting %q", g)
-	}
-	return p, nil
-}
-
-func (p *popLogin) read() (string, error) {
-	p.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
-	l, err := p.r.ReadString('\n')
-	return strings.TrimSuffix(l, "\r\n"), err
+	return &popLogin{c}, nil
 }
 
 // cmd sends one line and returns the answer's first line.
-func (p *popLogin) cmd(line string) (string, error) {
-	p.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := p.conn.Write([]byte(line + "\r\n")); err != nil {
-		return "", err
-	}
-	return p.read()
-}
+func (p *popLogin) cmd(line string) (string, error) { return p.Cmd(line) }
 
 // userPass logs in with USER and PASS and returns the answer to PASS
 // (or to USER when that was refused).
@@ -196,7 +156,7 @@ func (p *popLogin) authLogin(user, pass string) (string, error) {
 	return p.cmd(enc([]byte(pass)))
 }
 
-func (p *popLogin) close() { p.conn.Close() }
+func (p *popLogin) close() { p.Close() }
 
 // mustLogin is dialLogin and userPass for the test goroutine: it fails
 // the test unless the login is answered +OK.

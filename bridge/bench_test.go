@@ -1,6 +1,7 @@
 package bridge
 
-// Benchmarks and memory checks of issue 5 ("Fast on large mailboxes").
+// Benchmarks and memory checks of the speed targets ("fast on large
+// mailboxes", docs/benchmarks.md).
 //
 //	go test -run '^$' -bench . -benchmem ./bridge/            # figures (b.ReportMetric)
 //	go test -run 'Memory|UpstreamBytes' -v ./bridge/          # the checked bounds
@@ -14,13 +15,11 @@ package bridge
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -32,9 +31,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
-	"github.com/popbridge/popbridge/state/boltstore"
 )
 
 // ---------------------------------------------------------------------------
@@ -441,107 +440,40 @@ func startBenchServer(tb testing.TB, upstream string) *Server {
 	tb.Helper()
 	// The upstream may be another machine's (BenchmarkExternalUpstream).
 	text := fmt.Sprintf("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\naddress = %q\nsecurity = \"none\"\ntimeout = \"1m\"\nallow_cleartext_remote = true\n"+
-		"[auth]\nallow_insecure_auth = true\n[delete]\npolicy = \"hide\"\n[state]\npath = %q\n",
-		upstream, filepath.Join(tb.TempDir(), "state.db"))
+		"[auth]\nallow_insecure_auth = true\n[delete]\npolicy = \"hide\"\n", upstream)
 	// Up to 1,000 sessions of one account stay open, and log in, at once.
 	cfg, err := ParseConfig(text + "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\n" +
 		"max_login_failures_per_account = 0\nmax_sessions_per_account = 0\n")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	st, err := boltstore.Open(cfg.State.Path, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	srv, err := NewServer(cfg, st, zap.NewNop())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		tb.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { srv.Serve(); close(done) }()
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-		st.Close()
-	})
-	return srv
+	return startBridge(tb, nil, withBaseConfig(cfg), withLogger(zap.NewNop())).srv
 }
 
-// benchPOP is a POP3 client that keeps nothing: multi-line answers are
-// counted as they pass.
+// benchPOP is the client of internal/popclient used so that it keeps
+// nothing: multi-line answers are counted as they pass. It sets one
+// deadline at the dial and none per read.
 type benchPOP struct {
+	*popclient.Conn
 	conn net.Conn
-	r    *bufio.Reader
 }
 
 func benchDial(addr string) (*benchPOP, error) {
-	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	c, _, err := popclient.Dial(addr, popclient.Options{Buffer: 32 << 10})
 	if err != nil {
 		return nil, err
 	}
-	conn.SetDeadline(time.Now().Add(5 * time.Minute))
-	c := &benchPOP{conn: conn, r: bufio.NewReaderSize(conn, 32<<10)}
-	if _, err := c.status(); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return c, nil
+	c.NetConn().SetDeadline(time.Now().Add(5 * time.Minute))
+	return &benchPOP{Conn: c, conn: c.NetConn()}, nil
 }
 
-func (c *benchPOP) status() (string, error) {
-	line, err := c.r.ReadString('\n')
-	if err != nil {
-		return "", err
-	}
-	if !strings.HasPrefix(line, "+OK") {
-		return "", fmt.Errorf("answer %q", strings.TrimSpace(line))
-	}
-	return strings.TrimSpace(line), nil
-}
-
-func (c *benchPOP) cmd(line string) (string, error) {
-	if _, err := io.WriteString(c.conn, line+"\r\n"); err != nil {
-		return "", err
-	}
-	return c.status()
-}
+// cmd sends a command; an answer other than +OK is an error.
+func (c *benchPOP) cmd(line string) (string, error) { return c.OK(line) }
 
 // body reads a dot-terminated answer and returns its octets, unstuffed.
-func (c *benchPOP) body() (int64, error) {
-	var n int64
-	bol := true
-	for {
-		b, err := c.r.ReadSlice('\n')
-		if bol && len(b) > 0 && b[0] == '.' {
-			if err == nil && string(b) == ".\r\n" {
-				return n, nil
-			}
-			b = b[1:]
-		}
-		n += int64(len(b))
-		switch err {
-		case nil:
-			bol = true
-		case bufio.ErrBufferFull:
-			bol = false
-		default:
-			return n, err
-		}
-	}
-}
+func (c *benchPOP) body() (int64, error) { return c.Count() }
 
-func (c *benchPOP) login(user, pass string) error {
-	if _, err := c.cmd("USER " + user); err != nil {
-		return err
-	}
-	_, err := c.cmd("PASS " + pass)
-	return err
-}
+func (c *benchPOP) login(user, pass string) error { return c.Login(user, pass) }
 
 // poll is login, STAT, UIDL, QUIT; it returns the STAT count.
 func benchPoll(addr, user string) (int, error) {
@@ -795,7 +727,7 @@ func BenchmarkRetrSequential(b *testing.B) {
 }
 
 // ---------------------------------------------------------------------------
-// The bounds of issue 5, checked. Skipped with -short; each is bounded by
+// The bounds of the speed targets, checked. Skipped with -short; each is bounded by
 // a child-process upstream and deadlines. They measure the heap (stable);
 // RSS is logged, not checked.
 
@@ -846,7 +778,7 @@ func waitQuiet(s *synthIMAP) {
 }
 
 // TestRetr50MBMemory: RETR of a 50 MB message raises popbridge's heap by at
-// most 8 MB (issue 5: "RSS by at most 8 MB"; the heap is what can be
+// most 8 MB (the speed targets: "RSS by at most 8 MB"; the heap is what can be
 // measured stably, the RSS is logged).
 func TestRetr50MBMemory(t *testing.T) {
 	if testing.Short() {
@@ -889,7 +821,7 @@ func TestRetr50MBMemory(t *testing.T) {
 }
 
 // TestIdleSessionsMemory: 1,000 idle authenticated sessions use at most
-// 100 MB in total (issue 5): heap and goroutine stacks, measured after a
+// 100 MB in total (the speed targets): heap and goroutine stacks, measured after a
 // collection with all sessions logged in (the client ends of the
 // connections, in this process too, are a few hundred octets each).
 func TestIdleSessionsMemory(t *testing.T) {
@@ -968,7 +900,7 @@ func TestIdleSessionsMemory(t *testing.T) {
 
 // TestListing100kMemory: a mailbox of 100,000 messages is listed at first
 // sight, and polled unchanged, without holding much beyond the record
-// itself (issue 5: "not more than a few MB beyond the stored map"). The
+// itself (the speed targets: "not more than a few MB beyond the stored map"). The
 // garbage collector runs at GOGC=10 here, so that the sampled heap peak is
 // close to what is live at the peak.
 func TestListing100kMemory(t *testing.T) {
@@ -1015,7 +947,7 @@ func TestListing100kMemory(t *testing.T) {
 
 // TestConcurrentPolls100kMemory: 50 sessions polling a 100,000-message
 // mailbox at once (each its own device tag) keep popbridge's heap under
-// 100 MB (issue 5: "popbridge's own peak memory at most 100 MB"; the
+// 100 MB (the speed targets: "popbridge's own peak memory at most 100 MB"; the
 // side-by-side run measures the process's VmHWM). Default GOGC: the peak
 // includes the garbage the collector lets accumulate, as in production.
 func TestConcurrentPolls100kMemory(t *testing.T) {

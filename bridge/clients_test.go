@@ -2,7 +2,7 @@ package bridge
 
 // Real POP3 clients from Debian (curl, python3 poplib, fetchmail, mpop)
 // driven against popbridge, over the in-process memory server and over a
-// real Dovecot (issue 4, item 2; issue 2, "Done when"). The command lines
+// real Dovecot (docs/reliability.md, "Real POP3 clients"). The command lines
 // are the ones verified in testdata/clients/README.md.
 //
 //	go test -race -count=1 -run 'TestRealClient' ./bridge/
@@ -484,8 +484,8 @@ func checkPoplibSizes(t *testing.T, r *clientRunner, stored []imaptest.Message, 
 // delete policy. It delivers every message intact, the upstream does
 // exactly what the policy says, a second run (with the client's UIDL state
 // forgotten, so only the server can keep it from fetching) fetches
-// nothing, and another device of the same account sees what DESIGN.md's
-// table says.
+// nothing, and another device of the same account sees what the delete
+// policy says (bridge/doc.go).
 func TestRealClientDelete(t *testing.T) {
 	for _, c := range realClients {
 		for _, policy := range []string{PolicyMove, PolicyExpunge, PolicyFlag, PolicyHide} {

@@ -6,11 +6,9 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/popbridge/popbridge/internal/faultproxy"
 	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/state"
 )
 
@@ -81,13 +80,11 @@ func newFx(t *testing.T, up *upstreamEnv, policy string, tot *faultTotals) *fx {
 	seed(up, 4)
 	up.box.Append("INBOX", bigMessage())
 	up.box.Append("INBOX", message("other", "someone else's", "x\r\n"), imap.FlagDeleted)
-	p := faultproxy.New(t, up.addr)
-	via := *up
-	via.addr = p.Addr
-	e := newEnv(t, &via, func(c *Config) {
+	var p *faultproxy.Proxy
+	e := startBridge(t, up, withFaultProxy(&p), withConfig(func(c *Config) {
 		c.Upstream.Timeout = faultTimeout
 		c.Delete.Policy = Policy(policy)
-	})
+	}))
 	f := &fx{t: t, up: up, p: p, e: e, policy: policy, tot: tot}
 	tot.scenarios.Add(1)
 	t.Cleanup(func() {
@@ -578,7 +575,7 @@ func retrMidway(t *testing.T, up *upstreamEnv, act faultproxy.Action, tot *fault
 		t.Fatalf("the fault did not fire")
 	}
 	f.within("the partial RETR", took, faultTimeout+faultSlack)
-	body, derr := readDotBody(bufio.NewReader(bytes.NewReader(rest)), func() {})
+	body, derr := popclient.ReadMulti(bufio.NewReader(bytes.NewReader(rest)), func() {})
 	if derr == nil {
 		t.Errorf("a RETR cut midway ended with the terminating dot (%d octets)", len(body))
 	}
@@ -761,95 +758,11 @@ func flagDuringListing(t *testing.T, up *upstreamEnv, tot *faultTotals) {
 	}
 }
 
-// scriptedIMAP is a minimal IMAP server for one account with two messages
-// that, on the first UID FETCH of the listing, sends an unsolicited FETCH
-// (UID, FLAGS) for the first message, as a server does when another
-// session changed the message's flags: "before" its real answer (imapclient
-// then hands that response to the listing in place of the real one, which
-// it drops), or "after" it (a late flag update of a message already
-// listed); "" sends none.
+// scriptedIMAP is imaptest's scripted server with an unsolicited FETCH
+// "before", "after" or "rolling" (see imaptest.Unsolicited).
 func scriptedIMAP(t *testing.T, unsolicited string) (addr string, bodies []string) {
-	bodies = []string{
-		"Message-ID: <s1@example.com>\r\nSubject: one\r\n\r\nfirst\r\n",
-		"Message-ID: <s2@example.com>\r\nSubject: two\r\n\r\nsecond\r\n",
-	}
-	if unsolicited == "rolling" {
-		for i := 3; i <= 6; i++ {
-			bodies = append(bodies, fmt.Sprintf("Message-ID: <s%d@example.com>\r\nSubject: %d\r\n\r\nbody %d\r\n", i, i, i))
-		}
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	var listings atomic.Int32
-	const caps = "IMAP4rev1 UIDPLUS MOVE"
-	serve := func(c net.Conn) {
-		defer c.Close()
-		r := bufio.NewReader(c)
-		fmt.Fprintf(c, "* OK [CAPABILITY %s] scripted\r\n", caps)
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return
-			}
-			tag, rest, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " ")
-			cmd := strings.ToUpper(rest)
-			switch {
-			case strings.HasPrefix(cmd, "LOGIN "):
-				fmt.Fprintf(c, "%s OK [CAPABILITY %s] logged in\r\n", tag, caps)
-			case cmd == "CAPABILITY":
-				fmt.Fprintf(c, "* CAPABILITY %s\r\n%s OK done\r\n", caps, tag)
-			case strings.HasPrefix(cmd, "SELECT "):
-				fmt.Fprintf(c, "* %d EXISTS\r\n* FLAGS (\\Seen \\Flagged)\r\n* OK [UIDVALIDITY 7] v\r\n* OK [UIDNEXT %d] n\r\n%s OK [READ-WRITE] selected\r\n", len(bodies), len(bodies)+1, tag)
-			case strings.HasPrefix(cmd, "UID FETCH ") && strings.Contains(cmd, "RFC822.SIZE"):
-				n := int(listings.Add(1))
-				from, _ := strconv.Atoi(strings.Split(strings.Fields(cmd)[2], ":")[0])
-				for i, b := range bodies {
-					uid := i + 1
-					if uid < from {
-						continue
-					}
-					// "rolling": the k-th listing meets a flag update of
-					// the k-th message ahead of its answer, so every
-					// retry gets one message further.
-					if unsolicited == "before" && n == 1 && uid == 1 || unsolicited == "rolling" && uid == n {
-						fmt.Fprintf(c, "* %d FETCH (UID %d FLAGS (\\Flagged))\r\n", uid, uid)
-					}
-					hdr := b[:strings.Index(b, "\r\n")+2] + "\r\n"
-					fmt.Fprintf(c, "* %d FETCH (UID %d RFC822.SIZE %d INTERNALDATE \"26-Nov-2026 10:00:00 +0000\" BODY[HEADER.FIELDS (MESSAGE-ID)] {%d}\r\n%s)\r\n",
-						uid, uid, len(b), len(hdr), hdr)
-					if unsolicited == "after" && n == 1 && uid == 1 {
-						fmt.Fprintf(c, "* 1 FETCH (UID 1 FLAGS (\\Flagged))\r\n")
-					}
-				}
-				fmt.Fprintf(c, "%s OK fetched\r\n", tag)
-			case strings.HasPrefix(cmd, "UID FETCH "):
-				uid, _ := strconv.Atoi(strings.Fields(cmd)[2])
-				if uid >= 1 && uid <= len(bodies) {
-					b := bodies[uid-1]
-					fmt.Fprintf(c, "* %d FETCH (UID %d BODY[] {%d}\r\n%s)\r\n", uid, uid, len(b), b)
-				}
-				fmt.Fprintf(c, "%s OK fetched\r\n", tag)
-			case cmd == "LOGOUT":
-				fmt.Fprintf(c, "* BYE bye\r\n%s OK bye\r\n", tag)
-				return
-			default:
-				fmt.Fprintf(c, "%s OK\r\n", tag)
-			}
-		}
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go serve(c)
-		}
-	}()
-	return ln.Addr().String(), bodies
+	s := imaptest.NewScripted(t, imaptest.Unsolicited(unsolicited))
+	return s.Addr, s.Bodies
 }
 
 // TestUnsolicitedFetchDuringListing: the login's listing meets an

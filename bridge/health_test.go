@@ -5,19 +5,14 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zaptest"
-
 	"github.com/popbridge/popbridge/internal/faultproxy"
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state"
-	"github.com/popbridge/popbridge/state/boltstore"
-	"github.com/popbridge/popbridge/upstream"
 )
 
 // flakyStore is a store whose Ping can be made to fail, as a PostgreSQL
@@ -40,34 +35,14 @@ func (f *flakyStore) Ping(ctx context.Context) error {
 func TestAdminEndpoints(t *testing.T) {
 	mem := imaptest.NewMemServer(t)
 	proxy := faultproxy.New(t, mem.Addr)
-	bolt, err := boltstore.Open(filepath.Join(t.TempDir(), "state.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := &flakyStore{Store: bolt}
-	cfg := DefaultConfig()
-	cfg.Server.Listen = "127.0.0.1:0"
-	cfg.Upstream.Address = proxy.Addr
-	cfg.Upstream.Security = upstream.SecurityNone
-	cfg.Upstream.Timeout = time.Second
-	cfg.Admin.Listen = "127.0.0.1:0"
-	cfg.Admin.ReadyCache = 100 * time.Millisecond
-	srv, err := NewServer(cfg, st, zaptest.NewLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-		bolt.Close()
-	})
+	e := startBridge(t, nil, withStoreWrap(func(st state.Store) state.Store { return &flakyStore{Store: st} }),
+		withConfig(func(cfg *Config) {
+			cfg.Upstream.Address = proxy.Addr
+			cfg.Upstream.Timeout = time.Second
+			cfg.Admin.Listen = "127.0.0.1:0"
+			cfg.Admin.ReadyCache = 100 * time.Millisecond
+		}))
+	srv, st := e.srv, e.st.(*flakyStore)
 	base := "http://" + srv.AdminAddr().String()
 	fetch := func(path string) (int, string) {
 		t.Helper()

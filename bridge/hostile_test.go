@@ -1,6 +1,6 @@
 package bridge
 
-// Hostile POP3 clients (issue 4, item 5): binary garbage, 1 MB lines,
+// Hostile POP3 clients (docs/reliability.md): binary garbage, 1 MB lines,
 // commands split byte by byte, thousands of pipelined commands, sessions
 // that never read their responses, and many idle connections, against
 // popbridge over the in-process memory server.
@@ -30,7 +30,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -41,12 +40,10 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/pop3"
-	"github.com/popbridge/popbridge/state/boltstore"
-	"github.com/popbridge/popbridge/upstream"
 )
 
 // Bounds of hostileCase (see the file comment).
@@ -114,39 +111,11 @@ func hostileCorpus() [][]byte {
 }
 
 // startTunedEnv is newEnv with a hook that sets pop3.Server fields before
-// the server accepts anything (setting them on a running server would be a
-// data race), and a logger that keeps to Info: thousands of hostile lines
-// at Debug would only fill the test's memory.
+// the server accepts anything, and a logger that keeps to Info: thousands
+// of hostile lines at Debug would only fill the test's memory.
 func startTunedEnv(t *testing.T, up *upstreamEnv, tune func(*pop3.Server), mutate ...func(*Config)) *env {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.Server.Listen = "127.0.0.1:0"
-	cfg.Upstream.Address = up.addr
-	cfg.Upstream.Security = upstream.SecurityNone
-	cfg.Upstream.Timeout = 10 * time.Second
-	cfg.Auth.AllowInsecureAuth = true
-	cfg.Limits.LoginFailureDelay, cfg.Limits.LoginFailureDelayMax = 0, 0
-	for _, m := range mutate {
-		m(&cfg)
-	}
-	e := &env{t: t, up: up, cfg: cfg, statePath: filepath.Join(t.TempDir(), "state.db")}
-	st, err := boltstore.Open(e.statePath, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := NewServer(cfg, st, zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tune(srv.POP3)
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	e.st, e.srv, e.addr = st, srv, srv.Addr().String()
-	e.done = make(chan error, 1)
-	go func() { e.done <- srv.Serve() }()
-	t.Cleanup(e.stop)
-	return e
+	return startBridge(t, up, withPOP3Tune(tune), withLogLevel(zap.InfoLevel), withConfig(mutate...))
 }
 
 // heapInuse returns HeapInuse after a full GC.
@@ -327,14 +296,14 @@ func (h *hostile) normalSessionOnce(device string) error {
 	if _, err := expect("UIDL", "+OK"); err != nil {
 		return err
 	}
-	if _, err := readDotBody(r, func() {}); err != nil {
+	if _, err := popclient.ReadMulti(r, func() {}); err != nil {
 		return fmt.Errorf("UIDL listing: %w", err)
 	}
 	for n := 1; n <= 3; n++ {
 		if _, err := expect(fmt.Sprintf("RETR %d", n), "+OK"); err != nil {
 			return err
 		}
-		body, err := readDotBody(r, func() {})
+		body, err := popclient.ReadMulti(r, func() {})
 		if err != nil {
 			return fmt.Errorf("RETR %d: %w", n, err)
 		}
@@ -346,20 +315,15 @@ func (h *hostile) normalSessionOnce(device string) error {
 	return err
 }
 
-// dial connects a raw client and reads the greeting.
+// dial connects a raw client and reads the greeting; the test then reads
+// and writes the connection itself, with a read deadline of 10 seconds
+// from now.
 func (h *hostile) dial(t *testing.T) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", h.e.addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	r := bufio.NewReader(conn)
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if g, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(g, "+OK") {
-		t.Fatalf("greeting %q, %v", g, err)
-	}
-	return conn, r
+	c := dialPOP(t, h.e.addr)
+	c.conn.SetDeadline(time.Time{})
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	return c.conn, c.r
 }
 
 // dialSmallWindow connects with a 4 KiB receive buffer, set before the
@@ -367,23 +331,24 @@ func (h *hostile) dial(t *testing.T) (net.Conn, *bufio.Reader) {
 // greeting.
 func (h *hostile) dialSmallWindow(t *testing.T) net.Conn {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-		return errors.Join(err, serr)
-	}}
-	conn, err := d.Dial("tcp", h.e.addr)
+	c, greet, err := popclient.Dial(h.e.addr, popclient.Options{Timeout: 10 * time.Second, Buffer: 512,
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			})
+			return errors.Join(err, serr)
+		}})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("greeting %q, %v", greet, err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { c.Close() })
+	if c.Reader().Buffered() != 0 {
+		t.Fatalf("more than the greeting before any command: %d octets", c.Reader().Buffered())
+	}
+	conn := c.NetConn()
+	conn.SetDeadline(time.Time{})
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	g := make([]byte, 64)
-	if n, err := conn.Read(g); err != nil || !bytes.HasPrefix(g[:n], []byte("+OK")) {
-		t.Fatalf("greeting %q, %v", g[:n], err)
-	}
 	return conn
 }
 
@@ -616,7 +581,7 @@ func TestHostile(t *testing.T) {
 		mustERR(conn, r, "RETR +1", "RETR 0x1", "TOP 1 1.5", "UIDL 5", "LIST -1", "RETR 1 2", "XYZZY", "USER x", "PASS x")
 		if l := exchange(conn, r, "TOP 2 99999999999999999999999"); !strings.HasPrefix(l, "+OK") {
 			t.Errorf("TOP with a huge line count: %q", l)
-		} else if body, err := readDotBody(r, func() {}); err != nil || !bytes.Equal(body, h.msgs[1]) {
+		} else if body, err := popclient.ReadMulti(r, func() {}); err != nil || !bytes.Equal(body, h.msgs[1]) {
 			t.Errorf("TOP with a huge line count: %q, %v; want the whole message", body, err)
 		}
 		if l := exchange(conn, r, "QUIT"); !strings.HasPrefix(l, "+OK") {
@@ -740,7 +705,7 @@ func TestHostile(t *testing.T) {
 			if l := next(); !strings.HasPrefix(l, "+OK") {
 				t.Fatalf("round %d: RETR 1 answered %q", i+1, l)
 			}
-			body, err := readDotBody(r, func() {})
+			body, err := popclient.ReadMulti(r, func() {})
 			if err != nil || !bytes.Equal(body, h.msgs[0]) {
 				t.Fatalf("round %d: RETR 1 = %q, %v", i+1, body, err)
 			}

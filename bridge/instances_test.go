@@ -1,44 +1,19 @@
 package bridge
 
 import (
-	"context"
 	"strings"
 	"testing"
-	"time"
-
-	"go.uber.org/zap/zaptest"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
-	"github.com/popbridge/popbridge/state/pgstore"
 	"github.com/popbridge/popbridge/state/pgstore/pgtest"
 	"github.com/popbridge/popbridge/upstream"
 )
 
-// instance is one popbridge process of several behind a load balancer: its
-// own listener, the shared PostgreSQL store.
+// startInstance is one popbridge process of several behind a load
+// balancer: its own listener, the shared PostgreSQL store.
 func startInstance(t *testing.T, cfg Config, dsn string) string {
 	t.Helper()
-	st, err := pgstore.Open(t.Context(), dsn, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := NewServer(cfg, st, zaptest.NewLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-		st.Close()
-	})
-	return srv.Addr().String()
+	return startBridge(t, nil, withBaseConfig(cfg), withPostgres(dsn)).addr
 }
 
 // TestInstancesSharePostgres: two popbridge instances on one PostgreSQL

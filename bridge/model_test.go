@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -27,9 +26,10 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/popclient"
+	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
-	"github.com/popbridge/popbridge/upstream"
 )
 
 // The concurrency model (docs/reliability.md, "Concurrency model").
@@ -634,43 +634,26 @@ func (s *lockSpy) heldTotal() int {
 
 // --- a POP3 client that reports errors instead of failing the test ---
 
+// mConn is a model worker's POP3 connection: the client of
+// internal/popclient, reporting errors instead of failing the test.
 type mConn struct {
-	c net.Conn
+	*popclient.Conn
 	r *bufio.Reader
 }
 
 func dialModel(addr string) (*mConn, error) {
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	c, greet, err := popclient.Dial(addr, popclient.Options{Timeout: 90 * time.Second})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("greeting %q: %v", greet, err)
 	}
-	c.SetDeadline(time.Now().Add(90 * time.Second))
-	mc := &mConn{c: c, r: bufio.NewReader(c)}
-	if l, err := mc.line(); err != nil || !strings.HasPrefix(l, "+OK") {
-		c.Close()
-		return nil, fmt.Errorf("greeting %q: %v", l, err)
-	}
-	return mc, nil
+	return &mConn{Conn: c, r: c.Reader()}, nil
 }
 
-func (c *mConn) line() (string, error) {
-	s, err := c.r.ReadString('\n')
-	return strings.TrimSuffix(s, "\r\n"), err
-}
+func (c *mConn) send(cmd string) error { c.Send(cmd); return c.Flush() }
 
-func (c *mConn) send(cmd string) error {
-	_, err := io.WriteString(c.c, cmd+"\r\n")
-	return err
-}
+func (c *mConn) cmd(cmd string) (string, error) { return c.Cmd(cmd) }
 
-func (c *mConn) cmd(cmd string) (string, error) {
-	if err := c.send(cmd); err != nil {
-		return "", err
-	}
-	return c.line()
-}
-
-func (c *mConn) multi() ([]byte, error) { return readDotBody(c.r, func() {}) }
+func (c *mConn) multi() ([]byte, error) { return c.Multi() }
 
 // okMulti sends cmd and reads its +OK and multi-line body.
 func (c *mConn) okMulti(cmd string) ([]byte, error) {
@@ -763,7 +746,7 @@ func (w *mWorker) session(a *mAccount) {
 		m.fail("%s: %v", who, err)
 		return
 	}
-	defer c.c.Close()
+	defer c.Close()
 	m.stats.sessions.Add(1)
 	if l, err := c.cmd("USER " + user); err != nil || !strings.HasPrefix(l, "+OK") {
 		m.fail("%s: USER: %q %v", who, l, err)
@@ -845,7 +828,7 @@ func (w *mWorker) session(a *mAccount) {
 			if rng.IntN(25) == 0 {
 				// Dropped in the middle of the message.
 				c.send(fmt.Sprintf("RETR %d", i+1))
-				c.c.SetReadDeadline(time.Now().Add(2 * time.Second)) // a short -ERR has fewer octets
+				c.NetConn().SetReadDeadline(time.Now().Add(2 * time.Second)) // a short -ERR has fewer octets
 				c.r.Peek(1 + rng.IntN(64))
 				a.dropping(device, w.id)
 				m.stats.retrDrops.Add(1)
@@ -1024,36 +1007,16 @@ func runModel(t *testing.T, dovecot bool) {
 			return s
 		}
 		for range 2 {
-			cfg := DefaultConfig()
-			cfg.Server.Listen = "127.0.0.1:0"
-			cfg.Upstream.Name = upName(addr)
-			cfg.Upstream.Address = addr
-			cfg.Upstream.Security = upstream.SecurityNone
-			cfg.Upstream.Timeout = 60 * time.Second
-			cfg.Auth.AllowInsecureAuth = true
-			cfg.Delete.Policy = Policy(policy)
-			cfg.Delete.MoveTo = "Trash"
-			srv, err := NewServer(cfg, m.spy, log)
-			if err != nil {
-				t.Fatal(err)
-			}
-			srv.POP3.LoginFailDelay = 0
-			if err := srv.Listen(); err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- srv.Serve() }()
-			t.Cleanup(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				srv.Shutdown(ctx)
-				select {
-				case <-done:
-				case <-time.After(20 * time.Second):
-					t.Errorf("popbridge did not stop within 20s of Shutdown: a session hangs")
-				}
-			})
-			servers[key] = append(servers[key], srv.Addr().String())
+			e := startBridge(t, nil, withStore(m.spy, true), withLogger(log),
+				withPOP3Tune(func(p *pop3.Server) { p.LoginFailDelay = 0 }),
+				withConfig(func(cfg *Config) {
+					cfg.Upstream.Name = upName(addr)
+					cfg.Upstream.Address = addr
+					cfg.Upstream.Timeout = 60 * time.Second
+					cfg.Delete.Policy = Policy(policy)
+					cfg.Delete.MoveTo = "Trash"
+				}))
+			servers[key] = append(servers[key], e.addr)
 		}
 		return servers[key]
 	}
@@ -1286,23 +1249,23 @@ func crossInstanceLock(t *testing.T, a *mAccount) {
 	if !strings.HasPrefix(l, "-ERR [IN-USE]") {
 		t.Errorf("%s#laptop: a second session on instance B while A has one: %q, want -ERR [IN-USE]", a.name, l)
 	}
-	second.c.Close()
+	second.Close()
 	other, l := login(a.servers[1], "phone")
 	if !strings.HasPrefix(l, "+OK") {
 		t.Errorf("%s#phone on instance B: %q", a.name, l)
 	}
 	other.cmd("QUIT")
-	other.c.Close()
+	other.Close()
 	if l, err := first.cmd("QUIT"); err != nil || !strings.HasPrefix(l, "+OK") {
 		t.Fatalf("QUIT: %q %v", l, err)
 	}
-	first.c.Close()
+	first.Close()
 	again, l := login(a.servers[1], "laptop")
 	if !strings.HasPrefix(l, "+OK") {
 		t.Errorf("%s#laptop on instance B after A's QUIT: %q", a.name, l)
 	}
 	again.cmd("QUIT")
-	again.c.Close()
+	again.Close()
 }
 
 // finalView logs in as device once everything is quiet: the listing must
@@ -1319,7 +1282,7 @@ func (w *mWorker) finalView(a *mAccount, device string) {
 		m.fail("%s: %v", who, err)
 		return
 	}
-	defer c.c.Close()
+	defer c.Close()
 	m.stats.sessions.Add(1)
 	if l, err := c.cmd("USER " + user); err != nil || !strings.HasPrefix(l, "+OK") {
 		m.fail("%s: USER %q %v", who, l, err)

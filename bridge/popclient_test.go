@@ -2,48 +2,61 @@ package bridge
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
-	"io"
 	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/popbridge/popbridge/internal/popclient"
 )
 
-// popConn is a byte-exact POP3 client for tests: unlike knadh/go-pop3 it
-// keeps long lines whole, keeps bare CRs and LFs as they came, and undoes
-// dot-stuffing itself.
+// popConn is the byte-exact POP3 client of internal/popclient bound to a
+// test: every failure to talk POP3 stops the test.
 type popConn struct {
-	t    testing.TB
+	t testing.TB
+	c *popclient.Conn
+	// conn and r are the connection and its read buffer, for tests that
+	// read or write raw bytes.
 	conn net.Conn
 	r    *bufio.Reader
 }
 
 func dialPOP(t testing.TB, addr string) *popConn {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return dialPOPFrom(t, "", addr)
+}
+
+// dialPOPFrom dials addr from the local address local ("" for any) and
+// reads the +OK greeting.
+func dialPOPFrom(t testing.TB, local, addr string) *popConn {
+	t.Helper()
+	c, greet, err := popclient.Dial(addr, popclient.Options{Local: local, Timeout: 30 * time.Second})
 	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
+		t.Fatalf("dial %s: %v (greeting %q)", addr, err, greet)
 	}
-	c := &popConn{t: t, conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
-	t.Cleanup(func() { conn.Close() })
-	if line := c.line(); !strings.HasPrefix(line, "+OK") {
-		t.Fatalf("greeting %q", line)
-	}
-	return c
+	t.Cleanup(func() { c.Close() })
+	return wrapPOP(t, c)
+}
+
+// popOver is a popConn over an open connection (a TLS one, say); it reads
+// nothing.
+func popOver(t testing.TB, conn net.Conn) *popConn {
+	return wrapPOP(t, popclient.New(conn, popclient.Options{Timeout: 30 * time.Second}))
+}
+
+func wrapPOP(t testing.TB, c *popclient.Conn) *popConn {
+	return &popConn{t: t, c: c, conn: c.NetConn(), r: c.Reader()}
 }
 
 // line reads one response line without its CRLF.
 func (c *popConn) line() string {
 	c.t.Helper()
-	c.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	s, err := c.r.ReadString('\n')
+	s, err := c.c.Line()
 	if err != nil {
 		c.t.Fatalf("reading a response: %v (got %q)", err, s)
 	}
-	return strings.TrimSuffix(s, "\r\n")
+	return s
 }
 
 // cmd sends a command and returns the status line.
@@ -55,8 +68,8 @@ func (c *popConn) cmd(format string, args ...any) string {
 
 func (c *popConn) send(format string, args ...any) {
 	c.t.Helper()
-	c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := fmt.Fprintf(c.conn, format+"\r\n", args...); err != nil {
+	c.c.Send(fmt.Sprintf(format, args...))
+	if err := c.c.Flush(); err != nil {
 		c.t.Fatalf("sending: %v", err)
 	}
 }
@@ -75,46 +88,11 @@ func (c *popConn) ok(format string, args ...any) string {
 // byte for byte (RFC 1939 §3).
 func (c *popConn) multi() []byte {
 	c.t.Helper()
-	b, err := readDotBody(c.r, func() { c.conn.SetReadDeadline(time.Now().Add(30 * time.Second)) })
+	b, err := c.c.Multi()
 	if err != nil {
 		c.t.Fatalf("reading a multi-line response: %v", err)
 	}
 	return b
-}
-
-// readDotBody reads up to the terminating ".CRLF" and returns the unstuffed
-// bytes before it. It fails when the stream ends without the terminator.
-func readDotBody(r *bufio.Reader, beforeRead func()) ([]byte, error) {
-	var out bytes.Buffer
-	for {
-		beforeRead()
-		line, err := r.ReadSlice('\n')
-		if err == bufio.ErrBufferFull {
-			// A line longer than the buffer: not a terminator; keep it.
-			if line[0] == '.' {
-				line = line[1:]
-			}
-			out.Write(line)
-			for err == bufio.ErrBufferFull {
-				line, err = r.ReadSlice('\n')
-				out.Write(line)
-			}
-			if err != nil {
-				return out.Bytes(), err
-			}
-			continue
-		}
-		if err != nil {
-			return out.Bytes(), err
-		}
-		if string(line) == ".\r\n" {
-			return out.Bytes(), nil
-		}
-		if line[0] == '.' {
-			line = line[1:]
-		}
-		out.Write(line)
-	}
 }
 
 func (c *popConn) login(user, pass string) {
@@ -139,31 +117,13 @@ type listing struct {
 // list returns LIST and UIDL together.
 func (c *popConn) list() []listing {
 	c.t.Helper()
-	c.ok("LIST")
-	var out []listing
-	for _, l := range strings.Split(strings.TrimSuffix(string(c.multi()), "\r\n"), "\r\n") {
-		if l == "" {
-			continue
-		}
-		var e listing
-		if _, err := fmt.Sscanf(l, "%d %d", &e.n, &e.size); err != nil {
-			c.t.Fatalf("LIST line %q: %v", l, err)
-		}
-		out = append(out, e)
+	entries, err := c.c.List()
+	if err != nil {
+		c.t.Fatal(err)
 	}
-	c.ok("UIDL")
-	i := 0
-	for _, l := range strings.Split(strings.TrimSuffix(string(c.multi()), "\r\n"), "\r\n") {
-		if l == "" {
-			continue
-		}
-		f := strings.Fields(l)
-		n, _ := strconv.Atoi(f[0])
-		if i >= len(out) || out[i].n != n {
-			c.t.Fatalf("UIDL line %q does not match LIST", l)
-		}
-		out[i].uidl = f[1]
-		i++
+	out := make([]listing, len(entries))
+	for i, e := range entries {
+		out[i] = listing{n: e.N, size: e.Size, uidl: e.UIDL}
 	}
 	return out
 }
@@ -181,8 +141,8 @@ func (c *popConn) uidls() []string {
 func (c *popConn) quit() string {
 	c.t.Helper()
 	line := c.cmd("QUIT")
-	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadAll(c.r); err != nil {
+	c.c.Timeout = 5 * time.Second
+	if _, err := c.c.Drain(); err != nil {
 		c.t.Errorf("after QUIT: %v", err)
 	}
 	return line

@@ -41,21 +41,11 @@ func (c *testClock) advance(d time.Duration) {
 // clock is not nil, the bridge running on it.
 func newObservedEnv(t *testing.T, up *upstreamEnv, clock *testClock, mutate ...func(*Config)) *env {
 	t.Helper()
-	e := newEnvConfig(t, up, mutate...)
-	e.observe = true
+	opts := []envOpt{withConfig(mutate...), withObserver()}
 	if clock != nil {
-		e.now = clock.now
+		opts = append(opts, withClock(clock.now))
 	}
-	e.start()
-	t.Cleanup(e.stop)
-	return e
-}
-
-// memUpstream is a fresh memory server with a \Trash mailbox named Trash.
-func memUpstream(t *testing.T) *upstreamEnv {
-	mem := imaptest.NewMemServer(t)
-	mem.Create("Trash", imap.MailboxAttrTrash)
-	return &upstreamEnv{name: "memserver", addr: mem.Addr, user: mem.User, pass: mem.Pass, box: mem, mem: mem}
+	return startBridge(t, up, opts...)
 }
 
 // TestRefusedUpdate: UID EXPUNGE or UID MOVE refused with a NO that says

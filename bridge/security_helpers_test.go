@@ -1,13 +1,11 @@
 package bridge
 
-// Helpers of the security tests (issue 3): test certificates, an upstream
+// Helpers of the security tests: test certificates, an upstream
 // IMAP server that checks OAuth tokens, and a popbridge whose every log
 // line, at Debug level, is kept for inspection.
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -31,12 +29,11 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 	"github.com/emersion/go-sasl"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/state"
-	"github.com/popbridge/popbridge/state/boltstore"
 	"github.com/popbridge/popbridge/upstream"
 )
 
@@ -308,26 +305,6 @@ func parseTestToken(mech, resp string) (user, token string) {
 	return user, token
 }
 
-// logBuffer keeps every log line, encoded as JSON, as a log file would.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) Sync() error { return nil }
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // secServer is a popbridge for the security tests.
 type secServer struct {
 	t       *testing.T
@@ -357,69 +334,35 @@ func secConfig(up string) Config {
 // server accepts anything.
 func startSec(t *testing.T, cfg Config, tune ...func(*Server)) *secServer {
 	t.Helper()
-	st, err := boltstore.Open(filepath.Join(t.TempDir(), "state.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return startSecStore(t, cfg, st, tune...)
+	return secOver(startBridge(t, nil, withBaseConfig(cfg), withObserver(), withJSONLog(), withTune(tune...)))
 }
 
 // startSecStore is startSec on the store st, which it closes at the end.
 func startSecStore(t *testing.T, cfg Config, st state.Store, tune ...func(*Server)) *secServer {
 	t.Helper()
-	obs, logs := observer.New(zapcore.DebugLevel)
-	raw := &logBuffer{}
-	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
-	core := zapcore.NewTee(obs, zapcore.NewCore(enc, raw, zapcore.DebugLevel), zaptest.NewLogger(t).Core())
-	srv, err := NewServer(cfg, st, zap.New(core))
-	if err != nil {
-		st.Close()
-		t.Fatal(err)
-	}
-	for _, f := range tune {
-		f(srv)
-	}
-	if err := srv.Listen(); err != nil {
-		st.Close()
-		t.Fatal(err)
-	}
-	s := &secServer{t: t, srv: srv, addr: srv.Addr().String(), logs: logs, raw: raw}
-	if a := srv.TLSAddr(); a != nil {
-		s.tlsAddr = a.String()
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-		st.Close()
-	})
-	return s
+	return secOver(startBridge(t, nil, withBaseConfig(cfg), withStore(st, false), withObserver(), withJSONLog(), withTune(tune...)))
+}
+
+func secOver(e *env) *secServer {
+	return &secServer{t: e.t, srv: e.srv, addr: e.addr, tlsAddr: e.tlsAddr, logs: e.logs, raw: e.raw}
 }
 
 // dialFrom connects to addr from the local address local ("127.0.0.2":
 // any address of 127.0.0.0/8 works on Linux) and reads the greeting.
 func dialFrom(t testing.TB, local, addr string) *popConn {
 	t.Helper()
-	c := dialRaw(t, local, addr)
-	if line := c.line(); !strings.HasPrefix(line, "+OK") {
-		t.Fatalf("greeting from %s: %q", addr, line)
-	}
-	return c
+	return dialPOPFrom(t, local, addr)
 }
 
 // dialRaw connects to addr from local without reading anything.
 func dialRaw(t testing.TB, local, addr string) *popConn {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
-	conn, err := d.Dial("tcp", addr)
+	c, err := popclient.Connect(addr, popclient.Options{Local: local, Timeout: 30 * time.Second})
 	if err != nil {
 		t.Fatalf("dial %s from %s: %v", addr, local, err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	return &popConn{t: t, conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
+	t.Cleanup(func() { c.Close() })
+	return wrapPOP(t, c)
 }
 
 // closed reports whether the server closed c (reading nothing more).
@@ -451,8 +394,6 @@ func (s *secServer) waitSessions(n int) []map[string]any {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-func newReader(c net.Conn) *bufio.Reader { return bufio.NewReaderSize(c, 64<<10) }
 
 func netipAddrPort(t testing.TB, s string) netip.AddrPort {
 	t.Helper()

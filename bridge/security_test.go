@@ -331,7 +331,7 @@ func tlsDial(t *testing.T, addr string, pool *tls.Config) (*popConn, int64) {
 		t.Fatalf("TLS dial %s: %v", addr, err)
 	}
 	t.Cleanup(func() { tc.Close() })
-	c := &popConn{t: t, conn: tc, r: newReader(tc)}
+	c := popOver(t, tc)
 	if l := c.line(); !strings.HasPrefix(l, "+OK") {
 		t.Fatalf("greeting: %q", l)
 	}

@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -12,14 +11,12 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
 	"github.com/popbridge/popbridge/state/pgstore"
 	"github.com/popbridge/popbridge/state/pgstore/pgtest"
-	"github.com/popbridge/popbridge/upstream"
 )
 
 // TestStateKeyIgnoresAddressSpelling: the same upstream written another way
@@ -238,25 +235,12 @@ func TestLegacyStateKeyAdopted(t *testing.T) {
 			}}))
 			must(st.ApplyClient(ctx, state.ClientKey{Mailbox: bobs, Client: "laptop"}, state.ClientChange{Hide: []string{"legacy-1"}}))
 
-			cfg := DefaultConfig()
-			cfg.Server.Listen = "127.0.0.1:0"
-			cfg.Upstream.Address = mem.Addr
-			cfg.Upstream.Security = upstream.SecurityNone
-			cfg.Auth.AllowInsecureAuth = true
-			cfg.Delete.Policy = PolicyHide
 			serve := func(st state.Store) (addr string, stop func()) {
-				srv, err := NewServer(cfg, st, zaptest.NewLogger(t))
-				must(err)
-				must(srv.Listen())
-				done := make(chan error, 1)
-				go func() { done <- srv.Serve() }()
-				return srv.Addr().String(), func() {
-					sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					defer cancel()
-					srv.Shutdown(sctx)
-					<-done
-					st.Close()
-				}
+				e := startBridge(t, nil, withStore(st, false), withConfig(func(cfg *Config) {
+					cfg.Upstream.Address = mem.Addr
+					cfg.Delete.Policy = PolicyHide
+				}))
+				return e.addr, e.stop
 			}
 			addr, stop := serve(st)
 			views := map[string][]string{

@@ -83,7 +83,7 @@ func expungeUpstream(t *testing.T, addr, user, pass string, uid uint32) {
 
 // TestSyncAsksLittle: an unchanged mailbox costs no FETCH and no SEARCH;
 // new mail costs a FETCH of the new UIDs only; an expunge elsewhere costs a
-// UID SEARCH, not a re-listing (DESIGN.md, "Sync at login").
+// UID SEARCH, not a re-listing (state.Decide chooses the plan).
 func TestSyncAsksLittle(t *testing.T) {
 	forEachUpstream(t, func(t *testing.T, up *upstreamEnv) {
 		seed(up, 5)

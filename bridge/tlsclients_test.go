@@ -1,6 +1,6 @@
 package bridge
 
-// Real clients from Debian over TLS (issue 3, "Tests"): curl with STLS
+// Real clients from Debian over TLS: curl with STLS
 // (--ssl-reqd), implicit TLS (pop3s://) and OAuth (--oauth2-bearer),
 // python3 poplib with stls(), openssl s_client -starttls pop3. Each runs
 // against a certificate generated here and must retrieve a message byte
@@ -19,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/popbridge/popbridge/internal/popclient"
 )
 
 // tlsClientEnv is popbridge with a certificate for 127.0.0.1, STLS on
@@ -199,7 +201,7 @@ func TestOpenSSLStartTLS(t *testing.T) {
 	if l := line(); l != "+OK capability list follows" {
 		t.Fatalf("CAPA: %q\n%s", l, out)
 	}
-	capa, err := readDotBody(r, func() {})
+	capa, err := popclient.ReadMulti(r, func() {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +213,7 @@ func TestOpenSSLStartTLS(t *testing.T) {
 			t.Fatalf("got %q, want %q\n%s", l, want, out)
 		}
 	}
-	body, err := readDotBody(r, func() {})
+	body, err := popclient.ReadMulti(r, func() {})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
-	"github.com/popbridge/popbridge/upstream"
 )
 
 // TestUpstreamTraceFromConfig: log.upstream_trace writes the upstream
@@ -23,18 +22,11 @@ func TestUpstreamTraceFromConfig(t *testing.T) {
 		user, pass = mem.User, mem.Pass
 		mem.Append("INBOX", message("trace.1", "traced", "body\r\n"))
 		core, logs := observer.New(zapcore.DebugLevel)
-		e := &env{t: t, up: &upstreamEnv{addr: mem.Addr, user: mem.User, pass: mem.Pass, mem: mem}}
-		e.cfg = DefaultConfig()
-		e.cfg.Server.Listen = "127.0.0.1:0"
-		e.cfg.Upstream.Address = mem.Addr
-		e.cfg.Upstream.Security = upstream.SecurityNone
-		e.cfg.Auth.AllowInsecureAuth = true
-		e.cfg.Log.UpstreamTrace = true
-		e.cfg.Log.UpstreamTraceAccounts = accounts
-		e.statePath = t.TempDir() + "/state.db"
-		e.logger = zap.New(core)
-		e.start()
-		t.Cleanup(e.stop)
+		e := startBridge(t, &upstreamEnv{addr: mem.Addr, user: mem.User, pass: mem.Pass, mem: mem}, withLogger(zap.New(core)),
+			withConfig(func(c *Config) {
+				c.Log.UpstreamTrace = true
+				c.Log.UpstreamTraceAccounts = accounts
+			}))
 		c := e.session("laptop")
 		c.ok("STAT")
 		c.quit()

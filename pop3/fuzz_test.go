@@ -48,7 +48,7 @@ func (c *idleConn) Read(p []byte) (int, error) {
 
 // FuzzSession feeds arbitrary client input in AUTHORIZATION and after a
 // login (with and without DELE marks). The session must not panic or
-// hang, and Commit may only follow a QUIT line (DESIGN.md invariant 1).
+// hang, and Commit may only follow a QUIT line (the first invariant of bridge/doc.go).
 func FuzzSession(f *testing.F) {
 	for _, s := range []string{
 		"CAPA\r\nQUIT\r\n",

@@ -166,7 +166,7 @@ func (c *conn) cmdTop(cmd command) error {
 // Maildrop returned err. If nothing was sent yet, an error is answered
 // with "-ERR" and the session goes on. After a partial message the
 // connection is closed without the terminating dot, so the client cannot
-// take the message as complete (DESIGN.md invariant 5). sent reports a
+// take the message as complete (an invariant of bridge/doc.go). sent reports a
 // complete response; a non-nil error ends the session.
 func (c *conn) endMsg(w *msgWriter, what string, err error) (sent bool, _ error) {
 	c.bytesOut += w.n

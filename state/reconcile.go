@@ -56,8 +56,8 @@ func (p Plan) String() string {
 }
 
 // Decide chooses the cheapest plan that is still exact, from the stored
-// record m and the markers the upstream reports now (DESIGN.md, "Sync at
-// login"). Nothing changed when UIDVALIDITY is the same, the record holds as
+// record m and the markers the upstream reports now (the sync at
+// login). Nothing changed when UIDVALIDITY is the same, the record holds as
 // many messages as the upstream, and either HIGHESTMODSEQ is the same
 // (CONDSTORE: any expunge or append raises it) or UIDNEXT and the message
 // count are both the same (an append raises UIDNEXT; an expunge alone lowers

@@ -1,6 +1,6 @@
 package upstream_test
 
-// Listing and streaming benchmarks of issue 5, and the check that a
+// Listing and streaming benchmarks of the speed targets, and the check that a
 // listing streams (its memory does not grow with the mailbox).
 //
 //	go test -run '^$' -bench 'List100k|WriteMessageSizes' -benchmem ./upstream/

@@ -3,7 +3,6 @@ package upstream_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"net"
 	"strings"
@@ -187,11 +186,4 @@ func topRef(raw []byte, n int) []byte {
 		n--
 	}
 	return out
-}
-
-// ctxTimeout returns a context ending after d.
-func ctxTimeout(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), d)
-	t.Cleanup(cancel)
-	return ctx
 }

@@ -189,9 +189,9 @@ func session(ctx context.Context, cfg *config, a account, mode string) (sr sessi
 	}
 	defer c.close()
 	// The run's hard bound ends a session in the middle.
-	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, func() { c.NetConn().SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	defer func() { sr.read = c.read }()
+	defer func() { sr.read = c.Received() }()
 
 	if err := c.login(a.user, a.pass); err != nil {
 		return sr, err

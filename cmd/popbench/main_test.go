@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -176,37 +175,6 @@ func testConfig(addr string) config {
 	return config{
 		addr: addr, accounts: []account{{"alice", "pass"}}, sessions: 3, rounds: 2, mode: modePoll,
 		pipeline: 1, mixedRetr: 2, timeout: 10 * time.Second, maxTime: time.Minute, maxErrors: 100,
-	}
-}
-
-func TestReadBody(t *testing.T) {
-	tests := []struct {
-		in   string
-		want int64
-	}{
-		{".\r\n", 0},
-		{"a\r\n.\r\n", 3},
-		{"..\r\n.\r\n", 3},         // a stuffed lone dot: ".\r\n"
-		{"..x\r\n...\r\n.\r\n", 8}, // ".x\r\n" and "..\r\n"
-		{"bare lf\n.\n", 8},        // a server with bare LFs ends with ".\n"
-		{strings.Repeat("y", 40) + "\r\n.\r\n", 42},
-		{"." + strings.Repeat(".", 40) + "\r\n.\r\n", 42}, // long, stuffed
-	}
-	for _, tc := range tests {
-		// A tiny buffer takes the long-line path (bufio.ErrBufferFull).
-		for _, size := range []int{16, 4096} {
-			r := bufio.NewReaderSize(strings.NewReader(tc.in+"+OK next\r\n"), size)
-			n, err := readBody(r, nil)
-			if err != nil || n != tc.want {
-				t.Errorf("%q (buffer %d): %d, %v; want %d", tc.in, size, n, err, tc.want)
-			}
-			if rest, _ := r.ReadString('\n'); rest != "+OK next\r\n" {
-				t.Errorf("%q: read past the end: next line %q", tc.in, rest)
-			}
-		}
-	}
-	if _, err := readBody(bufio.NewReader(strings.NewReader("a\r\nb\r\n")), nil); err != io.ErrUnexpectedEOF {
-		t.Errorf("no terminating dot: %v, want unexpected EOF", err)
 	}
 }
 

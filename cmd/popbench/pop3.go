@@ -1,15 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/popbridge/popbridge/internal/popclient"
 )
 
 // Error kinds, as counted in the report.
@@ -53,82 +53,51 @@ func kindOf(err error) string {
 	return kindIO
 }
 
-// client is a minimal POP3 client (RFC 1939) that keeps no message in
-// memory: multi-line answers are counted and thrown away as they arrive.
+// client is popbench's POP3 session: the client of internal/popclient,
+// which keeps no message in memory here (multi-line answers are counted
+// and thrown away as they arrive), with each failure given its kind.
 type client struct {
-	conn    net.Conn
-	r       *bufio.Reader
-	w       *bufio.Writer
-	timeout time.Duration
-	read    int64 // octets received, all answers
-}
-
-// countReader counts what the client reads from the connection.
-type countReader struct {
-	r io.Reader
-	n *int64
-}
-
-func (c countReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	*c.n += int64(n)
-	return n, err
+	*popclient.Conn
 }
 
 // dial connects to addr and reads the greeting.
 func dial(addr string, timeout time.Duration) (*client, error) {
-	conn, err := net.DialTimeout("tcp", addr, timeout)
-	if err != nil {
+	c, greet, err := popclient.Dial(addr, popclient.Options{Timeout: timeout})
+	var se *popclient.StatusError
+	switch {
+	case errors.As(err, &se):
+		return nil, failf(kindGreeting, "greeting %q", popclient.Clip(greet))
+	case errors.Is(err, popclient.ErrLineTooLong):
+		return nil, failf(kindProtocol, "greeting longer than the read buffer")
+	case err != nil && !isReadError(err):
 		return nil, &sessionError{kind: kindDial, err: err}
-	}
-	c := &client{conn: conn, w: bufio.NewWriterSize(conn, 4096), timeout: timeout}
-	c.r = bufio.NewReaderSize(countReader{conn, &c.read}, 64<<10)
-	c.deadline()
-	line, err := c.line()
-	if err != nil {
-		conn.Close()
+	case err != nil:
 		return nil, err
 	}
-	if !strings.HasPrefix(line, "+OK") {
-		conn.Close()
-		return nil, failf(kindGreeting, "greeting %q", clip(line))
-	}
-	return c, nil
+	return &client{c}, nil
 }
 
-func (c *client) close() error { return c.conn.Close() }
+// isReadError tells a failed read of the greeting from a failed dial.
+func isReadError(err error) bool {
+	var op *net.OpError
+	return !errors.As(err, &op) || op.Op != "dial"
+}
 
-// deadline gives the next exchange -timeout to make progress.
-func (c *client) deadline() { c.conn.SetDeadline(time.Now().Add(c.timeout)) }
+func (c *client) close() error { return c.Close() }
 
 // send queues a command line; flush sends what is queued.
-func (c *client) send(cmd string) {
-	c.w.WriteString(cmd)
-	c.w.WriteString("\r\n")
-}
+func (c *client) send(cmd string) { c.Send(cmd) }
 
-func (c *client) flush() error {
-	c.deadline()
-	return c.w.Flush()
-}
-
-// line reads one response line, without its line end.
-func (c *client) line() (string, error) {
-	b, err := c.r.ReadSlice('\n')
-	if err == bufio.ErrBufferFull {
-		return "", failf(kindProtocol, "response line longer than %d octets", c.r.Size())
-	}
-	if err != nil {
-		return "", err
-	}
-	return string(bytes.TrimRight(b, "\r\n")), nil
-}
+func (c *client) flush() error { return c.Flush() }
 
 // status reads a status line and fails unless it is +OK. what names the
 // command for the error; -ERR [IN-USE] and -ERR to a login get kinds of
 // their own.
 func (c *client) status(what string) (string, error) {
-	line, err := c.line()
+	line, err := c.Line()
+	if errors.Is(err, popclient.ErrLineTooLong) {
+		return "", failf(kindProtocol, "response line longer than %d octets", c.Reader().Size())
+	}
 	if err != nil {
 		return "", err
 	}
@@ -150,7 +119,7 @@ func (c *client) status(what string) (string, error) {
 	case what == "USER" || what == "PASS":
 		kind = kindAuth
 	}
-	return "", failf(kind, "%s: %q", what, clip(line))
+	return "", failf(kind, "%s: %q", what, popclient.Clip(line))
 }
 
 // cmd sends one command and reads its status line.
@@ -179,12 +148,12 @@ func (c *client) stat() (n int, size int64, err error) {
 	}
 	f := strings.Fields(line)
 	if len(f) < 3 {
-		return 0, 0, failf(kindProtocol, "STAT: %q", clip(line))
+		return 0, 0, failf(kindProtocol, "STAT: %q", popclient.Clip(line))
 	}
 	n, err1 := strconv.Atoi(f[1])
 	size, err2 := strconv.ParseInt(f[2], 10, 64)
 	if err1 != nil || err2 != nil {
-		return 0, 0, failf(kindProtocol, "STAT: %q", clip(line))
+		return 0, 0, failf(kindProtocol, "STAT: %q", popclient.Clip(line))
 	}
 	return n, size, nil
 }
@@ -195,30 +164,11 @@ func (c *client) listing(cmd string, fn func(line []byte) error) (int, error) {
 	if _, err := c.cmd(cmd, cmd); err != nil {
 		return 0, err
 	}
-	n := 0
-	for {
-		c.deadline()
-		b, err := c.r.ReadSlice('\n')
-		if err == bufio.ErrBufferFull {
-			return n, failf(kindProtocol, "%s: line longer than %d octets", cmd, c.r.Size())
-		}
-		if err != nil {
-			return n, err
-		}
-		b = bytes.TrimRight(b, "\r\n")
-		if len(b) > 0 && b[0] == '.' {
-			if len(b) == 1 {
-				return n, nil
-			}
-			b = b[1:]
-		}
-		n++
-		if fn != nil {
-			if err := fn(b); err != nil {
-				return n, err
-			}
-		}
+	n, err := c.ListingBody(fn)
+	if errors.Is(err, popclient.ErrLineTooLong) {
+		return n, failf(kindProtocol, "%s: line longer than %d octets", cmd, c.Reader().Size())
 	}
+	return n, err
 }
 
 // sizes sends LIST and returns the size of each message, by number - 1.
@@ -227,13 +177,13 @@ func (c *client) sizes(count int) ([]int64, error) {
 	_, err := c.listing("LIST", func(line []byte) error {
 		num, size, ok := bytes.Cut(line, []byte(" "))
 		if !ok {
-			return failf(kindProtocol, "LIST line %q", clip(string(line)))
+			return failf(kindProtocol, "LIST line %q", popclient.Clip(string(line)))
 		}
 		size, _, _ = bytes.Cut(size, []byte(" "))
 		i, err1 := strconv.Atoi(string(num))
 		s, err2 := strconv.ParseInt(string(size), 10, 64)
 		if err1 != nil || err2 != nil || i < 1 || i > count {
-			return failf(kindProtocol, "LIST line %q (STAT said %d messages)", clip(string(line)), count)
+			return failf(kindProtocol, "LIST line %q (STAT said %d messages)", popclient.Clip(string(line)), count)
 		}
 		out[i-1] = s
 		return nil
@@ -243,51 +193,14 @@ func (c *client) sizes(count int) ([]int64, error) {
 
 // body reads a multi-line answer after its status line up to the
 // terminating dot, dot-unstuffed, and returns its octets (line ends
-// included, as RFC 1939 counts them). Nothing is kept.
+// included, as RFC 1939 counts them). Nothing is kept. A server with bare
+// LFs ends it with ".LF", which is taken too.
 func (c *client) body() (int64, error) {
-	return readBody(c.r, c.deadline)
-}
-
-// readBody reads a dot-stuffed multi-line body from r (RFC 1939 §3) and
-// returns its octets after unstuffing, without the terminating line.
-// progress is called before each read that may block.
-func readBody(r *bufio.Reader, progress func()) (int64, error) {
-	var n int64
-	bol := true
-	for {
-		if progress != nil && r.Buffered() == 0 {
-			progress()
-		}
-		b, err := r.ReadSlice('\n')
-		if bol && len(b) > 0 && b[0] == '.' {
-			if err == nil && (len(b) == 2 || len(b) == 3 && b[1] == '\r') {
-				return n, nil // ".\r\n" (or ".\n")
-			}
-			b = b[1:]
-		}
-		n += int64(len(b))
-		switch err {
-		case nil:
-			bol = true
-		case bufio.ErrBufferFull:
-			bol = false
-		case io.EOF:
-			return n, io.ErrUnexpectedEOF
-		default:
-			return n, err
-		}
-	}
+	return popclient.ReadBodyLenient(c.Reader(), nil, c.Extend)
 }
 
 // quit sends QUIT and waits for its answer.
 func (c *client) quit() error {
 	_, err := c.cmd("QUIT", "QUIT")
 	return err
-}
-
-func clip(s string) string {
-	if len(s) > 120 {
-		return s[:120] + "..."
-	}
-	return s
 }

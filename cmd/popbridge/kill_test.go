@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -26,6 +25,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
 
 	"github.com/popbridge/popbridge/bridge"
+	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
 )
@@ -575,68 +575,48 @@ func (u *killUpstream) messages(t *testing.T, mailbox string) []killMsg {
 	return out
 }
 
-// --- a small POP3 client ---
+// --- the tests' POP3 client ---
 
+// killPOP is the byte-exact client of internal/popclient bound to a test.
 type killPOP struct {
 	t *testing.T
-	c net.Conn
+	c *popclient.Conn
 	r *bufio.Reader
 }
 
 func dialKillPOP(t *testing.T, addr string) *killPOP {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, greet, err := popclient.Dial(addr, popclient.Options{Timeout: 60 * time.Second})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("greeting %q: %v", greet, err)
 	}
 	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	p := &killPOP{t: t, c: c, r: bufio.NewReader(c)}
-	if l := p.line(); !strings.HasPrefix(l, "+OK") {
-		t.Fatalf("greeting %q", l)
-	}
-	return p
-}
-
-func (p *killPOP) line() string {
-	p.t.Helper()
-	l, err := p.r.ReadString('\n')
-	if err != nil {
-		p.t.Fatalf("reading: %v", err)
-	}
-	return strings.TrimSuffix(l, "\r\n")
+	return &killPOP{t: t, c: c, r: c.Reader()}
 }
 
 func (p *killPOP) send(cmd string) {
 	p.t.Helper()
-	if _, err := io.WriteString(p.c, cmd+"\r\n"); err != nil {
+	p.c.Send(cmd)
+	if err := p.c.Flush(); err != nil {
 		p.t.Fatal(err)
 	}
 }
 
 func (p *killPOP) ok(cmd string) {
 	p.t.Helper()
-	p.send(cmd)
-	if l := p.line(); !strings.HasPrefix(l, "+OK") {
-		word, _, _ := strings.Cut(cmd, " ")
-		p.t.Fatalf("%s: %q", word, l) // never the password
+	if _, err := p.c.OK(cmd); err != nil {
+		p.t.Fatal(err) // the command's name and the answer, never the password
 	}
 }
 
 // multi reads a multi-line body and undoes dot-stuffing.
 func (p *killPOP) multi() []byte {
 	p.t.Helper()
-	var out bytes.Buffer
-	for {
-		l, err := p.r.ReadString('\n')
-		if err != nil {
-			p.t.Fatalf("multi-line response ended without the dot: %v", err)
-		}
-		if l == ".\r\n" {
-			return out.Bytes()
-		}
-		out.WriteString(strings.TrimPrefix(l, "."))
+	b, err := p.c.Multi()
+	if err != nil {
+		p.t.Fatalf("multi-line response ended without the dot: %v", err)
 	}
+	return b
 }
 
 func (p *killPOP) uidl() []string {

@@ -78,6 +78,8 @@ func TestDemoServesPOP3(t *testing.T) {
 
 	host, port, _ := net.SplitHostPort(addr)
 	p, _ := strconv.Atoi(port)
+	// knadh/go-pop3 on purpose: the demo is checked with a client written
+	// independently of popbridge's own (internal/popclient).
 	c, err := pop3.New(pop3.Opt{Host: host, Port: p, DialTimeout: 5 * time.Second}).NewConn()
 	if err != nil {
 		t.Fatal(err)
