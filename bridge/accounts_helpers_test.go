@@ -79,6 +79,19 @@ func startUsersUpstream(t testing.TB, fold bool, names ...string) *usersUpstream
 	return u
 }
 
+// loginsOf counts the LOGINs sent for name, octet for octet.
+func (u *usersUpstream) loginsOf(name string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for _, l := range u.logins {
+		if l == name {
+			n++
+		}
+	}
+	return n
+}
+
 // allLogins returns every LOGIN's name as sent.
 func (u *usersUpstream) allLogins() []string {
 	u.mu.Lock()

@@ -293,10 +293,7 @@ func TestThrottledBackoff(t *testing.T) {
 	up := &upstreamEnv{name: "mem", addr: mem.Addr, user: mem.User, pass: mem.Pass, box: mem, mem: mem}
 	seed(up, 2)
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	e := newEnvConfig(t, up)
-	e.now = func() time.Time { return now }
-	e.start()
-	t.Cleanup(e.stop)
+	e := startBridge(t, up, withClock(func() time.Time { return now }))
 
 	login := func() string {
 		c := dialPOP(t, e.addr)
