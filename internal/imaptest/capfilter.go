@@ -6,9 +6,7 @@ import (
 	"net"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 )
 
 // HideCaps starts a TCP proxy on 127.0.0.1 in front of target, a cleartext
@@ -20,60 +18,11 @@ import (
 // changed. The proxy stops when the test ends.
 func HideCaps(t testing.TB, target string, caps ...string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("imaptest: listen: %v", err)
-	}
 	hide := make(map[string]bool, len(caps))
 	for _, c := range caps {
 		hide[strings.ToUpper(c)] = true
 	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			cc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			sc, err := net.DialTimeout("tcp", target, 10*time.Second)
-			if err != nil {
-				cc.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, cc, sc)
-			mu.Unlock()
-			wg.Add(2)
-			go func() {
-				defer wg.Done()
-				io.Copy(sc, cc)
-				sc.Close()
-				cc.Close()
-			}()
-			go func() {
-				defer wg.Done()
-				filterCaps(cc, sc, hide)
-				cc.Close()
-				sc.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	return lineProxy(t, target, func(client, server net.Conn) { filterCaps(client, server, hide) })
 }
 
 // capList matches a capability list at the start of a response line:

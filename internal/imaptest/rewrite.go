@@ -19,6 +19,15 @@ import (
 // stops when the test ends.
 func RewriteProxy(t testing.TB, target string, rewrite func(line string) string) string {
 	t.Helper()
+	return lineProxy(t, target, func(client, server net.Conn) { rewriteLines(client, server, rewrite) })
+}
+
+// lineProxy starts a TCP proxy on 127.0.0.1 in front of target and returns
+// its address: what a client sends goes to the server untouched, and
+// responses go through responses(client, server), which copies them. The
+// proxy stops when the test ends.
+func lineProxy(t testing.TB, target string, responses func(client, server net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("imaptest: listen: %v", err)
@@ -53,7 +62,7 @@ func RewriteProxy(t testing.TB, target string, rewrite func(line string) string)
 			}()
 			go func() {
 				defer wg.Done()
-				rewriteLines(cc, sc, rewrite)
+				responses(cc, sc)
 				cc.Close()
 				sc.Close()
 			}()
