@@ -29,6 +29,7 @@ type Bridge struct {
 	records *records
 	now     func() time.Time
 	drops   *maildropDeps // what every maildrop is given
+	metrics *metrics      // nil: nothing counted (a Bridge without a Server)
 
 	// sessions, when set, counts the sessions of each account
 	// (limits.max_sessions_per_account).
@@ -76,6 +77,19 @@ type maildropDeps struct {
 	markSeen bool          // upstream.mark_seen_on_retr
 	ahead    *aheadPool    // the read-ahead buffers of every session
 	now      func() time.Time
+	metrics  *metrics // nil: nothing counted
+}
+
+// loadClient is store.LoadClient, timed.
+func (d *maildropDeps) loadClient(ctx context.Context, k state.ClientKey) (*state.Client, error) {
+	defer d.metrics.timeStore("load_client")()
+	return d.store.LoadClient(ctx, k)
+}
+
+// applyClient is store.ApplyClient, timed.
+func (d *maildropDeps) applyClient(ctx context.Context, k state.ClientKey, ch state.ClientChange) error {
+	defer d.metrics.timeStore("apply_client")()
+	return d.store.ApplyClient(ctx, k, ch)
 }
 
 // dialConfig turns the [upstream] table into an upstream.Config,
@@ -227,6 +241,8 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 			return nil, err
 		}
 	}
+	endLimit, loggedOut := endSession, b.metrics.sessionLoggedIn()
+	endSession = func() { endLimit(); loggedOut() }
 	md, err := b.openMaildrop(ctx, log, account, device, open)
 	if err != nil {
 		endSession()
@@ -249,7 +265,12 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		return nil, toPOP3(err)
 	}
 	key := state.ClientKey{Mailbox: b.mailboxKey(account), Client: device}
+	done := b.metrics.timeStore("lock")
 	release, err := b.store.Lock(ctx, key)
+	done()
+	if err == nil {
+		release = b.metrics.lockTaken(release)
+	}
 	if err != nil {
 		conn.Close()
 		if errors.Is(err, state.ErrLocked) {

@@ -64,6 +64,7 @@ func NewServer(cfg Config, st state.Store, log *zap.Logger) (*Server, error) {
 		return nil, err
 	}
 	m, reg := newMetrics()
+	b.metrics, b.records.m, b.drops.metrics = m, m, m
 	// The limits count by the same account key as the records and the
 	// locks.
 	lim := limiter{l: limits.New(cfg.Limits, b.AccountKey), m: m}
