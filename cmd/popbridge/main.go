@@ -1,6 +1,6 @@
 // Command popbridge serves POP3 clients from an upstream IMAP mailbox.
 //
-//	popbridge serve -config FILE   run the server (SIGHUP reloads the TLS certificate)
+//	popbridge serve -config FILE   run the server (SIGHUP reloads the configuration)
 //	                               (-init-state: accept an empty state file as new)
 //	popbridge demo                 run against an in-process IMAP server with sample mail
 //	popbridge check -config FILE   validate the configuration, then try the upstream
@@ -36,7 +36,8 @@ var version string
 
 const usage = `usage:
   popbridge serve -config FILE [-init-state]
-                                   serve POP3 from the upstream IMAP server;
+                                   serve POP3 from the upstream IMAP server
+                                   (SIGHUP reloads the configuration);
                                    -init-state accepts an empty (0-byte) state
                                    file as a new one
   popbridge demo [-listen ADDR]    serve sample mail from an in-process IMAP server
@@ -79,6 +80,13 @@ func main() {
 }
 
 func newLogger(c bridge.LogConfig) (*zap.Logger, error) {
+	log, _, err := newLoggerLevel(c)
+	return log, err
+}
+
+// newLoggerLevel is newLogger, with the level the logger can be set to
+// later (a reload).
+func newLoggerLevel(c bridge.LogConfig) (*zap.Logger, *zap.AtomicLevel, error) {
 	var zc zap.Config
 	if c.Format == "console" {
 		zc = zap.NewDevelopmentConfig()
@@ -89,7 +97,8 @@ func newLogger(c bridge.LogConfig) (*zap.Logger, error) {
 	}
 	zc.Level = zap.NewAtomicLevelAt(c.Level)
 	zc.Sampling = nil
-	return zc.Build()
+	log, err := zc.Build()
+	return log, &zc.Level, err
 }
 
 // openStore opens the state store of cfg's [state] table. initEmpty (serve
@@ -114,7 +123,7 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(cfg.Log)
+	log, level, err := newLoggerLevel(cfg.Log)
 	if err != nil {
 		return err
 	}
@@ -128,6 +137,7 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
+	srv.LogLevel = level
 	if err := srv.Listen(); err != nil {
 		return err
 	}
@@ -137,19 +147,21 @@ func serve(args []string) error {
 		fields = append(fields, zap.String("pop3s", a.String()))
 	}
 	log.Info("popbridge started", fields...)
-	return runUntilSignal(srv, cfg.Server.ShutdownTimeout, log, func() { reloadTLS(srv, log) })
+	return runUntilSignal(srv, cfg.Server.ShutdownTimeout, log, func() { reload(srv, *path, log) })
 }
 
-// reloadTLS reads the [tls] certificate again (SIGHUP) and logs the
-// outcome. On failure the certificate in use stays.
-func reloadTLS(srv *bridge.Server, log *zap.Logger) {
-	leaf, err := srv.ReloadTLS()
-	if err != nil {
-		log.Error("SIGHUP: TLS certificate not reloaded", zap.Error(err))
-		return
+// reload reads the configuration file again (SIGHUP), with the
+// environment's overrides, and applies it (Server.Reload logs what
+// changed and what it kept). A file that does not load or apply changes
+// nothing; every reason is logged.
+func reload(srv *bridge.Server, path string, log *zap.Logger) {
+	cfg, err := bridge.LoadConfig(path)
+	if err == nil {
+		err = srv.Reload(cfg)
 	}
-	log.Info("SIGHUP: TLS certificate reloaded", zap.String("subject", leaf.Subject.String()),
-		zap.Strings("dns_names", leaf.DNSNames), zap.Time("not_after", leaf.NotAfter))
+	if err != nil {
+		log.Error("SIGHUP: configuration not reloaded; the running one stays", zap.String("config", path), zap.Error(err))
+	}
 }
 
 // runUntilSignal serves until SIGTERM or SIGINT, then shuts down gracefully
