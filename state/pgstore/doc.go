@@ -12,7 +12,7 @@
 //	popbridge_mailbox  name PRIMARY KEY, version, uid_validity, uid_next,
 //	                   num_messages, highest_modseq
 //	popbridge_entry    (mailbox, uid) PRIMARY KEY, uidl, size, fingerprint,
-//	                   digest ('' when none; schema 2)
+//	                   digest ('' when none; schema 3)
 //	popbridge_client   (mailbox, client) PRIMARY KEY, pending (jsonb or NULL)
 //	popbridge_hidden   (mailbox, client, uidl) PRIMARY KEY
 //	popbridge_account  name PRIMARY KEY, version, kind, upstream, provider,

@@ -68,7 +68,7 @@ func TestReadsSchema1(t *testing.T) {
 		t.Errorf("after storing a digest: %+v, %v", m, err)
 	}
 	var version int
-	if err := conn.QueryRow(ctx, `SELECT version FROM popbridge_schema`).Scan(&version); err != nil || version != 2 {
-		t.Errorf("schema version after Open = %d, %v; want 2", version, err)
+	if err := conn.QueryRow(ctx, `SELECT version FROM popbridge_schema`).Scan(&version); err != nil || version != 3 {
+		t.Errorf("schema version after Open = %d, %v; want 3", version, err)
 	}
 }
