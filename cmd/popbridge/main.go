@@ -5,6 +5,7 @@
 //	popbridge demo                 run against an in-process IMAP server with sample mail
 //	popbridge check -config FILE   validate the configuration, then try the upstream
 //	popbridge health [-ready]      ask a running popbridge's admin listener (for container health checks)
+//	popbridge state COMMAND        list, show, forget, export, import and check the state store
 //	popbridge version              print the version
 package main
 
@@ -47,6 +48,10 @@ const usage = `usage:
   popbridge health [-addr HOST:PORT] [-ready]
                                    ask the admin listener of a running popbridge:
                                    /healthz, or /readyz with -ready; exit 1 unless OK
+  popbridge state COMMAND -config FILE [ARGS]
+                                   inspect, move and check the state store:
+                                   list, show, forget, export, import, check
+                                   (popbridge state help)
   popbridge version                print the version
 `
 
@@ -65,6 +70,8 @@ func main() {
 		err = check(os.Args[2:], os.Stdin, os.Stdout)
 	case "health":
 		err = health(os.Args[2:], os.Stdout)
+	case "state":
+		err = stateCmd(os.Args[2:], os.Stdin, os.Stdout)
 	case "version", "-version", "--version":
 		fmt.Println("popbridge", buildVersion())
 	case "help", "-h", "-help", "--help":
