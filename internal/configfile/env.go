@@ -31,8 +31,9 @@ import (
 // It returns nil or every problem joined with errors.Join, each a
 // *KeyError with the dotted key and the variable (Env). A variable that
 // starts with prefix and the name of a top-level table, but names no key
-// of it, is an error (a misspelt key); every other variable is left
-// alone. A key that fails keeps its value.
+// of it, is an error (a misspelt key), as is one that names an array of
+// tables; every other variable is left alone. A key that fails keeps its
+// value.
 func ApplyEnv(environ []string, prefix string, dst any) error {
 	v := reflect.ValueOf(dst)
 	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
@@ -52,10 +53,16 @@ func ApplyEnv(environ []string, prefix string, dst any) error {
 		if !ok {
 			rest := strings.TrimPrefix(name, prefix)
 			for _, t := range tables {
-				if strings.HasPrefix(rest, strings.ToUpper(t)+"_") {
-					errs = append(errs, &KeyError{Key: t + "." + strings.ToLower(rest[len(t)+1:]), Env: name, Msg: "unknown key"})
-					break
+				bare := strings.Trim(t, "[]")
+				if !strings.HasPrefix(rest, strings.ToUpper(bare)+"_") {
+					continue
 				}
+				msg := "unknown key"
+				if bare != t {
+					msg = "the array of tables " + t + " cannot be set from the environment"
+				}
+				errs = append(errs, &KeyError{Key: bare + "." + strings.ToLower(rest[len(bare)+1:]), Env: name, Msg: msg})
+				break
 			}
 			continue
 		}
@@ -98,7 +105,11 @@ func envKeys(v reflect.Value, prefix, envPrefix string, out map[string]envKey, t
 			}
 			envKeys(f, prefix+name+".", envPrefix, out, tables)
 		case f.Kind() == reflect.Slice && isTable(f.Type().Elem()):
-			// an array of tables has no variables
+			// An array of tables has no variables; a variable that
+			// names one is an error.
+			if prefix == "" {
+				*tables = append(*tables, "[["+name+"]]")
+			}
 		default:
 			out[EnvName(envPrefix, prefix+name)] = envKey{key: prefix + name, field: f}
 		}
