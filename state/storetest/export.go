@@ -124,7 +124,9 @@ func (s *suite) exportWalk(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	slices.SortFunc(walked, func(a, b state.ClientKey) int { return strings.Compare(a.Mailbox+"\x00"+a.Client, b.Mailbox+"\x00"+b.Client) })
+	slices.SortFunc(walked, func(a, b state.ClientKey) int {
+		return strings.Compare(a.Mailbox+"\x00"+a.Client, b.Mailbox+"\x00"+b.Client)
+	})
 	if !slices.Equal(walked, keys) {
 		t.Errorf("clients walked %q, want %q", walked, keys)
 	}
