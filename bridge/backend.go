@@ -30,13 +30,15 @@ type Bridge struct {
 	now     func() time.Time
 	drops   *maildropDeps  // what every maildrop is given
 	prov    *providerState // the upstream's profile, connection budgets and back-off
+	metrics *metrics       // nil: nothing counted (a Bridge without a Server)
 
 	// sessions, when set, counts the sessions of each account
 	// (limits.max_sessions_per_account).
 	sessions sessionLimiter
 
-	enrolled  *enrolledState      // enrolled accounts (enrolled.go)
-	onRefresh func(result string) // counts OAuth refreshes (metrics)
+	enrolled    *enrolledState      // enrolled accounts (enrolled.go)
+	accountOpts AccountOptions      // what enrolled was built with
+	onRefresh   func(result string) // counts OAuth refreshes (metrics)
 }
 
 // sessionLimiter admits the sessions of an account (Limits does).
@@ -67,7 +69,7 @@ func NewBridgeWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 	if err != nil {
 		return nil, err
 	}
-	b := &Bridge{enrolled: enrolled, cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
+	b := &Bridge{enrolled: enrolled, accountOpts: opts, cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
 	b.prov = newProviderState(cfg.Upstream, log, func() time.Time { return b.now() })
 	b.drops = &maildropDeps{
 		records:  b.records,
@@ -95,6 +97,19 @@ type maildropDeps struct {
 	ahead    *aheadPool    // the read-ahead buffers of every session
 	now      func() time.Time
 	prov     *providerState // the upstream's profile; what it permits
+	metrics  *metrics       // nil: nothing counted
+}
+
+// loadClient is store.LoadClient, timed.
+func (d *maildropDeps) loadClient(ctx context.Context, k state.ClientKey) (*state.Client, error) {
+	defer d.metrics.timeStore("load_client")()
+	return d.store.LoadClient(ctx, k)
+}
+
+// applyClient is store.ApplyClient, timed.
+func (d *maildropDeps) applyClient(ctx context.Context, k state.ClientKey, ch state.ClientChange) error {
+	defer d.metrics.timeStore("apply_client")()
+	return d.store.ApplyClient(ctx, k, ch)
 }
 
 // dialConfig turns the [upstream] table into an upstream.Config,
@@ -244,6 +259,8 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 			return nil, err
 		}
 	}
+	endLimit, loggedOut := endSession, b.metrics.sessionLoggedIn()
+	endSession = func() { endLimit(); loggedOut() }
 	t, err := resolve(ctx, log, account)
 	if err != nil {
 		endSession()
@@ -278,7 +295,12 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		return nil, err
 	}
 	key := state.ClientKey{Mailbox: t.mailboxKey, Client: device}
+	done := b.metrics.timeStore("lock")
 	lockRelease, err := b.store.Lock(ctx, key)
+	done()
+	if err == nil {
+		lockRelease = b.metrics.lockTaken(lockRelease)
+	}
 	release := func() {
 		lockRelease()
 		freeSlot()

@@ -189,35 +189,63 @@ func DefaultConfig() Config {
 	}
 }
 
-// LoadConfig reads the TOML file at path over DefaultConfig and validates
-// it. Unknown keys and bad values are errors that name the key.
+// EnvPrefix starts the names of the environment variables that override
+// configuration keys: POPBRIDGE_UPSTREAM_ADDRESS is upstream.address (see
+// configfile.ApplyEnv).
+const EnvPrefix = "POPBRIDGE_"
+
+// LoadConfig reads the TOML file at path over DefaultConfig, applies the
+// environment's overrides (EnvPrefix), reads the secrets kept in files
+// (*_file keys) and validates the result. Unknown keys and bad values are
+// errors that name the key (and the variable).
 func LoadConfig(path string) (Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
-	return ParseConfig(string(data))
+	return parseConfig(string(data), os.Environ())
 }
 
-// ParseConfig is LoadConfig for a TOML text. Every problem is reported at
-// once, not only the first: values that do not decode (each typed value
-// checks itself), then values that do not fit together.
+// ParseConfig is LoadConfig for a TOML text, without the environment.
+// Every problem is reported at once, not only the first: values that do not
+// decode (each typed value checks itself), then values that do not fit
+// together.
 func ParseConfig(text string) (Config, error) {
+	return parseConfig(text, nil)
+}
+
+// parseConfig is ParseConfig with the environment variables environ
+// applied after the file.
+func parseConfig(text string, environ []string) (Config, error) {
 	cfg := DefaultConfig()
 	var list []error
 	failed := map[string]bool{}
-	if err := configfile.Decode(text, &cfg); err != nil {
-		if j, ok := err.(interface{ Unwrap() []error }); ok {
-			list = j.Unwrap()
-		} else {
-			return Config{}, fmt.Errorf("config: %w", err) // a syntax error: nothing was decoded
+	collect := func(err error) {
+		j, ok := err.(interface{ Unwrap() []error })
+		if !ok {
+			list = append(list, err)
+			return
 		}
-		for _, e := range list {
+		for _, e := range j.Unwrap() {
+			list = append(list, e)
 			var ke *configfile.KeyError
 			if errors.As(e, &ke) {
 				failed[ke.Key] = true
+				failed[strings.TrimSuffix(ke.Key, "_file")] = true // what a *_file key stands for
 			}
 		}
+	}
+	if err := configfile.Decode(text, &cfg); err != nil {
+		if _, ok := err.(interface{ Unwrap() []error }); !ok {
+			return Config{}, fmt.Errorf("config: %w", err) // a syntax error: nothing was decoded
+		}
+		collect(err)
+	}
+	if err := configfile.ApplyEnv(environ, EnvPrefix, &cfg); err != nil {
+		collect(err)
+	}
+	if err := configfile.ResolveFiles(&cfg); err != nil {
+		collect(err)
 	}
 	// Keys that did not decode kept their defaults: what validation says
 	// of them would only repeat the problem.

@@ -28,7 +28,7 @@ func (s *Server) readiness() []admin.Check {
 			return p.Ping(ctx)
 		}},
 		{Name: "upstream", Fn: func(ctx context.Context) error {
-			conn, err := upstream.Dial(ctx, s.Bridge.up)
+			conn, err := upstream.Dial(ctx, s.backend.current().up)
 			if err != nil {
 				return err
 			}

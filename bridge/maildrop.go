@@ -64,13 +64,13 @@ func (m *maildrop) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cl, err := m.d.store.LoadClient(ctx, m.key)
+	cl, err := m.d.loadClient(ctx, m.key)
 	if err != nil {
 		return fmt.Errorf("loading the client record: %w", err)
 	}
 	if cl.Pending != nil {
 		rec = m.replay(ctx, rec, cl.Pending)
-		if cl, err = m.d.store.LoadClient(ctx, m.key); err != nil {
+		if cl, err = m.d.loadClient(ctx, m.key); err != nil {
 			return fmt.Errorf("loading the client record: %w", err)
 		}
 		m.pending = cl.Pending
@@ -107,7 +107,7 @@ func (m *maildrop) open(ctx context.Context) error {
 		}
 	}
 	if len(stale) > 0 {
-		if err := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{Unhide: stale}); err != nil {
+		if err := m.d.applyClient(ctx, m.key, state.ClientChange{Unhide: stale}); err != nil {
 			m.log.Warn("pruning hidden UIDLs failed", zap.Error(err))
 		}
 	}
@@ -137,6 +137,7 @@ func (m *maildrop) replay(ctx context.Context, rec *state.Mailbox, p *state.Pend
 	if err == nil {
 		done := *p
 		done.UIDLs = plan.UIDLs
+		m.d.metrics.replayed("done")
 		next, ferr := m.finish(ctx, rec, &done)
 		if ferr != nil {
 			m.log.Warn("recording the finished UPDATE failed; it is replayed (idempotently) at the next login", zap.Error(ferr))
@@ -152,9 +153,10 @@ func (m *maildrop) replay(ctx context.Context, rec *state.Mailbox, p *state.Pend
 	case attempts >= maxReplayAttempts || age >= maxReplayAge:
 		m.drop(ctx, p, attempts, fmt.Sprintf("it failed %d times over %v (at most %d attempts over %v)", attempts, age.Round(time.Second), maxReplayAttempts, maxReplayAge), err)
 	default:
+		m.d.metrics.replayed("retried")
 		again := *p
 		again.Attempts = attempts
-		if serr := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: &again}); serr != nil {
+		if serr := m.d.applyClient(ctx, m.key, state.ClientChange{SetPending: &again}); serr != nil {
 			m.log.Warn("counting a failed replay failed", zap.Error(serr))
 		}
 		m.log.Warn("a pending UPDATE failed again; its messages stay listed and it is retried at the next login",
@@ -167,11 +169,12 @@ func (m *maildrop) replay(ctx context.Context, rec *state.Mailbox, p *state.Pend
 // drop clears a pending UPDATE that will not be tried again. Its messages
 // stay upstream as they are.
 func (m *maildrop) drop(ctx context.Context, p *state.Pending, attempts int, why string, err error) {
+	m.d.metrics.replayed("dropped")
 	m.log.Error("dropping a pending UPDATE: "+why+"; its messages were not deleted",
 		zap.String("policy", p.Policy), zap.Int("messages", len(p.UIDLs)), zap.Strings("uidls", p.UIDLs),
 		zap.Int("attempts", attempts), zap.Time("created", p.Created),
 		zap.Stringer("reason", upstream.ReasonOf(err)), zap.Error(err))
-	if cerr := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
+	if cerr := m.d.applyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
 		m.log.Warn("clearing the dropped UPDATE failed", zap.Error(cerr))
 	}
 }
@@ -184,7 +187,7 @@ func (m *maildrop) finish(ctx context.Context, rec *state.Mailbox, p *state.Pend
 	if p.Policy == PolicyFlag || p.Policy == PolicyHide {
 		ch.Hide = p.UIDLs
 	}
-	if err := m.d.store.ApplyClient(ctx, m.key, ch); err != nil {
+	if err := m.d.applyClient(ctx, m.key, ch); err != nil {
 		return nil, fmt.Errorf("clearing the pending UPDATE: %w", err)
 	}
 	if p.Policy == PolicyFlag || p.Policy == PolicyHide {
@@ -289,13 +292,14 @@ func (m *maildrop) Top(ctx context.Context, n, lines int, cw pop3.MessageWriter)
 // QUIT ends the session whatever Commit returns, so Commit also releases the
 // maildrop lock before the client sees the answer: a client that logs in
 // again right after QUIT must not find its maildrop still in use.
-func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
+func (m *maildrop) Commit(ctx context.Context, deleted []int) (err error) {
 	defer m.Close()
 	m.saveMeasured(ctx)
 	if len(deleted) == 0 {
 		return nil
 	}
 	cfg := m.d.delete
+	defer func() { m.d.metrics.deleted(cfg.Policy, deleteResult(err), len(deleted)) }()
 	p := &state.Pending{Policy: string(cfg.Policy), UIDValidity: m.status.UIDValidity, Created: m.d.now()}
 	for _, n := range deleted {
 		p.UIDs = append(p.UIDs, m.uids[n-1])
@@ -316,7 +320,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 	}
 	m.merge(p)
 	m.identify(p)
-	if err := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
+	if err := m.d.applyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
 		if pe := storeTrouble(m.log, err); pe != nil {
 			return &pop3.Error{Code: pe.Code, Text: pe.Text + "; nothing was deleted", Err: err}
 		}
@@ -333,6 +337,20 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 	return nil
 }
 
+// deleteResult names the outcome of Commit's answer for the metrics: ok,
+// refused ([SYS/PERM]: the upstream or the configuration refused it, nothing
+// was deleted) or failed (anything else: retried at the next login).
+func deleteResult(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	var pe *pop3.Error
+	if errors.As(err, &pe) && pe.Code == pop3.CodeSysPerm {
+		return "refused"
+	}
+	return "failed"
+}
+
 // failed handles an UPDATE the upstream did not confirm at QUIT and
 // returns what the client is told (RFC 3206). Refused for good (KindPerm:
 // a right is missing, the target is over quota, a mailbox is missing), the
@@ -343,7 +361,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 func (m *maildrop) failed(ctx context.Context, p *state.Pending, err error) error {
 	reason := upstream.ReasonOf(err)
 	if upstream.KindOf(err) == upstream.KindPerm {
-		if cerr := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
+		if cerr := m.d.applyClient(ctx, m.key, state.ClientChange{ClearPending: true}); cerr != nil {
 			m.log.Warn("clearing a refused UPDATE failed", zap.Error(cerr))
 		}
 		m.log.Error("the upstream refused the UPDATE; nothing was deleted",
@@ -359,7 +377,7 @@ func (m *maildrop) failed(ctx context.Context, p *state.Pending, err error) erro
 	}
 	again := *p
 	again.Attempts++
-	if serr := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: &again}); serr != nil {
+	if serr := m.d.applyClient(ctx, m.key, state.ClientChange{SetPending: &again}); serr != nil {
 		m.log.Warn("counting the failed attempt failed", zap.Error(serr))
 	}
 	m.log.Warn("UPDATE failed upstream; it stays recorded and is retried at the next login",
@@ -480,7 +498,9 @@ func (m *maildrop) applyUpstream(ctx context.Context, p *state.Pending, uids []u
 		return nil
 	}
 	lctx, cancel := context.WithTimeout(ctx, updateLockWait*m.d.timeout)
+	done := m.d.metrics.timeStore("lock_update")
 	release, err := m.d.store.LockUpdate(lctx, m.key.Mailbox)
+	done()
 	cancel()
 	if err != nil {
 		return fmt.Errorf("waiting for the other UPDATEs of this mailbox: %w", err)
@@ -545,7 +565,7 @@ func (m *maildrop) recordCopied(ctx context.Context, p *state.Pending, src []uin
 			p.Copied = append(p.Copied, uidl)
 		}
 	}
-	if err := m.d.store.ApplyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
+	if err := m.d.applyClient(ctx, m.key, state.ClientChange{SetPending: p}); err != nil {
 		m.log.Warn("recording what the COPY copied failed; a retry may copy it again", zap.Error(err))
 	}
 }

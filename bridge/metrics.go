@@ -1,12 +1,14 @@
 package bridge
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/popbridge/popbridge/pop3"
+	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/upstream"
 )
 
@@ -24,6 +26,14 @@ type metrics struct {
 
 	limiterRefusals *prometheus.CounterVec // limit
 	oauthRefreshes  *prometheus.CounterVec // result
+
+	deletes            *prometheus.CounterVec   // policy, result
+	replays            *prometheus.CounterVec   // result
+	uidvalidityChanges prometheus.Counter       //
+	rematched          *prometheus.CounterVec   // result
+	storeTime          *prometheus.HistogramVec // op
+	locksHeld          prometheus.Gauge
+	loggedIn           prometheus.Gauge
 }
 
 // newMetrics registers popbridge's metrics, the Go runtime's and the
@@ -71,10 +81,40 @@ func newMetrics() (*metrics, *prometheus.Registry) {
 			Help: "Refreshes of enrolled accounts' OAuth grants this instance made, by result: ok, reconsent (the grant is gone: the account must be enrolled again), error.",
 		}, []string{"result"}),
 	}
+	m.deletes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "popbridge_deleted_messages_total",
+		Help: "Messages a client deleted (DELE, then QUIT), by delete policy (move, expunge, flag, hide) and result: ok (done upstream), refused (the upstream or the configuration refused it; nothing deleted), failed (not confirmed; retried at the next login).",
+	}, []string{"policy", "result"})
+	m.replays = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "popbridge_pending_updates_replayed_total",
+		Help: "UPDATEs left pending by an earlier session and replayed at a login, by result: done, retried (failed again, kept for the next login), dropped (refused or out of attempts; its messages stay).",
+	}, []string{"result"})
+	m.uidvalidityChanges = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "popbridge_uidvalidity_changes_total",
+		Help: "Mailbox records whose upstream UIDVALIDITY changed, found at a login's sync.",
+	})
+	m.rematched = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "popbridge_uidvalidity_rematched_messages_total",
+		Help: "Messages re-matched after a UIDVALIDITY change, by result: matched (kept their UIDL), new (a new UIDL), ambiguous (could not be told apart; a new UIDL), gone (in the record, no longer upstream).",
+	}, []string{"result"})
+	m.storeTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "popbridge_store_operation_duration_seconds",
+		Help:    "Time of state store operations, by operation: load_mailbox, mailbox_version, apply_mailbox, load_client, apply_client, lock, lock_update, rename_mailbox.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"op"})
+	m.locksHeld = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "popbridge_maildrop_locks_held",
+		Help: "Maildrop locks (one per account and device in session) this instance holds now.",
+	})
+	m.loggedIn = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "popbridge_pop3_sessions_logged_in",
+		Help: "POP3 sessions past their login (TRANSACTION state, or logging in upstream) now.",
+	})
 	for _, r := range []string{"ok", "reconsent", "error"} {
 		m.oauthRefreshes.WithLabelValues(r)
 	}
-	reg.MustRegister(m.sessions, m.sessionsOpen, m.commands, m.logins, m.sentBytes, m.upstreamTime, m.upstreamError, m.limiterRefusals, m.oauthRefreshes)
+	reg.MustRegister(m.sessions, m.sessionsOpen, m.commands, m.logins, m.sentBytes, m.upstreamTime, m.upstreamError, m.limiterRefusals,
+		m.oauthRefreshes, m.deletes, m.replays, m.uidvalidityChanges, m.rematched, m.storeTime, m.locksHeld, m.loggedIn)
 	return m, reg
 }
 
@@ -122,3 +162,68 @@ func (m *metrics) observeUpstream(op string, took time.Duration, err error) {
 
 // oauthRefresh counts one refresh of an enrolled account's grant.
 func (m *metrics) oauthRefresh(result string) { m.oauthRefreshes.WithLabelValues(result).Inc() }
+
+// The methods below may be called on a nil *metrics (a Bridge made without
+// a Server): they count nothing then.
+
+// timeStore starts timing a store operation; the function it returns
+// observes it.
+func (m *metrics) timeStore(op string) func() {
+	if m == nil {
+		return func() {}
+	}
+	start := time.Now()
+	return func() { m.storeTime.WithLabelValues(op).Observe(time.Since(start).Seconds()) }
+}
+
+// deleted counts n messages deleted with policy, by result.
+func (m *metrics) deleted(policy Policy, result string, n int) {
+	if m == nil || n == 0 {
+		return
+	}
+	m.deletes.WithLabelValues(string(policy), result).Add(float64(n))
+}
+
+// replayed counts a replayed pending UPDATE by result.
+func (m *metrics) replayed(result string) {
+	if m != nil {
+		m.replays.WithLabelValues(result).Inc()
+	}
+}
+
+// uidvalidityChanged counts a UIDVALIDITY change and its re-match.
+func (m *metrics) uidvalidityChanged(s state.RematchStats) {
+	if m == nil {
+		return
+	}
+	m.uidvalidityChanges.Inc()
+	m.rematched.WithLabelValues("matched").Add(float64(s.Matched))
+	m.rematched.WithLabelValues("new").Add(float64(s.New))
+	m.rematched.WithLabelValues("ambiguous").Add(float64(s.Ambiguous))
+	m.rematched.WithLabelValues("gone").Add(float64(s.Gone))
+}
+
+// lockTaken counts a maildrop lock taken and returns its release, which
+// uncounts it once however often it is called.
+func (m *metrics) lockTaken(release func()) func() {
+	if m == nil {
+		return release
+	}
+	m.locksHeld.Inc()
+	var once sync.Once
+	return func() {
+		once.Do(m.locksHeld.Dec)
+		release()
+	}
+}
+
+// sessionLoggedIn counts a session past its login; the function it returns
+// uncounts it once.
+func (m *metrics) sessionLoggedIn() func() {
+	if m == nil {
+		return func() {}
+	}
+	m.loggedIn.Inc()
+	var once sync.Once
+	return func() { once.Do(m.loggedIn.Dec) }
+}

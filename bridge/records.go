@@ -25,6 +25,7 @@ type records struct {
 	store state.Store
 	cache *recordCache
 	uidl  *state.UIDLFormatter
+	m     *metrics // nil: nothing counted
 }
 
 func newRecords(st state.Store, uidl *state.UIDLFormatter) *records {
@@ -36,7 +37,9 @@ func newRecords(st state.Store, uidl *state.UIDLFormatter) *records {
 func (r *records) load(ctx context.Context, mbox string) (*state.Mailbox, error) {
 	if vs, ok := r.store.(state.Versioner); ok {
 		if cv := r.cache.version(mbox); cv != 0 {
+			done := r.m.timeStore("mailbox_version")
 			v, err := vs.MailboxVersion(ctx, mbox)
+			done()
 			if err != nil {
 				return nil, err
 			}
@@ -45,7 +48,9 @@ func (r *records) load(ctx context.Context, mbox string) (*state.Mailbox, error)
 			}
 		}
 	}
+	done := r.m.timeStore("load_mailbox")
 	m, err := r.store.LoadMailbox(ctx, mbox)
+	done()
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +79,9 @@ func (r *records) update(ctx context.Context, mbox string, change func(cur *stat
 		if err != nil {
 			return nil, err
 		}
+		done := r.m.timeStore("apply_mailbox")
 		v, err := r.store.ApplyMailbox(ctx, mbox, cur.Version, ch)
+		done()
 		if errors.Is(err, state.ErrConflict) && attempt < maxConflicts {
 			conflictPause(ctx, attempt)
 			continue

@@ -25,10 +25,17 @@ import (
 // Server is a running popbridge: the POP3 listeners, the protocol server and
 // the bridge behind it.
 type Server struct {
-	cfg    Config
-	log    *zap.Logger
-	Bridge *Bridge
-	POP3   *pop3.Server
+	cfg Config // what runs now (Reload changes it)
+	log *zap.Logger
+	// Bridge is the backend the server started with; after a Reload, new
+	// logins go to another one.
+	Bridge  *Bridge
+	backend *switchBackend
+	// LogLevel, when set, is the level of log that Reload sets to
+	// log.level.
+	LogLevel *zap.AtomicLevel
+	reloadMu sync.Mutex
+	POP3     *pop3.Server
 	// Limits is the abuse control the POP3 server consults (the
 	// [limits] table).
 	Limits *limits.Limits
@@ -69,6 +76,7 @@ func NewServerWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 		return nil, err
 	}
 	m, reg := newMetrics()
+	b.metrics, b.records.m, b.drops.metrics = m, m, m
 	// The limits count by the same account key as the records and the
 	// locks.
 	lim := limiter{l: limits.New(cfg.Limits, b.AccountKey), m: m}
@@ -78,7 +86,9 @@ func NewServerWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 			zap.String("listen", cfg.Server.Listen))
 	}
 	trusted := cfg.Server.ProxyTrusted
-	ps := pop3.NewServer(b, log.Named("pop3"))
+	sw := &switchBackend{}
+	sw.cur.Store(b)
+	ps := pop3.NewServer(sw, log.Named("pop3"))
 	ps.AllowInsecureAuth = cfg.Auth.AllowInsecureAuth
 	ps.ReadTimeout = cfg.Server.IdleTimeout
 	ps.AuthTimeout = cfg.Server.AuthTimeout
@@ -88,7 +98,7 @@ func NewServerWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 	ps.Observer = m
 	b.up.Observe = m.observeUpstream
 	b.onRefresh = m.oauthRefresh
-	s := &Server{cfg: cfg, log: log, Bridge: b, POP3: ps, Limits: lim.l, trusted: trusted, store: st, Metrics: reg, metrics: m}
+	s := &Server{cfg: cfg, log: log, Bridge: b, backend: sw, POP3: ps, Limits: lim.l, trusted: trusted, store: st, Metrics: reg, metrics: m}
 	if cfg.Admin.Listen != "" {
 		s.admin = admin.New(admin.Options{Registry: s.Metrics, Checks: s.readiness(), Pprof: cfg.Admin.Pprof, CacheFor: cfg.Admin.ReadyCache})
 	}

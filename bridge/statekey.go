@@ -53,7 +53,9 @@ func (b *Bridge) adoptLegacy(ctx context.Context, account, mbox string, log *zap
 	if legacy == mbox {
 		return nil
 	}
+	done := b.metrics.timeStore("rename_mailbox")
 	moved, err := b.store.RenameMailbox(ctx, legacy, mbox)
+	done()
 	if err != nil {
 		return fmt.Errorf("adopting the state record of an earlier version: %w", err)
 	}

@@ -52,6 +52,7 @@ func (r *records) sync(ctx context.Context, conn *upstream.Conn, mbox string, st
 	if plan == state.PlanFull && before.Version != 0 && before.UIDValidity != now.UIDValidity {
 		// Once per change: a session that lost the race to store it saw
 		// the new record and chose another plan.
+		r.m.uidvalidityChanged(stats)
 		log.Warn("upstream UIDVALIDITY changed; messages re-matched by fingerprint",
 			zap.String("mailbox", mbox), zap.Uint32("old_uidvalidity", before.UIDValidity), zap.Uint32("new_uidvalidity", now.UIDValidity),
 			zap.Int("matched", stats.Matched), zap.Int("new", stats.New), zap.Int("ambiguous", stats.Ambiguous), zap.Int("gone", stats.Gone))

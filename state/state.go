@@ -192,6 +192,10 @@ type Config struct {
 	Driver string `toml:"driver"` // bolt | postgres
 	Path   string `toml:"path"`   // bolt: the database file
 	DSN    string `toml:"dsn"`    // postgres: the connection string
+	// DSNFile names a file holding the connection string instead (read
+	// when the configuration is loaded), so that its password stays out of
+	// the configuration file and the process list. Not with DSN.
+	DSNFile string `toml:"dsn_file,file"`
 	// InitEmpty lets the bolt driver start on an existing file of 0 bytes
 	// as a new state file. Without it popbridge refuses such a file: it
 	// lost the UIDLs and pending deletions it held. Set it once, on purpose

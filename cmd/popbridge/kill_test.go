@@ -594,6 +594,15 @@ func dialKillPOP(t *testing.T, addr string) *killPOP {
 	return &killPOP{t: t, c: c, r: c.Reader()}
 }
 
+func (p *killPOP) line() string {
+	p.t.Helper()
+	l, err := p.c.Line()
+	if err != nil {
+		p.t.Fatalf("reading: %v", err)
+	}
+	return l
+}
+
 func (p *killPOP) send(cmd string) {
 	p.t.Helper()
 	p.c.Send(cmd)

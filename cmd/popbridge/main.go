@@ -1,11 +1,12 @@
 // Command popbridge serves POP3 clients from an upstream IMAP mailbox.
 //
-//	popbridge serve -config FILE   run the server (SIGHUP reloads the TLS certificate)
+//	popbridge serve -config FILE   run the server (SIGHUP reloads the configuration)
 //	                               (-init-state: accept an empty state file as new)
 //	popbridge demo                 run against an in-process IMAP server with sample mail
 //	popbridge check -config FILE   validate the configuration, then try the upstream
 //	popbridge account ...          enrolled accounts: init-key, add, list, remove, passwd, test
 //	popbridge health [-ready]      ask a running popbridge's admin listener (for container health checks)
+//	popbridge state COMMAND        list, show, forget, export, import and check the state store
 //	popbridge version              print the version
 package main
 
@@ -37,7 +38,8 @@ var version string
 
 const usage = `usage:
   popbridge serve -config FILE [-init-state]
-                                   serve POP3 from the upstream IMAP server;
+                                   serve POP3 from the upstream IMAP server
+                                   (SIGHUP reloads the configuration);
                                    -init-state accepts an empty (0-byte) state
                                    file as a new one
   popbridge demo [-listen ADDR]    serve sample mail from an in-process IMAP server
@@ -50,6 +52,10 @@ const usage = `usage:
   popbridge health [-addr HOST:PORT] [-ready]
                                    ask the admin listener of a running popbridge:
                                    /healthz, or /readyz with -ready; exit 1 unless OK
+  popbridge state COMMAND -config FILE [ARGS]
+                                   inspect, move and check the state store:
+                                   list, show, forget, export, import, check
+                                   (popbridge state help)
   popbridge version                print the version
 `
 
@@ -74,6 +80,8 @@ func main() {
 			return
 		}
 		err = accountCmd(os.Args[2:], os.Stdin, os.Stdout)
+	case "state":
+		err = stateCmd(os.Args[2:], os.Stdin, os.Stdout)
 	case "version", "-version", "--version":
 		fmt.Println("popbridge", buildVersion())
 	case "help", "-h", "-help", "--help":
@@ -89,6 +97,13 @@ func main() {
 }
 
 func newLogger(c bridge.LogConfig) (*zap.Logger, error) {
+	log, _, err := newLoggerLevel(c)
+	return log, err
+}
+
+// newLoggerLevel is newLogger, with the level the logger can be set to
+// later (a reload).
+func newLoggerLevel(c bridge.LogConfig) (*zap.Logger, *zap.AtomicLevel, error) {
 	var zc zap.Config
 	if c.Format == "console" {
 		zc = zap.NewDevelopmentConfig()
@@ -99,7 +114,8 @@ func newLogger(c bridge.LogConfig) (*zap.Logger, error) {
 	}
 	zc.Level = zap.NewAtomicLevelAt(c.Level)
 	zc.Sampling = nil
-	return zc.Build()
+	log, err := zc.Build()
+	return log, &zc.Level, err
 }
 
 // openStore opens the state store of cfg's [state] table. initEmpty (serve
@@ -124,7 +140,7 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(cfg.Log)
+	log, level, err := newLoggerLevel(cfg.Log)
 	if err != nil {
 		return err
 	}
@@ -138,6 +154,7 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
+	srv.LogLevel = level
 	if err := srv.Listen(); err != nil {
 		return err
 	}
@@ -147,19 +164,21 @@ func serve(args []string) error {
 		fields = append(fields, zap.String("pop3s", a.String()))
 	}
 	log.Info("popbridge started", fields...)
-	return runUntilSignal(srv, cfg.Server.ShutdownTimeout, log, func() { reloadTLS(srv, log) })
+	return runUntilSignal(srv, cfg.Server.ShutdownTimeout, log, func() { reload(srv, *path, log) })
 }
 
-// reloadTLS reads the [tls] certificate again (SIGHUP) and logs the
-// outcome. On failure the certificate in use stays.
-func reloadTLS(srv *bridge.Server, log *zap.Logger) {
-	leaf, err := srv.ReloadTLS()
-	if err != nil {
-		log.Error("SIGHUP: TLS certificate not reloaded", zap.Error(err))
-		return
+// reload reads the configuration file again (SIGHUP), with the
+// environment's overrides, and applies it (Server.Reload logs what
+// changed and what it kept). A file that does not load or apply changes
+// nothing; every reason is logged.
+func reload(srv *bridge.Server, path string, log *zap.Logger) {
+	cfg, err := bridge.LoadConfig(path)
+	if err == nil {
+		err = srv.Reload(cfg)
 	}
-	log.Info("SIGHUP: TLS certificate reloaded", zap.String("subject", leaf.Subject.String()),
-		zap.Strings("dns_names", leaf.DNSNames), zap.Time("not_after", leaf.NotAfter))
+	if err != nil {
+		log.Error("SIGHUP: configuration not reloaded; the running one stays", zap.String("config", path), zap.Error(err))
+	}
 }
 
 // runUntilSignal serves until SIGTERM or SIGINT, then shuts down gracefully

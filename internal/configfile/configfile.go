@@ -28,10 +28,14 @@ import (
 type KeyError struct {
 	Key  string // dotted: "upstream.security", "accounts[2].name"
 	Line int    // 1-based; 0 when unknown
+	Env  string // the environment variable it came from (ApplyEnv), or ""
 	Msg  string
 }
 
 func (e *KeyError) Error() string {
+	if e.Env != "" {
+		return fmt.Sprintf("%s (environment variable %s): %s", e.Key, e.Env, e.Msg)
+	}
 	if e.Line > 0 {
 		return fmt.Sprintf("%s (line %d): %s", e.Key, e.Line, e.Msg)
 	}

@@ -109,12 +109,12 @@ func (r *Refusal) Unwrap() error { return r.Err }
 // golang.org/x/time/rate): max failures per window, one forgiven every
 // window/max.
 type Limits struct {
-	cfg     Config
-	exempt  []netip.Prefix
 	account func(login string) string // the account a login name counts against
 	now     func() time.Time
 
 	mu       sync.Mutex
+	cfg      Config
+	exempt   []netip.Prefix
 	conns    int
 	perIP    map[string]int
 	sessions map[string]int // open sessions by account
@@ -136,6 +136,26 @@ func New(cfg Config, account func(login string) string) *Limits {
 	return l
 }
 
+// SetConfig replaces the limits with those of cfg, which must be valid
+// (a configuration reload). Connections, logins and sessions open now
+// keep counting: new ones are admitted against the new limits (lowering
+// a limit refuses new ones until enough of the others end; none is cut
+// off). The counts of failed logins start anew when
+// max_login_failures_per_ip, max_login_failures_per_account or
+// login_failure_window change, and are kept otherwise.
+func (l *Limits) SetConfig(cfg Config) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := l.cfg
+	l.cfg, l.exempt = cfg, cfg.ExemptNetworks
+	if old.MaxLoginFailuresPerIP != cfg.MaxLoginFailuresPerIP || old.LoginFailureWindow != cfg.LoginFailureWindow {
+		l.ipFail = newFailureTable(cfg.MaxLoginFailuresPerIP, cfg.LoginFailureWindow)
+	}
+	if old.MaxLoginFailuresPerAccount != cfg.MaxLoginFailuresPerAccount || old.LoginFailureWindow != cfg.LoginFailureWindow {
+		l.acctFail = newFailureTable(cfg.MaxLoginFailuresPerAccount, cfg.LoginFailureWindow)
+	}
+}
+
 // clientKey returns the key of remote for the per-address limits (the
 // IPv4 address, or the IPv6 /64) and whether it is exempt from them.
 func (l *Limits) clientKey(remote net.Addr) (key string, exempt bool) {
@@ -147,7 +167,10 @@ func (l *Limits) clientKey(remote net.Addr) (key string, exempt bool) {
 		return remote.String(), false // not IP (a pipe in tests): one bucket
 	}
 	ip = ip.WithZone("")
-	if netlist.Contains(l.exempt, ip) {
+	l.mu.Lock()
+	exemptNets := l.exempt
+	l.mu.Unlock()
+	if netlist.Contains(exemptNets, ip) {
 		return "", true
 	}
 	if ip.Is6() {
@@ -237,13 +260,13 @@ func (l *Limits) BeginLogin(remote net.Addr, username string) (func(failed bool)
 // failed) ends. A session counts from the start of its login, so that
 // logins in progress cannot overrun the cap either.
 func (l *Limits) AcquireSession(login string) (release func(), err error) {
+	acct := l.account(login)
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	max := l.cfg.MaxSessionsPerAccount
 	if max <= 0 {
 		return func() {}, nil
 	}
-	acct := l.account(login)
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	if n := l.sessions[acct]; n >= max {
 		return nil, &Refusal{Kind: SessionsPerAccount, Text: fmt.Sprintf("too many sessions for this account (at most %d at once), try again later", max),
 			Err: fmt.Errorf("account %q has %d sessions open (limits.max_sessions_per_account)", acct, n)}

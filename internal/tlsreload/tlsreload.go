@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"sync"
 	"sync/atomic"
 )
 
@@ -14,6 +15,7 @@ import (
 // new certificate applies to new connections (and STLS) while sessions
 // already running keep theirs.
 type Certificate struct {
+	mu                sync.Mutex // serializes reloads
 	certFile, keyFile string
 	cur               atomic.Pointer[tls.Certificate]
 }
@@ -31,7 +33,25 @@ func Load(certFile, keyFile string) (*Certificate, error) {
 // from the next handshake on, and its leaf is returned; on failure the
 // current one stays.
 func (c *Certificate) Reload() (*x509.Certificate, error) {
-	kp, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.load(c.certFile, c.keyFile)
+}
+
+// ReloadFiles is Reload from other files, which are read from then on.
+// On failure the current certificate and files stay.
+func (c *Certificate) ReloadFiles(certFile, keyFile string) (*x509.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	leaf, err := c.load(certFile, keyFile)
+	if err == nil {
+		c.certFile, c.keyFile = certFile, keyFile
+	}
+	return leaf, err
+}
+
+func (c *Certificate) load(certFile, keyFile string) (*x509.Certificate, error) {
+	kp, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}

@@ -127,6 +127,7 @@ func Run(t *testing.T, b Backend, opts *Options) {
 		t.Run("Shared/LockUpdateClose", s.sharedLockUpdateClose)
 	}
 	s.runAccounts(t)
+	s.runExport(t)
 }
 
 type suite struct {

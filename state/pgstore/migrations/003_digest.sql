@@ -3,4 +3,4 @@
 -- pending UPDATE's new fields (attempts, fingerprints, digests) live in its
 -- jsonb and need no column.
 
-ALTER TABLE popbridge_entry ADD COLUMN digest text NOT NULL DEFAULT '';
+ALTER TABLE popbridge_entry ADD COLUMN IF NOT EXISTS digest text NOT NULL DEFAULT '';
