@@ -204,14 +204,14 @@ func TestConnectionLimits(t *testing.T) {
 			reasons = append(reasons, f["remote"].(string)+" "+f["reason"].(string))
 		}
 	}
-	// The two refused sessions end on their own goroutines: their lines
-	// may come in either order.
+	// The refused sessions end on their own goroutines: their lines may
+	// come in any order (and the wait for a free slot above may add one).
 	logged := func(remote, limit string) bool {
 		return slices.ContainsFunc(reasons, func(r string) bool {
 			return strings.HasPrefix(r, remote) && strings.Contains(r, limit)
 		})
 	}
-	if len(reasons) != 2 || !logged("127.0.0.1:", "limits.max_connections_per_ip") || !logged("127.0.0.3:", "(limits.max_connections)") {
+	if !logged("127.0.0.1:", "limits.max_connections_per_ip") || !logged("127.0.0.3:", "(limits.max_connections)") {
 		t.Errorf("refusals logged: %q", reasons)
 	}
 
