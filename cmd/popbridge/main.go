@@ -4,6 +4,7 @@
 //	                               (-init-state: accept an empty state file as new)
 //	popbridge demo                 run against an in-process IMAP server with sample mail
 //	popbridge check -config FILE   validate the configuration, then try the upstream
+//	popbridge import-uidl ...      carry an old POP3 server's UIDLs over (before clients move)
 //	popbridge health [-ready]      ask a running popbridge's admin listener (for container health checks)
 //	popbridge version              print the version
 package main
@@ -43,6 +44,12 @@ const usage = `usage:
   popbridge check -config FILE [-user NAME]
                                    validate the configuration; with -user, log in
                                    upstream (password from POPBRIDGE_PASSWORD or stdin)
+  popbridge import-uidl -config FILE -user ACCOUNT -from pop3s://HOST[:PORT]
+                   [-old-user NAME] [-insecure] [-force] [-dry-run]
+                                   give the account's messages the UIDLs the old POP3
+                                   server gave them, so that its clients download
+                                   nothing again (passwords from POPBRIDGE_PASSWORD
+                                   and POPBRIDGE_OLD_PASSWORD, or stdin)
   popbridge health [-addr HOST:PORT] [-ready]
                                    ask the admin listener of a running popbridge:
                                    /healthz, or /readyz with -ready; exit 1 unless OK
@@ -62,6 +69,8 @@ func main() {
 		err = demo(os.Args[2:])
 	case "check":
 		err = check(os.Args[2:], os.Stdin, os.Stdout)
+	case "import-uidl":
+		err = importUIDL(os.Args[2:], os.Stdin, os.Stdout)
 	case "health":
 		err = health(os.Args[2:], os.Stdout)
 	case "version", "-version", "--version":
