@@ -7,6 +7,13 @@
 // Every client of a mailbox sees the same UIDLs (the mailbox record); each
 // client has its own record of hidden messages and pending deletions.
 //
+// A site that moves clients from another POP3 server can carry that
+// server's UIDLs over (ImportUIDLs, popbridge import-uidl): a message
+// matched with certainty gets the old UIDL in the mailbox record, in place
+// of a UIDL of popbridge's that no client has been served yet (a UIDL
+// already in the record counts as served, and is replaced only with
+// -force, at the operator's word).
+//
 // # Invariants
 //
 // Every change must keep these; each one has a test.

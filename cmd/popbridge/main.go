@@ -5,6 +5,7 @@
 //	popbridge demo                 run against an in-process IMAP server with sample mail
 //	popbridge check -config FILE   validate the configuration, then try the upstream
 //	popbridge account ...          enrolled accounts: init-key, add, list, remove, passwd, test
+//	popbridge import-uidl ...      carry an old POP3 server's UIDLs over (before clients move)
 //	popbridge health [-ready]      ask a running popbridge's admin listener (for container health checks)
 //	popbridge state COMMAND        list, show, forget, export, import and check the state store
 //	popbridge version              print the version
@@ -49,6 +50,12 @@ const usage = `usage:
   popbridge account SUBCOMMAND ... enrolled accounts of OAuth-only providers
                                    (init-key, add, list, remove, passwd, test;
                                    popbridge account help)
+  popbridge import-uidl -config FILE -user ACCOUNT -from pop3s://HOST[:PORT]
+                   [-old-user NAME] [-insecure] [-force] [-dry-run]
+                                   give the account's messages the UIDLs the old POP3
+                                   server gave them, so that its clients download
+                                   nothing again (passwords from POPBRIDGE_PASSWORD
+                                   and POPBRIDGE_OLD_PASSWORD, or stdin)
   popbridge health [-addr HOST:PORT] [-ready]
                                    ask the admin listener of a running popbridge:
                                    /healthz, or /readyz with -ready; exit 1 unless OK
@@ -72,6 +79,8 @@ func main() {
 		err = demo(os.Args[2:])
 	case "check":
 		err = check(os.Args[2:], os.Stdin, os.Stdout)
+	case "import-uidl":
+		err = importUIDL(os.Args[2:], os.Stdin, os.Stdout)
 	case "health":
 		err = health(os.Args[2:], os.Stdout)
 	case "account":
