@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -125,8 +124,8 @@ type matchKey struct {
 
 func keyOf(header []byte, size int64) matchKey {
 	return matchKey{
-		messageID: strings.Join(strings.Fields(headerValue(header, "Message-ID")), ""),
-		date:      normalDate(headerValue(header, "Date")),
+		messageID: strings.Join(strings.Fields(upstream.HeaderValue(header, "Message-ID")), ""),
+		date:      normalDate(upstream.HeaderValue(header, "Date")),
 		size:      size,
 	}
 }
@@ -518,30 +517,6 @@ func validUIDL(u string) bool {
 		}
 	}
 	return true
-}
-
-// headerValue returns the unfolded, trimmed value of the first field name
-// in a header section (CRLF or LF line ends); "" when there is none. The
-// header ends at the first empty line.
-func headerValue(h []byte, name string) string {
-	lines := bytes.Split(h, []byte("\n"))
-	for i := 0; i < len(lines); i++ {
-		line := bytes.TrimSuffix(lines[i], []byte("\r"))
-		if len(line) == 0 {
-			return ""
-		}
-		n, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok || !strings.EqualFold(string(bytes.TrimRight(n, " \t")), name) {
-			continue
-		}
-		v := append([]byte{}, value...)
-		for i+1 < len(lines) && len(lines[i+1]) > 0 && (lines[i+1][0] == ' ' || lines[i+1][0] == '\t') {
-			i++
-			v = append(v, bytes.TrimSuffix(lines[i], []byte("\r"))...)
-		}
-		return strings.TrimSpace(string(v))
-	}
-	return ""
 }
 
 // normalDate returns a Date field's instant in UTC, or, when it does not

@@ -17,6 +17,7 @@ import (
 	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // oldMsg is one message of the fake old POP3 server.
@@ -410,7 +411,7 @@ func TestImportUIDLUnit(t *testing.T) {
 		t.Error("a 4096-octet line is not flagged")
 	}
 	h := []byte("Subject: x\r\nMessage-ID:\r\n <a@b>\r\nDate: Tue, 24 Nov 2026 11:00:00 +0100\r\n\r\nMessage-ID: <body@b>\r\n")
-	if v := headerValue(h, "message-id"); v != "<a@b>" {
+	if v := upstream.HeaderValue(h, "message-id"); v != "<a@b>" {
 		t.Errorf("Message-ID %q", v)
 	}
 	if k := keyOf(h, 5); k.date != "2026-11-24T10:00:00Z" || k.size != 5 {

@@ -228,11 +228,20 @@ func readMsg(msg *imapclient.FetchMessageData, details bool) (m Msg, ok bool, er
 
 // parseMessageID returns the unfolded, trimmed value of the first
 // Message-ID field in a header section; "" when there is none.
-func parseMessageID(h []byte) string {
+func parseMessageID(h []byte) string { return HeaderValue(h, "Message-ID") }
+
+// HeaderValue returns the unfolded, trimmed value of the first field name
+// (matched without regard to case) in a header section with CRLF or LF line
+// ends; "" when there is none. The header ends at the first empty line.
+func HeaderValue(h []byte, name string) string {
 	lines := bytes.Split(h, []byte("\n"))
 	for i := 0; i < len(lines); i++ {
-		name, value, ok := bytes.Cut(bytes.TrimSuffix(lines[i], []byte("\r")), []byte(":"))
-		if !ok || !strings.EqualFold(string(bytes.TrimRight(name, " \t")), "Message-ID") {
+		line := bytes.TrimSuffix(lines[i], []byte("\r"))
+		if len(line) == 0 {
+			return ""
+		}
+		n, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok || !strings.EqualFold(string(bytes.TrimRight(n, " \t")), name) {
 			continue
 		}
 		v := append([]byte{}, value...)

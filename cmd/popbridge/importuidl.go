@@ -106,8 +106,10 @@ func importUIDL(args []string, stdin io.Reader, stdout io.Writer) error {
 }
 
 // readPasswordFrom prompts for the password of who and reads it: from a
-// terminal with echo off, else the next line of in (which reads stdin, so
-// that two passwords can be read one line after the other).
+// terminal with echo off (so that it does not show on the screen, or in a
+// recording of it), else the next line of in (which reads stdin, so that two
+// passwords can be read one line after the other). env names the variable
+// that would have spared the prompt.
 func readPasswordFrom(stdin io.Reader, in *bufio.Reader, prompt io.Writer, who, env string) (string, error) {
 	fmt.Fprintf(prompt, "password for %s: ", who)
 	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {

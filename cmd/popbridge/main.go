@@ -20,13 +20,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"golang.org/x/term"
 
 	"github.com/popbridge/popbridge/bridge"
 	"github.com/popbridge/popbridge/state"
@@ -302,21 +300,5 @@ func check(args []string, stdin io.Reader, stdout io.Writer) error {
 // first line of stdin. From a terminal it is read with echo off, so that
 // it does not show on the screen (or in a recording of it).
 func readPassword(stdin io.Reader, prompt io.Writer, user string) (string, error) {
-	fmt.Fprintf(prompt, "password for %s: ", user)
-	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		b, err := term.ReadPassword(int(f.Fd()))
-		fmt.Fprintln(prompt) // the Enter the terminal did not echo
-		if err != nil {
-			return "", fmt.Errorf("reading the password: %w", err)
-		}
-		if len(b) == 0 {
-			return "", errors.New("no password given (set POPBRIDGE_PASSWORD or type it on stdin)")
-		}
-		return string(b), nil
-	}
-	line, err := bufio.NewReader(stdin).ReadString('\n')
-	if err != nil && line == "" {
-		return "", errors.New("no password given (set POPBRIDGE_PASSWORD or type it on stdin)")
-	}
-	return strings.TrimRight(line, "\r\n"), nil
+	return readPasswordFrom(stdin, bufio.NewReader(stdin), prompt, user, "POPBRIDGE_PASSWORD")
 }
