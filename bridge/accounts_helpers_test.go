@@ -6,128 +6,38 @@ package bridge
 // goroutines.
 
 import (
-	"bytes"
 	"encoding/base64"
 	"fmt"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
-	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/internal/popclient"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 )
 
 // usersPassword is the password of every account of a usersUpstream.
-const usersPassword = "pw-4-everyone"
+const usersPassword = imaptest.UsersPassword
 
-// usersUpstream is an in-process IMAP server with one account per name
-// given, each holding one message of its own in INBOX. Like Dovecot (a C
-// program) it reads a login name only up to its first NUL; with fold it
-// also looks names up in lower case, as Dovecot's default
-// auth_username_format = %Lu does, and without it names are
-// case-sensitive, as on servers that keep the case. It records every
-// LOGIN's name as sent.
+// usersUpstream is an imaptest.Users server (several accounts, login names
+// read up to their first NUL, folded to lower case or not) whose every
+// account holds one message of its own in INBOX.
 type usersUpstream struct {
-	addr  string
-	fold  bool
-	users map[string]*imapmemserver.User
-	raw   map[string][]byte // each account's message
-
-	mu     sync.Mutex
-	logins []string
+	*imaptest.Users
+	addr string
+	raw  map[string][]byte // each account's message
 }
 
 func startUsersUpstream(t testing.TB, fold bool, names ...string) *usersUpstream {
 	t.Helper()
-	u := &usersUpstream{fold: fold, users: map[string]*imapmemserver.User{}, raw: map[string][]byte{}}
+	u := &usersUpstream{Users: imaptest.NewUsers(t, fold, names...), raw: map[string][]byte{}}
+	u.addr = u.Addr
 	for _, name := range names {
-		usr := imapmemserver.NewUser(name, usersPassword)
-		if err := usr.Create("INBOX", nil); err != nil {
-			t.Fatal(err)
-		}
-		if err := usr.Create("Trash", &imap.CreateOptions{SpecialUse: []imap.MailboxAttr{imap.MailboxAttrTrash}}); err != nil {
-			t.Fatal(err)
-		}
 		raw := message("for-"+name, "mail of "+name, "This message belongs to "+name+" only.\r\n")
-		if _, err := usr.Append("INBOX", bytes.NewReader(raw), &imap.AppendOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		u.users[name] = usr
+		u.Append(name, raw)
 		u.raw[name] = raw
 	}
-	srv := imapserver.New(&imapserver.Options{
-		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return &usersSession{up: u}, nil, nil
-		},
-		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}},
-		InsecureAuth: true,
-		Logger:       zap.NewStdLog(zaptest.NewLogger(t).Named("users-upstream")),
-	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.addr = ln.Addr().String()
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
 	return u
-}
-
-// loginsOf counts the LOGINs sent for name, octet for octet.
-func (u *usersUpstream) loginsOf(name string) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	n := 0
-	for _, l := range u.logins {
-		if l == name {
-			n++
-		}
-	}
-	return n
-}
-
-// allLogins returns every LOGIN's name as sent.
-func (u *usersUpstream) allLogins() []string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]string(nil), u.logins...)
-}
-
-type usersSession struct {
-	*imapmemserver.UserSession // nil until Login
-	up                         *usersUpstream
-}
-
-func (s *usersSession) Login(username, password string) error {
-	s.up.mu.Lock()
-	s.up.logins = append(s.up.logins, username)
-	s.up.mu.Unlock()
-	name, _, _ := strings.Cut(username, "\x00")
-	if s.up.fold {
-		name = strings.ToLower(name)
-	}
-	usr := s.up.users[name]
-	if usr == nil {
-		return imapserver.ErrAuthFailed
-	}
-	if err := usr.Login(name, password); err != nil {
-		return err
-	}
-	s.UserSession = imapmemserver.NewUserSession(usr)
-	return nil
-}
-
-func (s *usersSession) Close() error {
-	if s.UserSession == nil {
-		return nil
-	}
-	return s.UserSession.Close()
 }
 
 // popLogin is one POP3 connection of internal/popclient that reports

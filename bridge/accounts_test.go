@@ -65,7 +65,7 @@ func TestLoginNameCannotSplitAnAccount(t *testing.T) {
 	t.Run("memserver", func(t *testing.T) {
 		up := startUsersUpstream(t, true, "alice@example.org")
 		run(t, up.addr, "alice@example.org", usersPassword)
-		for _, l := range up.allLogins() {
+		for _, l := range up.Logins() {
 			if strings.ContainsRune(l, 0) {
 				t.Errorf("the upstream got LOGIN %q", l)
 			}

@@ -6,20 +6,18 @@ package bridge
 //	go test -run '^$' -bench . -benchmem ./bridge/            # figures (b.ReportMetric)
 //	go test -run 'Memory|UpstreamBytes' -v ./bridge/          # the checked bounds
 //
-// The upstream here is synthIMAP, a small IMAP server that generates its
-// mailboxes (any size, 100,000 messages or a 50 MB message) instead of
+// The upstream here is imaptest.Synth, a small IMAP server that generates
+// its mailboxes (any size, 100,000 messages or a 50 MB message) instead of
 // storing them, and allocates next to nothing. The memory checks run it in
 // a child process (the test binary again, TestSynthIMAPHelper), so that
 // the heap measured is popbridge's alone. No test here asserts a time.
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -31,405 +29,15 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
 )
 
-// ---------------------------------------------------------------------------
-// synthIMAP: a generated upstream.
-
-// synthBox is the INBOX of one synthIMAP user: n messages, UIDs 1..n.
-// Message 1 has size big when big > 0; every other message (and message 1
-// otherwise) has size small. Sizes are the exact octets of BODY[], which
-// has CRLF line ends, ends with CRLF, and has a body line starting with a
-// dot every 50 lines.
-type synthBox struct {
-	n           int
-	small, big  int64
-	uidValidity uint32
-}
-
-// size returns the exact octets of message uid. A requested size is
-// rounded up so that the last body line holds at least its CRLF.
-func (b synthBox) size(uid uint32) int64 {
-	want := b.small
-	if uid == 1 && b.big > 0 {
-		want = b.big
-	}
-	hdr := int64(len(synthHeader(uid)))
-	want = max(want, hdr+synthLine)
-	if (want-hdr)%synthLine == 1 {
-		want++
-	}
-	return want
-}
-
-const synthLine = 80 // octets of a body line, CRLF included
-
-func synthHeader(uid uint32) string {
-	return "Message-ID: <" + strconv.FormatUint(uint64(uid), 10) + "@synth.example>\r\nSubject: synthetic message\r\nFrom: a@example.com\r\n\r\n"
-}
-
-// synthChunk is 64 KB of body lines: 78 characters and CRLF each.
-var synthChunk = func() []byte {
-	var b bytes.Buffer
-	for i := 0; b.Len()+synthLine <= 64<<10; i++ {
-		line := fmt.Sprintf("%06d the quick brown fox jumps over the lazy dog 0123456789 abcdefghijklmnopq", i)
-		if i%50 == 49 {
-			line = "." + line[1:]
-		}
-		b.WriteString(line[:synthLine-2])
-		b.WriteString("\r\n")
-	}
-	return b.Bytes()
-}()
-
-// writeSynth writes message uid of size octets.
-func writeSynth(w io.Writer, uid uint32, size int64) error {
-	hdr := synthHeader(uid)
-	if _, err := io.WriteString(w, hdr); err != nil {
-		return err
-	}
-	left := size - int64(len(hdr))
-	for left > 0 {
-		n := min(left, int64(len(synthChunk)))
-		if n < int64(len(synthChunk)) && n%synthLine != 0 {
-			// The last, short line: full lines, then the rest of a line
-			// ending with CRLF.
-			full := n / synthLine * synthLine
-			if _, err := w.Write(synthChunk[:full]); err != nil {
-				return err
-			}
-			rest := n - full // >= 2, see synthBox.size
-			if _, err := w.Write(append(bytes.Repeat([]byte("z"), int(rest-2)), '\r', '\n')); err != nil {
-				return err
-			}
-			return nil
-		}
-		if _, err := w.Write(synthChunk[:n]); err != nil {
-			return err
-		}
-		left -= n
-	}
-	return nil
-}
-
-// synthIMAP serves synthBoxes over IMAP4rev1, enough of it for popbridge:
-// LOGIN, CAPABILITY, SELECT, UID FETCH of sizes, INTERNALDATE, the
-// Message-ID header field and BODY[], UID SEARCH, LOGOUT; anything else is
-// answered OK. It counts the octets it reads and writes.
-type synthIMAP struct {
-	ln      net.Listener
-	boxes   map[string]synthBox // by user; any password
-	in, out atomic.Int64
-	conns   atomic.Int64
-	wg      sync.WaitGroup
-}
-
-func startSynth(boxes map[string]synthBox) (*synthIMAP, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	s := &synthIMAP{ln: ln, boxes: boxes}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer c.Close()
-				s.serve(c)
-			}()
-		}
-	}()
-	return s, nil
-}
-
-// newSynth starts an in-process synthIMAP that stops when the test ends.
-func newSynth(tb testing.TB, boxes map[string]synthBox) *synthIMAP {
-	tb.Helper()
-	s, err := startSynth(boxes)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(s.close)
-	return s
-}
-
-func (s *synthIMAP) addr() string { return s.ln.Addr().String() }
-
-func (s *synthIMAP) close() {
-	s.ln.Close()
-	s.wg.Wait()
-}
-
-// octets returns what the server read and wrote so far.
-func (s *synthIMAP) octets() int64 { return s.in.Load() + s.out.Load() }
-
-type synthCountConn struct {
-	net.Conn
-	s *synthIMAP
-}
-
-func (c synthCountConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.s.in.Add(int64(n))
-	return n, err
-}
-
-func (c synthCountConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.s.out.Add(int64(n))
-	return n, err
-}
-
-const synthCaps = "IMAP4rev1 UIDPLUS MOVE LITERAL+"
-
-func (s *synthIMAP) serve(raw net.Conn) {
-	s.conns.Add(1)
-	conn := synthCountConn{raw, s}
-	br := bufio.NewReaderSize(conn, 4096)
-	bw := bufio.NewWriterSize(conn, 32<<10)
-	bw.WriteString("* OK [CAPABILITY " + synthCaps + "] synth ready\r\n")
-	var box synthBox
-	for {
-		raw.SetDeadline(time.Now().Add(15 * time.Minute))
-		if bw.Flush() != nil {
-			return
-		}
-		line, err := br.ReadString('\n')
-		if err != nil {
-			return
-		}
-		line = strings.TrimRight(line, "\r\n")
-		tag, rest, _ := strings.Cut(line, " ")
-		name, args, _ := strings.Cut(rest, " ")
-		name = strings.ToUpper(name)
-		if name == "UID" {
-			var sub string
-			sub, args, _ = strings.Cut(args, " ")
-			name += " " + strings.ToUpper(sub)
-		}
-		switch name {
-		case "CAPABILITY":
-			bw.WriteString("* CAPABILITY " + synthCaps + "\r\n" + tag + " OK done\r\n")
-		case "LOGIN":
-			user, _, _ := strings.Cut(args, " ")
-			b, ok := s.boxes[strings.Trim(user, `"`)]
-			if !ok {
-				bw.WriteString(tag + " NO [AUTHENTICATIONFAILED] unknown user\r\n")
-				continue
-			}
-			box = b
-			bw.WriteString(tag + " OK [CAPABILITY " + synthCaps + "] logged in\r\n")
-		case "SELECT", "EXAMINE":
-			fmt.Fprintf(bw, "* FLAGS (\\Seen \\Deleted)\r\n* %d EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY %d] ok\r\n* OK [UIDNEXT %d] ok\r\n%s OK [READ-WRITE] done\r\n",
-				box.n, box.uidValidity, box.n+1, tag)
-		case "UID FETCH":
-			set, items, _ := strings.Cut(args, " ")
-			s.fetch(bw, box, set, strings.ToUpper(items))
-			bw.WriteString(tag + " OK done\r\n")
-		case "UID SEARCH":
-			bw.WriteString("* SEARCH")
-			for u := 1; u <= box.n; u++ {
-				bw.WriteString(" " + strconv.Itoa(u))
-			}
-			bw.WriteString("\r\n" + tag + " OK done\r\n")
-		case "LOGOUT":
-			bw.WriteString("* BYE bye\r\n" + tag + " OK done\r\n")
-			bw.Flush()
-			return
-		default:
-			bw.WriteString(tag + " OK done\r\n")
-		}
-	}
-}
-
-// synthUIDs returns the UIDs of set (as "1:*", "5", "3:7,9") in box,
-// ascending; n:* with n above the last UID means the last UID.
-func synthUIDs(box synthBox, set string, fn func(uid uint32) error) error {
-	last := uint32(box.n)
-	var ranges [][2]uint32
-	for _, part := range strings.Split(set, ",") {
-		a, b, isRange := strings.Cut(part, ":")
-		num := func(s string) uint32 {
-			if s == "*" {
-				return last
-			}
-			n, _ := strconv.ParseUint(s, 10, 32)
-			return uint32(n)
-		}
-		lo, hi := num(a), num(a)
-		if isRange {
-			hi = num(b)
-		}
-		if lo > hi {
-			lo, hi = hi, lo
-		}
-		ranges = append(ranges, [2]uint32{lo, min(hi, last)})
-	}
-	for _, r := range ranges { // popbridge sends ascending, disjoint sets
-		for u := max(r[0], 1); u <= r[1]; u++ {
-			if err := fn(u); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func (s *synthIMAP) fetch(bw *bufio.Writer, box synthBox, set, items string) {
-	size := strings.Contains(items, "RFC822.SIZE")
-	date := strings.Contains(items, "INTERNALDATE")
-	// imapclient quotes the field name: HEADER.FIELDS ("MESSAGE-ID").
-	msgid := strings.Contains(items, "HEADER.FIELDS (MESSAGE-ID)") || strings.Contains(items, `HEADER.FIELDS ("MESSAGE-ID")`)
-	body := strings.Contains(items, "BODY.PEEK[]") || strings.Contains(items, "BODY[]")
-	var num [20]byte
-	synthUIDs(box, set, func(uid uint32) error {
-		u := strconv.AppendUint(num[:0], uint64(uid), 10)
-		bw.WriteString("* ")
-		bw.Write(u)
-		bw.WriteString(" FETCH (UID ")
-		bw.Write(u)
-		sz := box.size(uid)
-		if size {
-			bw.WriteString(" RFC822.SIZE ")
-			bw.Write(strconv.AppendInt(num[:0], sz, 10))
-		}
-		if date {
-			bw.WriteString(` INTERNALDATE "01-Jan-2026 00:00:00 +0000"`)
-		}
-		if msgid {
-			h := "Message-ID: <" + strconv.FormatUint(uint64(uid), 10) + "@synth.example>\r\n\r\n"
-			fmt.Fprintf(bw, " BODY[HEADER.FIELDS (MESSAGE-ID)] {%d}\r\n%s", len(h), h)
-		}
-		if body {
-			fmt.Fprintf(bw, " BODY[] {%d}\r\n", sz)
-			if err := writeSynth(bw, uid, sz); err != nil {
-				return err
-			}
-		}
-		bw.WriteString(")\r\n")
-		return nil
-	})
-}
-
-// synthSpec encodes boxes for the helper process: "user:n:small:big;...".
-func synthSpec(boxes map[string]synthBox) string {
-	var parts []string
-	for u, b := range boxes {
-		parts = append(parts, fmt.Sprintf("%s:%d:%d:%d", u, b.n, b.small, b.big))
-	}
-	return strings.Join(parts, ";")
-}
-
-func parseSynthSpec(spec string) (map[string]synthBox, error) {
-	boxes := map[string]synthBox{}
-	for _, p := range strings.Split(spec, ";") {
-		f := strings.Split(p, ":")
-		if len(f) != 4 {
-			return nil, fmt.Errorf("bad box %q", p)
-		}
-		var nums [3]int64
-		for i := range nums {
-			n, err := strconv.ParseInt(f[i+1], 10, 64)
-			if err != nil {
-				return nil, fmt.Errorf("bad box %q", p)
-			}
-			nums[i] = n
-		}
-		boxes[f[0]] = synthBox{n: int(nums[0]), small: nums[1], big: nums[2], uidValidity: 0x6b076fcb}
-	}
-	return boxes, nil
-}
-
-const envSynthHelper = "POPBRIDGE_SYNTH_IMAP_HELPER"
-
 // TestSynthIMAPHelper is not a test: it is the child process that serves
-// synthIMAP for the memory checks (see startSynthProcess). It prints
-// "SYNTH-ADDR host:port" and serves until its stdin closes.
-func TestSynthIMAPHelper(t *testing.T) {
-	spec := os.Getenv(envSynthHelper)
-	if spec == "" {
-		t.Skip("the helper process of the memory checks")
-	}
-	boxes, err := parseSynthSpec(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := startSynth(boxes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Printf("SYNTH-ADDR %s\n", s.addr())
-	done := make(chan struct{})
-	go func() { io.Copy(io.Discard, os.Stdin); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Minute):
-	}
-	s.ln.Close() // connections end with the process
-}
-
-// startSynthProcess runs synthIMAP with boxes in a child process, stopped
-// when the test ends, and returns its address.
-func startSynthProcess(tb testing.TB, boxes map[string]synthBox) string {
-	tb.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSynthIMAPHelper$", "-test.bench=^$", "-test.count=1", "-test.timeout=30m")
-	cmd.Env = append(os.Environ(), envSynthHelper+"="+synthSpec(boxes))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill() // our own child, by its PID
-			<-done
-		}
-	})
-	addrc := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if a, ok := strings.CutPrefix(sc.Text(), "SYNTH-ADDR "); ok {
-				addrc <- a
-				io.Copy(io.Discard, stdout)
-				return
-			}
-		}
-		close(addrc)
-	}()
-	select {
-	case a, ok := <-addrc:
-		if !ok {
-			tb.Fatal("synth helper exited without an address")
-		}
-		return a
-	case <-time.After(30 * time.Second):
-		tb.Fatal("synth helper did not start within 30 s")
-	}
-	return ""
-}
+// imaptest.Synth for the memory checks (imaptest.StartSynthProcess).
+func TestSynthIMAPHelper(t *testing.T) { imaptest.SynthHelper(t) }
 
 // ---------------------------------------------------------------------------
 // popbridge in-process, and a minimal streaming POP3 client.
@@ -614,14 +222,14 @@ func BenchmarkDecide(b *testing.B) {
 func BenchmarkPollUnchanged(b *testing.B) {
 	for _, n := range []int{1_000, 100_000} {
 		b.Run(strconv.Itoa(n), func(b *testing.B) {
-			up := newSynth(b, map[string]synthBox{"alice": {n: n, small: 3000, uidValidity: 0x6b076fcb}})
-			srv := startBenchServer(b, up.addr())
+			up := imaptest.NewSynth(b, map[string]imaptest.SynthBox{"alice": {N: n, Small: 3000, UIDValidity: 0x6b076fcb}})
+			srv := startBenchServer(b, up.Addr())
 			addr := srv.Addr().String()
 			if got, err := benchPoll(addr, "alice"); err != nil || got != n {
 				b.Fatalf("first poll: %d messages, %v", got, err)
 			}
 			time.Sleep(50 * time.Millisecond) // the upstream LOGOUT of the first poll
-			up0, polls := up.octets(), 0
+			up0, polls := up.Octets(), 0
 			b.ReportAllocs()
 			for b.Loop() {
 				if got, err := benchPoll(addr, "alice"); err != nil || got != n {
@@ -631,7 +239,7 @@ func BenchmarkPollUnchanged(b *testing.B) {
 			}
 			b.StopTimer()
 			time.Sleep(50 * time.Millisecond)
-			b.ReportMetric(float64(up.octets()-up0)/float64(polls), "upstream-B/poll")
+			b.ReportMetric(float64(up.Octets()-up0)/float64(polls), "upstream-B/poll")
 		})
 	}
 }
@@ -643,17 +251,17 @@ func BenchmarkPollUnchanged(b *testing.B) {
 // popbridge's and the client's (the upstream allocates almost nothing).
 func BenchmarkRetr(b *testing.B) {
 	for _, size := range []int64{1 << 20, 50 << 20} {
-		box := synthBox{n: 1, small: 1000, big: size, uidValidity: 0x6b076fcb}
+		box := imaptest.SynthBox{N: 1, Small: 1000, Big: size, UIDValidity: 0x6b076fcb}
 		name := fmt.Sprintf("%dMB", size>>20)
 		b.Run(name+"/maildrop", func(b *testing.B) {
-			up := newSynth(b, map[string]synthBox{"alice": box})
-			srv := startBenchServer(b, up.addr())
+			up := imaptest.NewSynth(b, map[string]imaptest.SynthBox{"alice": box})
+			srv := startBenchServer(b, up.Addr())
 			md, err := srv.Bridge.Login(b.Context(), &pop3.ConnInfo{ID: "bench", RemoteAddr: &net.TCPAddr{}}, "alice", "pass")
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer md.Close()
-			b.SetBytes(box.size(1))
+			b.SetBytes(box.Size(1))
 			b.ReportAllocs()
 			for b.Loop() {
 				w, end := pop3.NewMessageWriter(io.Discard)
@@ -666,8 +274,8 @@ func BenchmarkRetr(b *testing.B) {
 			}
 		})
 		b.Run(name+"/pop3", func(b *testing.B) {
-			up := newSynth(b, map[string]synthBox{"alice": box})
-			srv := startBenchServer(b, up.addr())
+			up := imaptest.NewSynth(b, map[string]imaptest.SynthBox{"alice": box})
+			srv := startBenchServer(b, up.Addr())
 			c, err := benchDial(srv.Addr().String())
 			if err != nil {
 				b.Fatal(err)
@@ -676,11 +284,11 @@ func BenchmarkRetr(b *testing.B) {
 			if err := c.login("alice", "pass"); err != nil {
 				b.Fatal(err)
 			}
-			b.SetBytes(box.size(1))
+			b.SetBytes(box.Size(1))
 			b.ReportAllocs()
 			for b.Loop() {
 				c.conn.SetDeadline(time.Now().Add(5 * time.Minute))
-				if n, err := c.retr(1); err != nil || n != box.size(1) {
+				if n, err := c.retr(1); err != nil || n != box.Size(1) {
 					b.Fatalf("RETR: %d octets, %v", n, err)
 				}
 			}
@@ -695,14 +303,14 @@ func BenchmarkRetr(b *testing.B) {
 // it reads ahead).
 func BenchmarkRetrSequential(b *testing.B) {
 	const n = 2000
-	box := synthBox{n: n, small: 3000, uidValidity: 0x6b076fcb}
-	up := newSynth(b, map[string]synthBox{"alice": box})
-	srv := startBenchServer(b, up.addr())
+	box := imaptest.SynthBox{N: n, Small: 3000, UIDValidity: 0x6b076fcb}
+	up := imaptest.NewSynth(b, map[string]imaptest.SynthBox{"alice": box})
+	srv := startBenchServer(b, up.Addr())
 	addr := srv.Addr().String()
 	if _, err := benchPoll(addr, "alice"); err != nil {
 		b.Fatal(err)
 	}
-	b.SetBytes(n * box.size(2))
+	b.SetBytes(n * box.Size(2))
 	b.ReportAllocs()
 	var msgs int
 	start := time.Now()
@@ -715,7 +323,7 @@ func BenchmarkRetrSequential(b *testing.B) {
 			b.Fatal(err)
 		}
 		for i := 1; i <= n; i++ {
-			if got, err := c.retr(i); err != nil || got != box.size(uint32(i)) {
+			if got, err := c.retr(i); err != nil || got != box.Size(uint32(i)) {
 				b.Fatalf("RETR %d: %d octets, %v", i, got, err)
 			}
 			msgs++
@@ -740,19 +348,19 @@ func TestUnchangedPollUpstreamBytes(t *testing.T) {
 	}
 	octets := map[int]int64{}
 	for _, n := range []int{1_000, 100_000} {
-		up := newSynth(t, map[string]synthBox{"alice": {n: n, small: 3000, uidValidity: 0x6b076fcb}})
-		srv := startBenchServer(t, up.addr())
+		up := imaptest.NewSynth(t, map[string]imaptest.SynthBox{"alice": {N: n, Small: 3000, UIDValidity: 0x6b076fcb}})
+		srv := startBenchServer(t, up.Addr())
 		addr := srv.Addr().String()
 		for i := range 3 {
-			before := up.octets()
+			before := up.Octets()
 			if got, err := benchPoll(addr, "alice"); err != nil || got != n {
 				t.Fatalf("poll %d: %d messages, %v", i, got, err)
 			}
 			waitQuiet(up)
 			if i > 0 {
-				octets[n] = up.octets() - before
+				octets[n] = up.Octets() - before
 			} else {
-				t.Logf("%d messages: first poll (first sight): %d upstream octets", n, up.octets()-before)
+				t.Logf("%d messages: first poll (first sight): %d upstream octets", n, up.Octets()-before)
 			}
 		}
 		t.Logf("%d messages: unchanged poll: %d upstream octets", n, octets[n])
@@ -765,11 +373,11 @@ func TestUnchangedPollUpstreamBytes(t *testing.T) {
 
 // waitQuiet waits until the server's octet count has not moved for 50 ms
 // (popbridge logs out upstream right after QUIT), at most 2 s.
-func waitQuiet(s *synthIMAP) {
-	last := s.octets()
+func waitQuiet(s *imaptest.Synth) {
+	last := s.Octets()
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
-		if cur := s.octets(); cur == last {
+		if cur := s.Octets(); cur == last {
 			return
 		} else {
 			last = cur
@@ -785,8 +393,8 @@ func TestRetr50MBMemory(t *testing.T) {
 		t.Skip("-short")
 	}
 	const bound = 8 * mib
-	box := synthBox{n: 3, small: 2000, big: 50 << 20, uidValidity: 0x6b076fcb}
-	addr := startSynthProcess(t, map[string]synthBox{"alice": box})
+	box := imaptest.SynthBox{N: 3, Small: 2000, Big: 50 << 20, UIDValidity: 0x6b076fcb}
+	addr := imaptest.StartSynthProcess(t, map[string]imaptest.SynthBox{"alice": box})
 	srv := startBenchServer(t, addr)
 	c, err := benchDial(srv.Addr().String())
 	if err != nil {
@@ -796,7 +404,7 @@ func TestRetr50MBMemory(t *testing.T) {
 	if err := c.login("alice", "pass"); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := c.retr(3); err != nil || n != box.size(3) { // warm the path
+	if n, err := c.retr(3); err != nil || n != box.Size(3) { // warm the path
 		t.Fatalf("RETR 3: %d, %v", n, err)
 	}
 	heap0 := liveHeap()
@@ -809,8 +417,8 @@ func TestRetr50MBMemory(t *testing.T) {
 	el := time.Since(start)
 	heapPeak, rssPeak := peak.stop()
 	runtime.ReadMemStats(&ms1)
-	if err != nil || n != box.size(1) {
-		t.Fatalf("RETR 1: %d octets of %d, %v", n, box.size(1), err)
+	if err != nil || n != box.Size(1) {
+		t.Fatalf("RETR 1: %d octets of %d, %v", n, box.Size(1), err)
 	}
 	t.Logf("RETR of %s in %v (%.0f MB/s): heap %s before, peak %s (+%s); allocated %s in %d objects during the RETR; RSS %s before, peak %s (+%s)",
 		mibs(n), el.Round(time.Millisecond), float64(n)/1e6/el.Seconds(), mibs(heap0), mibs(heapPeak), mibs(heapPeak-heap0),
@@ -830,7 +438,7 @@ func TestIdleSessionsMemory(t *testing.T) {
 	}
 	const sessions = 1000
 	const bound = 100 * mib
-	addr := startSynthProcess(t, map[string]synthBox{"alice": {n: 20, small: 3000}})
+	addr := imaptest.StartSynthProcess(t, map[string]imaptest.SynthBox{"alice": {N: 20, Small: 3000}})
 	srv := startBenchServer(t, addr)
 	paddr := srv.Addr().String()
 	if _, err := benchPoll(paddr, "alice#warm"); err != nil {
@@ -910,7 +518,7 @@ func TestListing100kMemory(t *testing.T) {
 	const n = 100_000
 	const bound = 8 * mib // beyond the record
 	defer debug.SetGCPercent(debug.SetGCPercent(10))
-	addr := startSynthProcess(t, map[string]synthBox{"alice": {n: n, small: 3000}})
+	addr := imaptest.StartSynthProcess(t, map[string]imaptest.SynthBox{"alice": {N: n, Small: 3000}})
 	srv := startBenchServer(t, addr)
 	paddr := srv.Addr().String()
 
@@ -956,7 +564,7 @@ func TestConcurrentPolls100kMemory(t *testing.T) {
 	}
 	const n, sessions, rounds = 100_000, 50, 4
 	const bound = 100 * mib
-	addr := startSynthProcess(t, map[string]synthBox{"alice": {n: n, small: 3000}})
+	addr := imaptest.StartSynthProcess(t, map[string]imaptest.SynthBox{"alice": {N: n, Small: 3000}})
 	srv := startBenchServer(t, addr)
 	paddr := srv.Addr().String()
 	if got, err := benchPoll(paddr, "alice"); err != nil || got != n {
@@ -993,18 +601,18 @@ func TestConcurrentPolls100kMemory(t *testing.T) {
 // TestSynthIMAP checks the generated upstream itself: sizes are exact and
 // the messages are what RETR delivers.
 func TestSynthIMAP(t *testing.T) {
-	box := synthBox{n: 4, small: 1000, big: 200_001, uidValidity: 0x6b076fcb}
+	box := imaptest.SynthBox{N: 4, Small: 1000, Big: 200_001, UIDValidity: 0x6b076fcb}
 	for uid := uint32(1); uid <= 4; uid++ {
 		var b bytes.Buffer
-		if err := writeSynth(&b, uid, box.size(uid)); err != nil {
+		if err := imaptest.WriteSynth(&b, uid, box.Size(uid)); err != nil {
 			t.Fatal(err)
 		}
-		if int64(b.Len()) != box.size(uid) || !bytes.HasSuffix(b.Bytes(), []byte("\r\n")) || bytes.Count(b.Bytes(), []byte("\n")) != bytes.Count(b.Bytes(), []byte("\r\n")) {
-			t.Fatalf("message %d: %d octets, want %d, CRLF only", uid, b.Len(), box.size(uid))
+		if int64(b.Len()) != box.Size(uid) || !bytes.HasSuffix(b.Bytes(), []byte("\r\n")) || bytes.Count(b.Bytes(), []byte("\n")) != bytes.Count(b.Bytes(), []byte("\r\n")) {
+			t.Fatalf("message %d: %d octets, want %d, CRLF only", uid, b.Len(), box.Size(uid))
 		}
 	}
-	up := newSynth(t, map[string]synthBox{"alice": box})
-	srv := startBenchServer(t, up.addr())
+	up := imaptest.NewSynth(t, map[string]imaptest.SynthBox{"alice": box})
+	srv := startBenchServer(t, up.Addr())
 	c, err := benchDial(srv.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -1014,14 +622,14 @@ func TestSynthIMAP(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 1; i <= 4; i++ {
-		if n, err := c.retr(i); err != nil || n != box.size(uint32(i)) {
-			t.Errorf("RETR %d: %d octets, %v; want %d", i, n, err, box.size(uint32(i)))
+		if n, err := c.retr(i); err != nil || n != box.Size(uint32(i)) {
+			t.Errorf("RETR %d: %d octets, %v; want %d", i, n, err, box.Size(uint32(i)))
 		}
 	}
 	if _, err := c.cmd("QUIT"); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := parseSynthSpec(synthSpec(map[string]synthBox{"bob": box})); err != nil || got["bob"].n != 4 || got["bob"].big != 200_001 {
+	if got, err := imaptest.ParseSynthSpec(imaptest.SynthSpec(map[string]imaptest.SynthBox{"bob": box})); err != nil || got["bob"].N != 4 || got["bob"].Big != 200_001 {
 		t.Errorf("spec round trip: %v, %v", got, err)
 	}
 }

@@ -333,7 +333,7 @@ func TestEnrolledWinsOverPassthrough(t *testing.T) {
 			if !strings.HasPrefix(line, "-ERR [AUTH]") {
 				t.Errorf("enrolled name with the pass-through password: %q", line)
 			}
-			if n := pass.loginsOf(oauthtest.User); n != 0 {
+			if n := pass.LoginsOf(oauthtest.User); n != 0 {
 				t.Errorf("the enrolled name reached the pass-through upstream %d times", n)
 			}
 			e.readAll(oauthtest.User, pw, e.mailOf(oauthtest.User))
@@ -345,14 +345,14 @@ func TestEnrolledWinsOverPassthrough(t *testing.T) {
 					t.Errorf("pass-through carol: %d messages, want 1", len(l))
 				}
 				c.quit()
-				if n := pass.loginsOf("carol@example.com"); n != 1 {
+				if n := pass.LoginsOf("carol@example.com"); n != 1 {
 					t.Errorf("carol's pass-through logins: %d, want 1", n)
 				}
 			} else {
 				if line := e.refused("carol@example.com", usersPassword); !strings.HasPrefix(line, "-ERR [AUTH]") {
 					t.Errorf("pass-through off: %q", line)
 				}
-				if n := pass.loginsOf("carol@example.com"); n != 0 {
+				if n := pass.LoginsOf("carol@example.com"); n != 0 {
 					t.Errorf("pass-through off, yet carol reached the upstream %d times", n)
 				}
 			}

@@ -5,7 +5,6 @@ package bridge
 // line, at Debug level, is kept for inspection.
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -19,19 +18,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
-	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
-	"github.com/emersion/go-sasl"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/upstream"
@@ -138,172 +132,44 @@ type upOpts struct {
 	implicitTLS bool
 }
 
-// testUpstream is an in-process IMAP server (imapmemserver) with one
-// account, secUser, that logs in with secPassword (LOGIN, AUTHENTICATE
-// PLAIN) or with secToken (AUTHENTICATE XOAUTH2 or OAUTHBEARER). A refused
-// token gets the mechanism's error challenge, then NO. It records each
-// authentication attempt.
+// testUpstream is an imaptest.MemServer with one account, secUser, that
+// logs in with secPassword (LOGIN, AUTHENTICATE PLAIN) or with secToken
+// (AUTHENTICATE XOAUTH2 or OAUTHBEARER), secMessages in its INBOX and a
+// Trash. A refused token gets the mechanism's error challenge, then NO.
+// It records each authentication attempt.
 type testUpstream struct {
-	addr  string
-	user  *imapmemserver.User
-	mechs []string
-
-	mu    sync.Mutex
-	auths []string // "LOGIN user", "XOAUTH2 user", "OAUTHBEARER user" ... with "ok" or "refused"
+	*imaptest.MemServer
+	addr string // Addr, or TLSAddr with implicitTLS
 }
 
 func startTestUpstream(t testing.TB, o upOpts) *testUpstream {
 	t.Helper()
-	if o.mechs == nil {
-		o.mechs = []string{"PLAIN", "XOAUTH2", "OAUTHBEARER"}
+	opts := []imaptest.Option{
+		imaptest.WithCredentials(secUser, secPassword),
+		imaptest.WithTokens(func(_, token string) error {
+			if token != secToken {
+				return imaptest.ErrOAuthRefused
+			}
+			return nil
+		}, o.mechs...),
 	}
-	u := &testUpstream{user: imapmemserver.NewUser(secUser, secPassword), mechs: o.mechs}
-	for _, mb := range []string{"INBOX", "Trash"} {
-		var opts *imap.CreateOptions
-		if mb == "Trash" {
-			opts = &imap.CreateOptions{SpecialUse: []imap.MailboxAttr{imap.MailboxAttrTrash}}
-		}
-		if err := u.user.Create(mb, opts); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, m := range secMessages {
-		if _, err := u.user.Append("INBOX", bytes.NewReader(m), &imap.AppendOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	opts := &imapserver.Options{
-		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return &tokenSession{up: u}, nil, nil
-		},
-		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}},
-		InsecureAuth: true,
-		Logger:       zap.NewStdLog(zaptest.NewLogger(t).Named("test-upstream")),
-	}
-	var tc *tls.Config
 	if o.cert != nil {
-		tc = &tls.Config{Certificates: []tls.Certificate{o.cert.pair}}
-		if !o.implicitTLS {
-			opts.TLSConfig = tc
-		}
+		opts = append(opts, imaptest.WithCertificate(o.cert.pair))
 	}
-	srv := imapserver.New(opts)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	u := &testUpstream{MemServer: imaptest.NewMemServer(t, opts...)}
+	u.Create("Trash", imap.MailboxAttrTrash)
+	for _, m := range secMessages {
+		u.Append("INBOX", m)
 	}
-	u.addr = ln.Addr().String()
+	u.addr = u.Addr
 	if o.implicitTLS {
-		ln = tls.NewListener(ln, tc)
+		u.addr = u.TLSAddr
 	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
 	return u
 }
 
-func (u *testUpstream) record(s string) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.auths = append(u.auths, s)
-}
-
 // attempts returns the authentication attempts so far.
-func (u *testUpstream) attempts() []string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]string(nil), u.auths...)
-}
-
-// tokenSession is imapmemserver's session with SASL mechanisms of its own.
-type tokenSession struct {
-	*imapmemserver.UserSession // nil until authenticated
-	up                         *testUpstream
-}
-
-var _ imapserver.SessionSASL = (*tokenSession)(nil)
-
-func (s *tokenSession) Login(username, password string) error {
-	if username != secUser || password != secPassword {
-		s.up.record("LOGIN " + username + " refused")
-		return imapserver.ErrAuthFailed
-	}
-	s.up.record("LOGIN " + username + " ok")
-	s.UserSession = imapmemserver.NewUserSession(s.up.user)
-	return nil
-}
-
-func (s *tokenSession) Close() error {
-	if s.UserSession == nil {
-		return nil
-	}
-	return s.UserSession.Close()
-}
-
-func (s *tokenSession) AuthenticateMechanisms() []string { return s.up.mechs }
-
-func (s *tokenSession) Authenticate(mech string) (sasl.Server, error) {
-	known := false
-	for _, m := range s.up.mechs {
-		known = known || m == mech
-	}
-	if !known {
-		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Text: "mechanism not offered"}
-	}
-	if mech == "PLAIN" {
-		return sasl.NewPlainServer(func(_, user, pass string) error { return s.Login(user, pass) }), nil
-	}
-	return &tokenSASL{s: s, mech: mech}, nil
-}
-
-// tokenSASL checks an XOAUTH2 or OAUTHBEARER response against secToken.
-type tokenSASL struct {
-	s      *tokenSession
-	mech   string
-	failed bool
-}
-
-var errTokenRefused = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAuthenticationFailed, Text: "invalid token"}
-
-func (a *tokenSASL) Next(resp []byte) ([]byte, bool, error) {
-	if a.failed {
-		// The client's dummy answer to the error challenge.
-		return nil, true, errTokenRefused
-	}
-	if resp == nil {
-		return []byte{}, false, nil
-	}
-	user, token := parseTestToken(a.mech, string(resp))
-	if user != secUser || token != secToken {
-		a.s.up.record(a.mech + " " + user + " refused")
-		a.failed = true
-		return []byte(`{"status":"invalid_token","schemes":"bearer"}`), false, nil
-	}
-	a.s.up.record(a.mech + " " + user + " ok")
-	a.s.UserSession = imapmemserver.NewUserSession(a.s.up.user)
-	return nil, true, nil
-}
-
-// parseTestToken reads the user and the token out of an XOAUTH2 or
-// OAUTHBEARER client response, loosely.
-func parseTestToken(mech, resp string) (user, token string) {
-	if mech == "OAUTHBEARER" {
-		gs2, rest, _ := strings.Cut(resp, "\x01")
-		if f := strings.Split(gs2, ","); len(f) == 3 {
-			user = strings.NewReplacer("=2C", ",", "=3D", "=").Replace(strings.TrimPrefix(f[1], "a="))
-		}
-		resp = rest
-	}
-	for _, kv := range strings.Split(resp, "\x01") {
-		k, v, _ := strings.Cut(kv, "=")
-		switch k {
-		case "user":
-			user = v
-		case "auth":
-			token, _ = strings.CutPrefix(v, "Bearer ")
-		}
-	}
-	return user, token
-}
+func (u *testUpstream) attempts() []string { return u.AuthAttempts() }
 
 // secServer is a popbridge for the security tests.
 type secServer struct {

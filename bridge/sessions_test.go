@@ -46,7 +46,7 @@ func TestSessionsPerAccount(t *testing.T) {
 				t.Errorf("%s with 3 sessions open: %q, want %q", user, r, tooMany)
 			}
 		}
-		if n := len(up.allLogins()); n != 3 {
+		if n := len(up.Logins()); n != 3 {
 			t.Errorf("%d upstream LOGINs, want 3: the refused sessions must not reach the upstream", n)
 		}
 		// Another account is not affected.

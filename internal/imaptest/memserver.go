@@ -36,6 +36,9 @@ type memConfig struct {
 	tls        bool
 	user, pass string
 	oauth      BearerCheck // WithOAuth
+	tokens     BearerCheck // WithTokens
+	mechs      []string    // WithTokens
+	cert       *tls.Certificate
 	provider   providerConfig
 }
 
@@ -88,6 +91,9 @@ type MemServer struct {
 	blocks        map[string]chan struct{}
 	admin         *Admin
 	oauth         BearerCheck // nil: passwords; else OAuth-only (WithOAuth)
+	tokens        BearerCheck // WithTokens: passwords and tokens
+	mechs         []string    // the SASL mechanisms of WithTokens
+	auths         []string    // AuthAttempts
 	provider      providerConfig
 	logins        int // client sessions logged in now (WithMaxLogins)
 	refusedLogins int // LOGINs refused for WithMaxLogins
@@ -114,6 +120,8 @@ func NewMemServer(t testing.TB, opts ...Option) *MemServer {
 		faults:     make(map[string]error),
 		blocks:     make(map[string]chan struct{}),
 		oauth:      cfg.oauth,
+		tokens:     cfg.tokens,
+		mechs:      cfg.mechs,
 		provider:   cfg.provider,
 	}
 	s.mem.AddUser(s.user)
@@ -129,6 +137,9 @@ func NewMemServer(t testing.TB, opts ...Option) *MemServer {
 			if s.oauth != nil {
 				return &oauthSession{sess}, nil, nil
 			}
+			if s.tokens != nil {
+				return &tokenSession{sess}, nil, nil
+			}
 			return sess, nil, nil
 		},
 		Caps:         caps,
@@ -136,7 +147,10 @@ func NewMemServer(t testing.TB, opts ...Option) *MemServer {
 		Logger:       serverLogger{s},
 	}
 	var serverTLS *tls.Config
-	if cfg.tls {
+	if cfg.cert != nil {
+		serverTLS, s.ClientTLS = certConfigs(cfg.cert)
+		options.TLSConfig = serverTLS
+	} else if cfg.tls {
 		serverTLS, s.ClientTLS = selfSigned(t)
 		options.TLSConfig = serverTLS
 	}
@@ -307,7 +321,7 @@ func (s *MemServer) Reset(mailbox string) {
 
 // Fail makes every later command of kind cmd from a client (not the
 // helper) answer err, until Fail(cmd, nil). cmd is one of LOGIN (which
-// covers AUTHENTICATE on an OAuth-only server), SELECT,
+// covers AUTHENTICATE with WithOAuth or WithTokens), SELECT,
 // FETCH, STORE, EXPUNGE (UID EXPUNGE), COPY, MOVE, SEARCH, LIST, CREATE.
 // An *imap.Error goes to the client as it is; any other error becomes
 // NO [SERVERBUG].

@@ -32,10 +32,18 @@ func (sess *session) Login(username, password string) error {
 	if err := sess.fault("LOGIN"); err != nil {
 		return err
 	}
+	return sess.login("LOGIN", username, password)
+}
+
+// login is LOGIN, or AUTHENTICATE PLAIN (mech), after the faults.
+func (sess *session) login(mech, username, password string) error {
 	if sess.s.oauth != nil && !sess.s.isInternal(sess.addr) {
+		sess.recordAuth(mech, username, ErrPasswordRefused)
 		return ErrPasswordRefused
 	}
-	if err := sess.s.user.Login(username, password); err != nil {
+	err := sess.s.user.Login(username, password)
+	sess.recordAuth(mech, username, err)
+	if err != nil {
 		return err
 	}
 	if err := sess.admitLogin(); err != nil {
