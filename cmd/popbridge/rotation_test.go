@@ -269,7 +269,7 @@ func rotationKillScenario(t *testing.T, bin string, rot oauthtest.Rotation, kill
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(oauthtest.User) + ` .* reconsent-needed `).MatchString(out) ||
+		if !regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(oauthtest.User)+` .* reconsent-needed `).MatchString(out) ||
 			!strings.Contains(out, "re-consent needed since") {
 			t.Errorf("account list does not show the lost grant:\n%s", out)
 		}
