@@ -205,6 +205,7 @@ func (b *Bridge) enrolledOpen(log *zap.Logger, info *account.Info, up *oauthUpst
 		open:       open,
 		mailboxKey: MailboxKey(up.cfg.Name, b.accountKey(user), up.cfg.Mailbox),
 		done:       sess.Close,
+		timeout:    up.cfg.Timeout,
 	}, nil
 }
 
