@@ -414,6 +414,7 @@ func TestOnRefresh(t *testing.T) {
 		mu    sync.Mutex
 		calls []call
 		p     *oauthtest.Provider
+		after = make(chan struct{}, 2)
 	)
 	e := oauthtest.Start(t, oauthtest.Options{Rotation: oauthtest.RotateStrict, OnRefresh: func(old, new string, answered bool) {
 		mu.Lock()
@@ -423,6 +424,9 @@ func TestOnRefresh(t *testing.T) {
 		mu.Lock()
 		calls = append(calls, call{old, new, answered, valid})
 		mu.Unlock()
+		if answered {
+			after <- struct{}{}
+		}
 	}})
 	mu.Lock()
 	p = e.Provider
@@ -431,6 +435,12 @@ func TestOnRefresh(t *testing.T) {
 	_, rt2, code := refresh(t, e, rt1)
 	if code != "" || rt2 == "" {
 		t.Fatalf("refresh: rt %q error %q", rt2, code)
+	}
+	// The client may read the answer before the second call is made.
+	select {
+	case <-after:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no call after the answer")
 	}
 	if _, _, code := refresh(t, e, rt1); code != "invalid_grant" {
 		t.Fatalf("redeeming a rotated token again: error %q, want invalid_grant", code)
