@@ -11,7 +11,7 @@ import (
 
 // TestEnrolledUsesItsUpstreamTimeout: an enrolled account's maildrop
 // works to the timeout of its [[upstreams]] entry, not to [upstream]'s.
-// With [upstream].timeout one hour and the entry's 200ms, a QUIT whose
+// With [upstream].timeout one hour and the entry's one second, a QUIT whose
 // UPDATE finds the mailbox's update lock held (another device's UPDATE)
 // gives up after two of the entry's timeouts: QUIT answers, the intent
 // stays stored and the next login carries it out. (With [upstream]'s
@@ -19,7 +19,7 @@ import (
 func TestEnrolledUsesItsUpstreamTimeout(t *testing.T) {
 	e := newOAuthEnv(t, oauthtest.Options{RequireOfflineAccess: true}, func(c *Config) {
 		c.Upstream.Timeout = time.Hour
-		c.Upstreams[0].Timeout = 200 * time.Millisecond
+		c.Upstreams[0].Timeout = time.Second
 		c.Delete.Policy = PolicyFlag
 	})
 	e.start()
