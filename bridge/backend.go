@@ -92,7 +92,7 @@ type maildropDeps struct {
 	records  *records
 	store    state.Store
 	delete   DeleteConfig
-	timeout  time.Duration // upstream.timeout
+	timeout  time.Duration // upstream.timeout, or the [[upstreams]] entry's (target.timeout)
 	markSeen bool          // upstream.mark_seen_on_retr
 	ahead    *aheadPool    // the read-ahead buffers of every session
 	now      func() time.Time
@@ -216,6 +216,9 @@ type target struct {
 	// done, when set, is called once the maildrop is released (or the
 	// login failed): it forgets the enrolled account's unlocked key.
 	done func()
+	// timeout, when set, is the timeout of the target's upstream (an
+	// [[upstreams]] entry's) instead of upstream.timeout.
+	timeout time.Duration
 }
 
 // resolver finds the target of the account part of a login name (device
@@ -316,8 +319,14 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		}
 		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable, try again later", Err: err}
 	}
+	deps := b.drops
+	if t.timeout > 0 && t.timeout != deps.timeout {
+		own := *deps
+		own.timeout = t.timeout
+		deps = &own
+	}
 	md := &maildrop{
-		d: b.drops, log: log, key: key, account: account, acct: b.accountKey(account), reopen: open,
+		d: deps, log: log, key: key, account: account, acct: b.accountKey(account), reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
 	}
 	if t.legacy {

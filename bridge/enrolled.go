@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -204,6 +205,7 @@ func (b *Bridge) enrolledOpen(log *zap.Logger, info *account.Info, up *oauthUpst
 		open:       open,
 		mailboxKey: MailboxKey(up.cfg.Name, b.accountKey(user), up.cfg.Mailbox),
 		done:       sess.Close,
+		timeout:    up.cfg.Timeout,
 	}, nil
 }
 
@@ -211,7 +213,8 @@ func (b *Bridge) enrolledOpen(log *zap.Logger, info *account.Info, up *oauthUpst
 // account name with password (or, when password is empty, the server
 // key), gets a fresh token (refreshing the grant when needed, as a login
 // would), logs in upstream, selects the mailbox and writes what it saw to
-// w.
+// w: whether the token was refreshed, the upstream login, the number of
+// messages.
 func (b *Bridge) CheckAccount(ctx context.Context, name, password string, w io.Writer) error {
 	reg := b.enrolled.reg
 	if reg == nil {
@@ -241,11 +244,25 @@ func (b *Bridge) CheckAccount(ctx context.Context, name, password string, w io.W
 	}
 	defer t.done()
 	fmt.Fprintf(w, "account %s: unlocked (%s)\n", info.Name, map[bool]string{true: "server key", false: "app password"}[password == ""])
+	var before *account.Grant
+	if info.Kind != account.AppOnly {
+		before, _ = sess.Grant(ctx) // nil: none yet, the login gets one
+	}
 	conn, st, err := t.open(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	switch after, err := sess.Grant(ctx); {
+	case info.Kind == account.AppOnly:
+		fmt.Fprintln(w, "token: app-only (client credentials of the upstream)")
+	case err != nil:
+		return err
+	case before == nil || after.AccessToken != before.AccessToken:
+		fmt.Fprintf(w, "token: refreshed, expires %s\n", after.Expiry.UTC().Format(time.RFC3339))
+	default:
+		fmt.Fprintf(w, "token: still valid, expires %s\n", after.Expiry.UTC().Format(time.RFC3339))
+	}
 	fmt.Fprintf(w, "upstream %s (%s): logged in as %s\n", up.cfg.Name, up.cfg.Address, info.LoginUser())
 	fmt.Fprintf(w, "mailbox %s: %d messages\n", up.cfg.Mailbox, st.NumMessages)
 	return nil

@@ -116,6 +116,15 @@ type Options struct {
 	// (numbered from 1) before it is answered, outside the provider's
 	// lock: a test can Approve, Deny or SlowDown from it.
 	OnDevicePoll func(userCode string, poll int)
+	// OnRefresh, when set, is called at every successful refresh, outside
+	// the provider's lock, with the refresh token redeemed and the one
+	// issued in its place ("" without rotation): first with answered
+	// false, once the provider has recorded the refresh (the rotation is
+	// done) but before the answer is written, and then with answered
+	// true, once the answer has been written and flushed to the client.
+	// The handler waits for it: a test can kill the client at either
+	// moment (the answer lost, or received and perhaps not yet stored).
+	OnRefresh func(oldRT, newRT string, answered bool)
 }
 
 // Client is an app registration.
@@ -510,7 +519,18 @@ func (p *Provider) serveToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	hook := p.opts.OnRefresh
+	if hook == nil || r.PostForm.Get("grant_type") != "refresh_token" {
+		writeJSON(w, http.StatusOK, resp)
+		return
+	}
+	old := r.PostForm.Get("refresh_token")
+	hook(old, resp.RefreshToken, false)
 	writeJSON(w, http.StatusOK, resp)
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	hook(old, resp.RefreshToken, true)
 }
 
 // issueLocked issues an access token (and a refresh token when refresh)

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -395,5 +396,59 @@ func TestFailTokenRequests(t *testing.T) {
 	}
 	if _, _, code := refresh(t, e, rt); code != "" {
 		t.Errorf("after the injected failure: %q", code)
+	}
+}
+
+// TestOnRefresh: the hook sees every successful refresh twice, with the
+// token redeemed and the one issued: before the answer is written, when
+// the rotation is already done (the old token is rotated, and in strict
+// mode dead), and after the client could read it. A failed refresh is not
+// reported.
+func TestOnRefresh(t *testing.T) {
+	type call struct {
+		old, new string
+		answered bool
+		oldValid bool
+	}
+	var (
+		mu    sync.Mutex
+		calls []call
+		p     *oauthtest.Provider
+		after = make(chan struct{}, 2)
+	)
+	e := oauthtest.Start(t, oauthtest.Options{Rotation: oauthtest.RotateStrict, OnRefresh: func(old, new string, answered bool) {
+		mu.Lock()
+		prov := p
+		mu.Unlock()
+		valid := prov.RefreshTokenValid(old)
+		mu.Lock()
+		calls = append(calls, call{old, new, answered, valid})
+		mu.Unlock()
+		if answered {
+			after <- struct{}{}
+		}
+	}})
+	mu.Lock()
+	p = e.Provider
+	mu.Unlock()
+	rt1 := enrollCode(t, e).RefreshToken
+	_, rt2, code := refresh(t, e, rt1)
+	if code != "" || rt2 == "" {
+		t.Fatalf("refresh: rt %q error %q", rt2, code)
+	}
+	// The client may read the answer before the second call is made.
+	select {
+	case <-after:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no call after the answer")
+	}
+	if _, _, code := refresh(t, e, rt1); code != "invalid_grant" {
+		t.Fatalf("redeeming a rotated token again: error %q, want invalid_grant", code)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []call{{rt1, rt2, false, false}, {rt1, rt2, true, false}}
+	if !slices.Equal(calls, want) {
+		t.Errorf("hook calls %+v, want %+v", calls, want)
 	}
 }
