@@ -10,7 +10,6 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/state"
@@ -156,13 +155,5 @@ func waitGauge(t *testing.T, g prometheus.Gauge, want float64) {
 // storeCount returns how many store operations op the histogram holds.
 func storeCount(t *testing.T, m *metrics, op string) uint64 {
 	t.Helper()
-	h, err := m.storeTime.GetMetricWithLabelValues(op)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := &dto.Metric{}
-	if err := h.(prometheus.Metric).Write(out); err != nil {
-		t.Fatal(err)
-	}
-	return out.GetHistogram().GetSampleCount()
+	return observations(t, m.storeTime, op)
 }

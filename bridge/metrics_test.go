@@ -114,12 +114,18 @@ func TestMetricsCountSessions(t *testing.T) {
 // for op.
 func histogramCount(t *testing.T, m *metrics, op string) uint64 {
 	t.Helper()
-	h, err := m.upstreamTime.GetMetricWithLabelValues(op)
+	return observations(t, m.upstreamTime, op)
+}
+
+// observations returns how many observations h holds for the label value.
+func observations(t *testing.T, h *prometheus.HistogramVec, label string) uint64 {
+	t.Helper()
+	o, err := h.GetMetricWithLabelValues(label)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := &dto.Metric{}
-	if err := h.(prometheus.Metric).Write(out); err != nil {
+	if err := o.(prometheus.Metric).Write(out); err != nil {
 		t.Fatal(err)
 	}
 	return out.GetHistogram().GetSampleCount()
