@@ -14,6 +14,7 @@ package bridge
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -33,6 +34,7 @@ import (
 	"github.com/popbridge/popbridge/internal/popclient"
 	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
+	"github.com/popbridge/popbridge/upstream"
 )
 
 // TestSynthIMAPHelper is not a test: it is the child process that serves
@@ -706,5 +708,54 @@ func BenchmarkExternalUpstream(b *testing.B) {
 			total += o
 		}
 		b.ReportMetric(float64(total)/1e6/time.Since(start).Seconds(), "MB/s")
+	})
+}
+
+// BenchmarkColdPoll is the first poll (login, STAT, UIDL, QUIT) of a
+// 20,000-message mailbox that popbridge has no record of yet ("poll"),
+// next to the cheapest listing the upstream offers, UID FETCH 1:*
+// (UID RFC822.SIZE) on a logged-in connection ("bare-listing"). The
+// first poll must not take more than twice the bare listing: the
+// fingerprints are completed in the background (see "Sync at login" in
+// docs/architecture.md). Each iteration starts popbridge on an empty
+// state file; the start and the stop are not timed.
+func BenchmarkColdPoll(b *testing.B) {
+	const n = 20_000
+	up := imaptest.NewSynth(b, map[string]imaptest.SynthBox{"alice": {N: n, Small: 3000, UIDValidity: 0x6b076fcb}})
+	b.Run("poll", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			srv := startBenchServer(b, up.Addr())
+			addr := srv.Addr().String()
+			b.StartTimer()
+			if got, err := benchPoll(addr, "alice"); err != nil || got != n {
+				b.Fatalf("first poll: %d messages, %v", got, err)
+			}
+			b.StopTimer()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			srv.Shutdown(ctx)
+			cancel()
+			b.StartTimer()
+		}
+	})
+	b.Run("bare-listing", func(b *testing.B) {
+		ctx := b.Context()
+		conn, err := upstream.Dial(ctx, upstream.Config{Address: up.Addr(), Security: upstream.SecurityNone, Timeout: time.Minute})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer conn.Close()
+		if err := conn.Login(ctx, "alice", "pass"); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := conn.Select(ctx, "INBOX"); err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			got := 0
+			if err := conn.List(ctx, 1, false, func(upstream.Msg) error { got++; return nil }); err != nil || got != n {
+				b.Fatalf("listing: %d messages, %v", got, err)
+			}
+		}
 	})
 }
