@@ -26,10 +26,18 @@ type records struct {
 	cache *recordCache
 	uidl  *state.UIDLFormatter
 	m     *metrics // nil: nothing counted
+
+	// coldAt is how many messages a sync must list, at least, to list
+	// them the cheap way (UID and RFC822.SIZE) and leave their
+	// fingerprints to the background completion (complete.go).
+	coldAt int
+	// batch is how many UIDs one UID FETCH of the completion asks for.
+	batch int
+	bg    *completions
 }
 
 func newRecords(st state.Store, uidl *state.UIDLFormatter) *records {
-	return &records{store: st, cache: newRecordCache(), uidl: uidl}
+	return &records{store: st, cache: newRecordCache(), uidl: uidl, coldAt: coldListingAt, batch: completeBatch, bg: newCompletions()}
 }
 
 // load returns the stored record of mbox, from the cache when the store

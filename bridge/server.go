@@ -204,6 +204,9 @@ func (s *Server) Serve() error {
 // closes the rest. A session in the middle of its UPDATE finishes it.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.serving.Store(false)
+	// The background completions first: they hold upstream connections
+	// and write to the store, which closes after Shutdown.
+	s.Bridge.records.bg.stop(ctx)
 	err := s.POP3.Shutdown(ctx)
 	if s.admin != nil {
 		s.admin.Shutdown(ctx)

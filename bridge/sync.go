@@ -65,22 +65,53 @@ func (r *records) sync(ctx context.Context, conn *upstream.Conn, mbox string, st
 	return rec, nil
 }
 
-func listed(msg upstream.Msg) state.Listed {
+// listed is msg as the sync uses it. Without details (the cheap listing:
+// UID and RFC822.SIZE only) it has no fingerprint; complete.go adds it
+// later.
+func listed(msg upstream.Msg, details bool) state.Listed {
+	if !details {
+		return state.Listed{UID: msg.UID, Size: msg.Size}
+	}
 	return state.Listed{UID: msg.UID, Size: msg.Size, Fingerprint: state.Fingerprint(msg.EmailID, msg.MessageID, msg.InternalDate, msg.Size)}
 }
 
+// cheapIncremental reports whether an incremental sync of m lists the new
+// messages the cheap way: at least r.coldAt of them are new.
+func (r *records) cheapIncremental(m *state.Mailbox, now state.Markers) bool {
+	return int(now.NumMessages)-len(m.Entries) >= r.coldAt
+}
+
+// cheapFull reports whether a full sync of m lists the mailbox the cheap
+// way: it holds at least r.coldAt messages, and no entry of m has a
+// fingerprint a listed message could be re-matched with (a record seen for
+// the first time, or one whose fingerprints were never completed).
+func (r *records) cheapFull(m *state.Mailbox, now state.Markers) bool {
+	if int(now.NumMessages) < r.coldAt {
+		return false
+	}
+	for _, e := range m.Entries {
+		if e.Fingerprint != "" {
+			return false
+		}
+	}
+	return true
+}
+
 // syncIncremental fetches only the UIDs from the stored UIDNEXT on, and
-// searches for expunged UIDs only when the count says some are gone.
+// searches for expunged UIDs only when the count says some are gone. Many
+// new messages (cheapIncremental) are listed without their fingerprints,
+// which complete.go adds in the background.
 func (r *records) syncIncremental(ctx context.Context, conn *upstream.Conn, m *state.Mailbox, now state.Markers, uidl func(uint32) string) (state.MailboxChange, error) {
 	known := make(map[uint32]bool, len(m.Entries))
 	for _, e := range m.Entries {
 		known[e.UID] = true
 	}
 	from := max(m.UIDNext, 1)
+	details := !r.cheapIncremental(m, now)
 	var news []state.Listed
-	err := conn.List(ctx, from, true, func(msg upstream.Msg) error {
+	err := conn.List(ctx, from, details, func(msg upstream.Msg) error {
 		if !known[msg.UID] {
-			news = append(news, listed(msg))
+			news = append(news, listed(msg, details))
 		}
 		return nil
 	})
@@ -105,7 +136,7 @@ func (r *records) syncIncremental(ctx context.Context, conn *upstream.Conn, m *s
 		}
 		if len(holes) > 0 {
 			err = conn.FetchInfo(ctx, holes, func(msg upstream.Msg) error {
-				news = append(news, listed(msg))
+				news = append(news, listed(msg, true))
 				return nil
 			})
 			if err != nil {
@@ -139,10 +170,14 @@ func (r *records) digests(ctx context.Context, conn *upstream.Conn, uids []uint3
 }
 
 // syncFull lists the whole mailbox and re-matches it against the record.
+// A large mailbox with nothing to re-match with (cheapFull) is listed
+// without fingerprints: its messages all get new UIDLs anyway, and
+// complete.go adds the fingerprints in the background.
 func (r *records) syncFull(ctx context.Context, conn *upstream.Conn, m *state.Mailbox, now state.Markers, uidl func(uint32) string) (state.MailboxChange, state.RematchStats, error) {
 	all := make([]state.Listed, 0, now.NumMessages)
-	err := conn.List(ctx, 1, true, func(msg upstream.Msg) error {
-		all = append(all, listed(msg))
+	details := !r.cheapFull(m, now)
+	err := conn.List(ctx, 1, details, func(msg upstream.Msg) error {
+		all = append(all, listed(msg, details))
 		return nil
 	})
 	if err != nil {

@@ -1,0 +1,253 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/popbridge/popbridge/state"
+	"github.com/popbridge/popbridge/upstream"
+)
+
+// The background completion of fingerprints.
+//
+// A sync that must list many messages (a large mailbox seen for the first
+// time, or a large batch of new mail) lists only UID and RFC822.SIZE, the
+// cheapest listing there is, and answers the login with that (see
+// "Sync at login" in docs/architecture.md). Every message gets its UIDL
+// from UIDVALIDITY and UID, as always, so nothing served can change later.
+// What is left out is the fingerprint of each message (INTERNALDATE and
+// Message-ID), which only serves to re-match the messages after a
+// UIDVALIDITY change, and, where fingerprints tie, the content digest.
+// A completion adds them: one goroutine per mailbox, on an upstream
+// connection of its own, in batches of records.batch UIDs, each batch
+// stored at once through records.update. Until a message has its
+// fingerprint, a UIDVALIDITY change gives it a new UIDL (the client
+// downloads it once more), never another message's.
+
+const (
+	// coldListingAt is records.coldAt: from this many messages on, a
+	// sync lists them the cheap way. Below, it fetches their fingerprints
+	// at once, as that costs little.
+	coldListingAt = 1000
+	// completeBatch is records.batch: UIDs per UID FETCH of a completion,
+	// each batch one store update.
+	completeBatch = 2000
+	// digestBatch bounds the messages (whole bodies) of one digest FETCH.
+	digestBatch = 100
+)
+
+// completions runs the background completions of one process: at most one
+// per mailbox, stopped by Server.Shutdown.
+type completions struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	running map[string]bool // mailbox keys
+	stopped bool
+	// hold, when set (tests), runs first in each completion's goroutine.
+	hold func()
+}
+
+func newCompletions() *completions {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &completions{ctx: ctx, cancel: cancel, running: map[string]bool{}}
+}
+
+// stop ends the running completions (their upstream commands fail at
+// once) and waits for them until ctx ends. No completion starts after it.
+func (c *completions) stop(ctx context.Context) {
+	c.mu.Lock()
+	c.stopped = true
+	c.mu.Unlock()
+	c.cancel()
+	done := make(chan struct{})
+	go func() {
+		c.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// wait waits for the running completions to end (tests).
+func (c *completions) wait() { c.wg.Wait() }
+
+// completionOpener opens an upstream connection for a completion and
+// returns it with the function that frees its place in the account's
+// connection budget.
+type completionOpener func(ctx context.Context) (*upstream.Conn, upstream.Status, func(), error)
+
+// completionOpener opens the completion's connection with the session's
+// credentials, only when the account's connection budget has a place free
+// now (and no back-off holds it): a completion never makes a login wait.
+func (m *maildrop) completionOpener() completionOpener {
+	prov, acct, account, reopen, log := m.d.prov, m.acct, m.account, m.reopen, m.log
+	return func(ctx context.Context) (*upstream.Conn, upstream.Status, func(), error) {
+		now, cancel := context.WithCancel(ctx)
+		cancel() // admit takes a free place or refuses; it does not wait
+		free, err := prov.admit(now, zap.NewNop(), acct)
+		if err != nil {
+			return nil, upstream.Status{}, nil, errors.New("no upstream connection free in the account's budget")
+		}
+		conn, st, err := reopen(ctx, account)
+		prov.outcome(log, acct, err, true)
+		if err != nil {
+			free()
+			return nil, upstream.Status{}, nil, err
+		}
+		return conn, st, free, nil
+	}
+}
+
+// complete starts the background completion of rec, the record of mbox a
+// sync just returned, when some of its entries have no fingerprint yet and
+// no completion of mbox runs in this process. It returns at once.
+// Another instance sharing a PostgreSQL store may complete the same
+// mailbox at the same time: each batch is merged into the record as it is
+// then (records.update), and a fingerprint is only ever added where none is.
+func (r *records) complete(mbox string, rec *state.Mailbox, log *zap.Logger, open completionOpener) {
+	if !unfingerprinted(rec) {
+		return
+	}
+	c := r.bg
+	c.mu.Lock()
+	if c.stopped || c.running[mbox] {
+		c.mu.Unlock()
+		return
+	}
+	c.running[mbox] = true
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		defer func() {
+			c.mu.Lock()
+			delete(c.running, mbox)
+			c.mu.Unlock()
+		}()
+		if c.hold != nil {
+			c.hold()
+		}
+		r.runCompletion(c.ctx, mbox, log.With(zap.String("mailbox", mbox)), open)
+	}()
+}
+
+// unfingerprinted reports whether an entry of m has no fingerprint. It
+// runs at every login, so it allocates nothing.
+func unfingerprinted(m *state.Mailbox) bool {
+	for i := range m.Entries {
+		if m.Entries[i].Fingerprint == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// errStale stops a completion whose record moved to another UIDVALIDITY.
+var errStale = errors.New("the mailbox has another UIDVALIDITY now")
+
+// runCompletion completes the record of mbox on a connection of its own:
+// the fingerprints of the entries without one, in batches, and then the
+// digests of the entries whose fingerprints tie. It logs once, at the end.
+func (r *records) runCompletion(ctx context.Context, mbox string, log *zap.Logger, open completionOpener) {
+	start := time.Now()
+	var fps, digests int
+	err := func() error {
+		conn, st, free, err := open(ctx)
+		if err != nil {
+			return err
+		}
+		defer free()
+		defer conn.Close()
+		cur, err := r.load(ctx, mbox)
+		if err != nil {
+			return err
+		}
+		uv := cur.UIDValidity
+		if st.UIDValidity != uv {
+			return errStale
+		}
+		missing := state.Unfingerprinted(cur)
+		for len(missing) > 0 {
+			batch := missing[:min(r.batch, len(missing))]
+			missing = missing[len(batch):]
+			got := make(map[uint32]string, len(batch))
+			err := conn.FetchInfo(ctx, batch, func(msg upstream.Msg) error {
+				got[msg.UID] = listed(msg, true).Fingerprint
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			n, err := r.fill(ctx, mbox, func(cur *state.Mailbox) (state.MailboxChange, bool) {
+				return state.AddFingerprints(cur, uv, got)
+			}, uv)
+			fps += n
+			if err != nil {
+				return err
+			}
+		}
+		// The fingerprints are complete: the entries that share one must
+		// be told apart by digest (state.Rematch).
+		if cur, err = r.load(ctx, mbox); err != nil {
+			return err
+		}
+		if cur.UIDValidity != uv {
+			return errStale
+		}
+		ties := state.DigestsMissing(cur)
+		for len(ties) > 0 {
+			batch := ties[:min(digestBatch, len(ties))]
+			ties = ties[len(batch):]
+			got, err := r.digests(ctx, conn, batch)
+			if err != nil {
+				return err
+			}
+			n, err := r.fill(ctx, mbox, func(cur *state.Mailbox) (state.MailboxChange, bool) {
+				return state.AddDigests(cur, uv, got)
+			}, uv)
+			digests += n
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}()
+	fields := []zap.Field{zap.Int("fingerprints", fps), zap.Int("digests", digests), zap.Duration("took", time.Since(start).Round(time.Millisecond))}
+	switch {
+	case err == nil:
+		log.Info("fingerprints completed in the background", fields...)
+	case errors.Is(err, errStale):
+		log.Info("fingerprint completion stopped: the upstream UIDVALIDITY changed", fields...)
+	default:
+		log.Info("fingerprint completion stopped; a later login goes on with it", append(fields, zap.Error(err))...)
+	}
+}
+
+// fill stores the change add computes from the current record of mbox and
+// returns how many entries it changed. A record that moved to another
+// UIDVALIDITY than uv is errStale.
+func (r *records) fill(ctx context.Context, mbox string, add func(cur *state.Mailbox) (state.MailboxChange, bool), uv uint32) (int, error) {
+	n := 0
+	_, err := r.update(ctx, mbox, func(cur *state.Mailbox) (state.MailboxChange, error) {
+		if cur.UIDValidity != uv {
+			return state.MailboxChange{}, errStale
+		}
+		ch, ok := add(cur)
+		if !ok {
+			n = 0
+			return ch, errUnchanged
+		}
+		n = len(ch.Put)
+		return ch, nil
+	})
+	return n, err
+}
