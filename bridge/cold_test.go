@@ -26,12 +26,12 @@ const coldMailbox = "Cold"
 type coldGate struct{ sync.Mutex }
 
 // withCold makes every sync of at least coldAt messages take the cheap
-// listing, completions fetch batch UIDs at a time, and each completion
-// wait for gate (when not nil) before it starts.
+// listing, completions fetch batch UIDs at a time and start at once, and
+// each completion wait for gate (when not nil) before it starts.
 func withCold(coldAt, batch int, gate *coldGate) envOpt {
 	return withTune(func(s *Server) {
 		r := s.Bridge.records
-		r.coldAt, r.batch = coldAt, batch
+		r.coldAt, r.batch, r.bg.delay = coldAt, batch, 0
 		if gate != nil {
 			r.bg.hold = func() { gate.Lock(); gate.Unlock() }
 		}

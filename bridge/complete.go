@@ -35,9 +35,14 @@ const (
 	coldListingAt = 1000
 	// completeBatch is records.batch: UIDs per UID FETCH of a completion,
 	// each batch one store update.
-	completeBatch = 2000
+	completeBatch = 5000
 	// digestBatch bounds the messages (whole bodies) of one digest FETCH.
 	digestBatch = 100
+	// completionDelay is how long a completion waits before it opens its
+	// connection, so that the session that started it answers its first
+	// commands (STAT, UIDL of the whole mailbox) without competing with it
+	// for the CPU and the upstream.
+	completionDelay = time.Second
 )
 
 // completions runs the background completions of one process: at most one
@@ -50,13 +55,15 @@ type completions struct {
 	mu      sync.Mutex
 	running map[string]bool // mailbox keys
 	stopped bool
-	// hold, when set (tests), runs first in each completion's goroutine.
+	delay   time.Duration // completionDelay; tests set 0
+	// hold, when set (tests), runs first in each completion's goroutine,
+	// after the delay.
 	hold func()
 }
 
 func newCompletions() *completions {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &completions{ctx: ctx, cancel: cancel, running: map[string]bool{}}
+	return &completions{ctx: ctx, cancel: cancel, running: map[string]bool{}, delay: completionDelay}
 }
 
 // stop ends the running completions (their upstream commands fail at
@@ -133,6 +140,15 @@ func (r *records) complete(mbox string, rec *state.Mailbox, log *zap.Logger, ope
 			delete(c.running, mbox)
 			c.mu.Unlock()
 		}()
+		if c.delay > 0 {
+			t := time.NewTimer(c.delay)
+			select {
+			case <-t.C:
+			case <-c.ctx.Done():
+				t.Stop()
+				return
+			}
+		}
 		if c.hold != nil {
 			c.hold()
 		}
