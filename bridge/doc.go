@@ -33,7 +33,11 @@
 //     SHA-256 of their content, taken when the tie is first seen, and a UIDL
 //     goes over only when fingerprint and digest name one stored message and
 //     one message now; a message it cannot tell apart gets a new UIDL (the
-//     client downloads it again, which loses nothing).
+//     client downloads it again, which loses nothing). The same holds for a
+//     message whose fingerprint the background completion (complete.go) has
+//     not stored yet: the first listing of a large mailbox takes only UID
+//     and RFC822.SIZE, and a UIDVALIDITY change before the completion ends
+//     gives such a message a new UIDL, never another's.
 //     The state records are keyed on
 //     upstream.name, the account (through accountKey, the one function
 //     every key is built with) and the mailbox, never on upstream.address:
