@@ -279,3 +279,92 @@ func TestColdWindow(t *testing.T) {
 		}
 	})
 }
+
+// TestColdCompletionStopsAtShutdown: a completion whose FETCH hangs
+// upstream neither holds the session's QUIT nor the server's Shutdown;
+// it stores nothing it did not fetch, and the next login after the
+// restart completes the record.
+func TestColdCompletionStopsAtShutdown(t *testing.T) {
+	up := memUpstream(t)
+	up.box.Create(coldMailbox)
+	coldMessages(up, 5, "s", time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC))
+	var gate coldGate
+	gate.Lock()
+	e := startBridge(t, up, withConfig(func(c *Config) { c.Upstream.Mailbox = coldMailbox }), withCold(3, 2, &gate), withObserver())
+	c := e.session("")
+	if n := len(c.uidls()); n != 5 {
+		t.Fatalf("%d messages", n)
+	}
+	release := up.mem.Block("FETCH")
+	defer release()
+	gate.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); len(up.mem.CommandsNamed("UID FETCH")) < 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("the completion sent no UID FETCH")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if q := c.quit(); !strings.HasPrefix(q, "+OK") {
+		t.Fatalf("QUIT while the completion hangs = %q", q)
+	}
+	st, srv := e.st, e.srv
+	e.keepStore = true
+	e.stop() // fails the test if Shutdown does not end the completion
+	srv.Bridge.records.bg.wait()
+	if n := e.logs.FilterMessage("fingerprint completion stopped; a later login goes on with it").Len(); n != 1 {
+		t.Errorf("%d log lines of the stopped completion, want 1", n)
+	}
+	m, err := st.LoadMailbox(context.Background(), srv.Bridge.mailboxKey(up.user))
+	st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(state.Unfingerprinted(m)); n != 5 {
+		t.Errorf("%d entries without a fingerprint after the cut completion, want 5", n)
+	}
+	release()
+	e.keepStore = false
+	e.start()
+	c = e.session("")
+	c.quit()
+	e.srv.Bridge.records.bg.wait()
+	if n := len(state.Unfingerprinted(coldRecord(t, e))); n != 0 {
+		t.Errorf("%d entries without a fingerprint after the next login's completion", n)
+	}
+}
+
+// TestColdCompletionWithinBudget: with upstream.max_connections_per_account
+// = 1 the session holds the account's only connection, so no completion
+// opens one of its own: each login completes one batch on the session's
+// connection instead, and after enough logins every fingerprint and
+// digest is stored. No login waits for a place or opens two connections.
+func TestColdCompletionWithinBudget(t *testing.T) {
+	up := memUpstream(t)
+	up.box.Create(coldMailbox)
+	coldMessages(up, 5, "b", time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC))
+	e := startBridge(t, up, withConfig(func(c *Config) {
+		c.Upstream.Mailbox = coldMailbox
+		c.Upstream.MaxConnectionsPerAccount = 1
+	}), withCold(3, 2, nil))
+	for i, want := range []int{3, 1, 0} {
+		up.mem.ResetCommands()
+		c := e.session("")
+		if n := len(c.uidls()); n != 5 {
+			t.Fatalf("login %d: %d messages", i+1, n)
+		}
+		c.quit()
+		e.srv.Bridge.records.bg.wait()
+		if n := len(up.mem.CommandsNamed("LOGIN")); n != 1 {
+			t.Errorf("login %d: %d upstream LOGINs, want the session's alone", i+1, n)
+		}
+		rec := coldRecord(t, e)
+		if n := len(state.Unfingerprinted(rec)); n != want {
+			t.Errorf("after login %d: %d entries without a fingerprint, want %d", i+1, n, want)
+		}
+		if want == 0 {
+			if got := state.DigestsMissing(rec); len(got) != 0 {
+				t.Errorf("after the last slice the twins %v have no digest", got)
+			}
+		}
+	}
+}

@@ -24,9 +24,11 @@ import (
 // UIDVALIDITY change, and, where fingerprints tie, the content digest.
 // A completion adds them: one goroutine per mailbox, on an upstream
 // connection of its own, in batches of records.batch UIDs, each batch
-// stored at once through records.update. Until a message has its
-// fingerprint, a UIDVALIDITY change gives it a new UIDL (the client
-// downloads it once more), never another message's.
+// stored at once through records.update. When the account's connection
+// budget has no place free, each login completes one batch on its own
+// connection instead. Until a message has its fingerprint, a UIDVALIDITY
+// change gives it a new UIDL (the client downloads it once more), never
+// another message's.
 
 const (
 	// coldListingAt is records.coldAt: from this many messages on, a
@@ -35,13 +37,13 @@ const (
 	coldListingAt = 1000
 	// completeBatch is records.batch: UIDs per UID FETCH of a completion,
 	// each batch one store update.
-	completeBatch = 5000
+	completeBatch = 2000
 	// digestBatch bounds the messages (whole bodies) of one digest FETCH.
 	digestBatch = 100
-	// completionDelay is how long a completion waits before it opens its
-	// connection, so that the session that started it answers its first
-	// commands (STAT, UIDL of the whole mailbox) without competing with it
-	// for the CPU and the upstream.
+	// completionDelay is how long a completion waits, once its
+	// connection is open, before its first FETCH, so that the session
+	// that started it answers its first commands (STAT, UIDL of the whole
+	// mailbox) without competing with it for the CPU and the upstream.
 	completionDelay = time.Second
 )
 
@@ -57,7 +59,7 @@ type completions struct {
 	stopped bool
 	delay   time.Duration // completionDelay; tests set 0
 	// hold, when set (tests), runs first in each completion's goroutine,
-	// after the delay.
+	// before it opens its connection.
 	hold func()
 }
 
@@ -87,40 +89,52 @@ func (c *completions) stop(ctx context.Context) {
 // wait waits for the running completions to end (tests).
 func (c *completions) wait() { c.wg.Wait() }
 
-// completionOpener opens an upstream connection for a completion and
-// returns it with the function that frees its place in the account's
-// connection budget.
-type completionOpener func(ctx context.Context) (*upstream.Conn, upstream.Status, func(), error)
+// completer is how a completion started by a session gets to the
+// upstream (maildrop.completer).
+type completer struct {
+	// admit takes a place in the account's connection budget if one is
+	// free now, without waiting; free gives it back.
+	admit func() (free func(), err error)
+	// open logs in with the session's credentials and selects the
+	// mailbox.
+	open func(ctx context.Context) (*upstream.Conn, upstream.Status, error)
+	// conn is the session's own connection, for a slice when no place is
+	// free.
+	conn *upstream.Conn
+}
 
-// completionOpener opens the completion's connection with the session's
-// credentials, only when the account's connection budget has a place free
-// now (and no back-off holds it): a completion never makes a login wait.
-func (m *maildrop) completionOpener() completionOpener {
+// completer is the session's way to the upstream for a completion.
+func (m *maildrop) completer() completer {
 	prov, acct, account, reopen, log := m.d.prov, m.acct, m.account, m.reopen, m.log
-	return func(ctx context.Context) (*upstream.Conn, upstream.Status, func(), error) {
-		now, cancel := context.WithCancel(ctx)
-		cancel() // admit takes a free place or refuses; it does not wait
-		free, err := prov.admit(now, zap.NewNop(), acct)
-		if err != nil {
-			return nil, upstream.Status{}, nil, errors.New("no upstream connection free in the account's budget")
-		}
-		conn, st, err := reopen(ctx, account)
-		prov.outcome(log, acct, err, true)
-		if err != nil {
-			free()
-			return nil, upstream.Status{}, nil, err
-		}
-		return conn, st, free, nil
+	return completer{
+		admit: func() (func(), error) {
+			now, cancel := context.WithCancel(context.Background())
+			cancel() // admit takes a free place or refuses; it does not wait
+			return prov.admit(now, zap.NewNop(), acct)
+		},
+		open: func(ctx context.Context) (*upstream.Conn, upstream.Status, error) {
+			conn, st, err := reopen(ctx, account)
+			prov.outcome(log, acct, err, true)
+			return conn, st, err
+		},
+		conn: m.conn,
 	}
 }
 
-// complete starts the background completion of rec, the record of mbox a
-// sync just returned, when some of its entries have no fingerprint yet and
-// no completion of mbox runs in this process. It returns at once.
+// complete goes on with the completion of rec, the record of mbox a sync
+// of the session's connection just returned, when some of its entries
+// have no fingerprint yet and no completion of mbox runs in this process.
+// With a place free in the account's connection budget, it starts the
+// background completion on a connection of its own and returns at once.
+// Without one (upstream.max_connections_per_account reached), it completes
+// one slice (records.batch UIDs, or the digests of up to digestBatch tied
+// messages) on the session's connection before the login answers, so that
+// the completion advances at every login all the same; a failure there
+// is logged and does not fail the login.
 // Another instance sharing a PostgreSQL store may complete the same
 // mailbox at the same time: each batch is merged into the record as it is
 // then (records.update), and a fingerprint is only ever added where none is.
-func (r *records) complete(mbox string, rec *state.Mailbox, log *zap.Logger, open completionOpener) {
+func (r *records) complete(ctx context.Context, mbox string, rec *state.Mailbox, log *zap.Logger, via completer) {
 	if !unfingerprinted(rec) {
 		return
 	}
@@ -128,6 +142,19 @@ func (r *records) complete(mbox string, rec *state.Mailbox, log *zap.Logger, ope
 	c.mu.Lock()
 	if c.stopped || c.running[mbox] {
 		c.mu.Unlock()
+		return
+	}
+	free, err := via.admit()
+	if err != nil {
+		c.mu.Unlock()
+		fps, digests, err := r.completeSlices(ctx, via.conn, mbox, rec.UIDValidity, 1)
+		if err != nil {
+			log.Info("fingerprint completion: a slice on the session's connection failed; the next login goes on with it",
+				zap.String("mailbox", mbox), zap.Int("fingerprints", fps), zap.Int("digests", digests), zap.Error(err))
+		} else {
+			log.Debug("fingerprint completion: one slice on the session's connection (no upstream connection free in the account's budget)",
+				zap.String("mailbox", mbox), zap.Int("fingerprints", fps), zap.Int("digests", digests))
+		}
 		return
 	}
 	c.running[mbox] = true
@@ -140,19 +167,11 @@ func (r *records) complete(mbox string, rec *state.Mailbox, log *zap.Logger, ope
 			delete(c.running, mbox)
 			c.mu.Unlock()
 		}()
-		if c.delay > 0 {
-			t := time.NewTimer(c.delay)
-			select {
-			case <-t.C:
-			case <-c.ctx.Done():
-				t.Stop()
-				return
-			}
-		}
+		defer free()
 		if c.hold != nil {
 			c.hold()
 		}
-		r.runCompletion(c.ctx, mbox, log.With(zap.String("mailbox", mbox)), open)
+		r.runCompletion(c.ctx, mbox, log.With(zap.String("mailbox", mbox)), via.open, c.delay)
 	}()
 }
 
@@ -172,70 +191,30 @@ var errStale = errors.New("the mailbox has another UIDVALIDITY now")
 
 // runCompletion completes the record of mbox on a connection of its own:
 // the fingerprints of the entries without one, in batches, and then the
-// digests of the entries whose fingerprints tie. It logs once, at the end.
-func (r *records) runCompletion(ctx context.Context, mbox string, log *zap.Logger, open completionOpener) {
+// digests of the entries whose fingerprints tie. It opens the connection
+// at once, while the session that started it still holds its credentials
+// (an enrolled account's key is forgotten when its session ends), and
+// sends its first FETCH after delay. It logs once, at the end.
+func (r *records) runCompletion(ctx context.Context, mbox string, log *zap.Logger, open func(context.Context) (*upstream.Conn, upstream.Status, error), delay time.Duration) {
 	start := time.Now()
 	var fps, digests int
 	err := func() error {
-		conn, st, free, err := open(ctx)
+		conn, st, err := open(ctx)
 		if err != nil {
 			return err
 		}
-		defer free()
 		defer conn.Close()
-		cur, err := r.load(ctx, mbox)
-		if err != nil {
-			return err
-		}
-		uv := cur.UIDValidity
-		if st.UIDValidity != uv {
-			return errStale
-		}
-		missing := state.Unfingerprinted(cur)
-		for len(missing) > 0 {
-			batch := missing[:min(r.batch, len(missing))]
-			missing = missing[len(batch):]
-			got := make(map[uint32]string, len(batch))
-			err := conn.FetchInfo(ctx, batch, func(msg upstream.Msg) error {
-				got[msg.UID] = listed(msg, true).Fingerprint
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			n, err := r.fill(ctx, mbox, func(cur *state.Mailbox) (state.MailboxChange, bool) {
-				return state.AddFingerprints(cur, uv, got)
-			}, uv)
-			fps += n
-			if err != nil {
-				return err
+		if delay > 0 {
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
 			}
 		}
-		// The fingerprints are complete: the entries that share one must
-		// be told apart by digest (state.Rematch).
-		if cur, err = r.load(ctx, mbox); err != nil {
-			return err
-		}
-		if cur.UIDValidity != uv {
-			return errStale
-		}
-		ties := state.DigestsMissing(cur)
-		for len(ties) > 0 {
-			batch := ties[:min(digestBatch, len(ties))]
-			ties = ties[len(batch):]
-			got, err := r.digests(ctx, conn, batch)
-			if err != nil {
-				return err
-			}
-			n, err := r.fill(ctx, mbox, func(cur *state.Mailbox) (state.MailboxChange, bool) {
-				return state.AddDigests(cur, uv, got)
-			}, uv)
-			digests += n
-			if err != nil {
-				return err
-			}
-		}
-		return nil
+		fps, digests, err = r.completeSlices(ctx, conn, mbox, st.UIDValidity, 0)
+		return err
 	}()
 	fields := []zap.Field{zap.Int("fingerprints", fps), zap.Int("digests", digests), zap.Duration("took", time.Since(start).Round(time.Millisecond))}
 	switch {
@@ -246,6 +225,76 @@ func (r *records) runCompletion(ctx context.Context, mbox string, log *zap.Logge
 	default:
 		log.Info("fingerprint completion stopped; a later login goes on with it", append(fields, zap.Error(err))...)
 	}
+}
+
+// completeSlices completes the record of mbox over conn, whose selected
+// mailbox has UIDVALIDITY uv: the fingerprints of the entries without one,
+// records.batch UIDs per UID FETCH, and once none is missing, the digests
+// of the entries whose fingerprints tie, digestBatch at a time. Each slice
+// is stored at once. With limit > 0 it stops after that many slices of
+// fingerprints, or, once they are complete, of digests. It returns the
+// fingerprints and digests it stored.
+func (r *records) completeSlices(ctx context.Context, conn *upstream.Conn, mbox string, uv uint32, limit int) (fps, digests int, err error) {
+	slices := 0
+	more := func() bool { return limit <= 0 || slices < limit }
+	cur, err := r.load(ctx, mbox)
+	if err != nil {
+		return 0, 0, err
+	}
+	if cur.UIDValidity != uv {
+		return 0, 0, errStale
+	}
+	missing := state.Unfingerprinted(cur)
+	for len(missing) > 0 {
+		if !more() {
+			return fps, digests, nil
+		}
+		slices++
+		batch := missing[:min(r.batch, len(missing))]
+		missing = missing[len(batch):]
+		got := make(map[uint32]string, len(batch))
+		err := conn.FetchInfo(ctx, batch, func(msg upstream.Msg) error {
+			got[msg.UID] = listed(msg, true).Fingerprint
+			return nil
+		})
+		if err != nil {
+			return fps, digests, err
+		}
+		n, err := r.fill(ctx, mbox, func(cur *state.Mailbox) (state.MailboxChange, bool) {
+			return state.AddFingerprints(cur, uv, got)
+		}, uv)
+		fps += n
+		if err != nil {
+			return fps, digests, err
+		}
+	}
+	// The fingerprints are complete: the entries that share one must be
+	// told apart by digest (state.Rematch).
+	if cur, err = r.load(ctx, mbox); err != nil {
+		return fps, digests, err
+	}
+	if cur.UIDValidity != uv {
+		return fps, digests, errStale
+	}
+	ties := state.DigestsMissing(cur)
+	slices = 0
+	for len(ties) > 0 && more() {
+		slices++
+		batch := ties[:min(digestBatch, len(ties))]
+		ties = ties[len(batch):]
+		got, err := r.digests(ctx, conn, batch)
+		if err != nil {
+			return fps, digests, err
+		}
+		n, err := r.fill(ctx, mbox, func(cur *state.Mailbox) (state.MailboxChange, bool) {
+			return state.AddDigests(cur, uv, got)
+		}, uv)
+		digests += n
+		if err != nil {
+			return fps, digests, err
+		}
+	}
+	return fps, digests, nil
 }
 
 // fill stores the change add computes from the current record of mbox and

@@ -64,7 +64,7 @@ func (m *maildrop) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m.d.records.complete(m.key.Mailbox, rec, m.log, m.completionOpener())
+	m.d.records.complete(ctx, m.key.Mailbox, rec, m.log, m.completer())
 	cl, err := m.d.loadClient(ctx, m.key)
 	if err != nil {
 		return fmt.Errorf("loading the client record: %w", err)
