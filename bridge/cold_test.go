@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/popbridge/popbridge/state"
+	"github.com/popbridge/popbridge/state/pgstore/pgtest"
 )
 
 // The cold first poll: a large mailbox seen for the first time is listed
@@ -365,6 +366,50 @@ func TestColdCompletionWithinBudget(t *testing.T) {
 			if got := state.DigestsMissing(rec); len(got) != 0 {
 				t.Errorf("after the last slice the twins %v have no digest", got)
 			}
+		}
+	}
+}
+
+// TestColdCompletionTwoInstances: two instances on one PostgreSQL store
+// complete the same mailbox at the same time (a session on each, their
+// completions let go together). Their batches merge: the record ends up
+// as a foreground listing stores it, every UIDL the one served.
+func TestColdCompletionTwoInstances(t *testing.T) {
+	dsn := pgtest.Schema(t)
+	up := memUpstream(t)
+	up.box.Create(coldMailbox)
+	coldMessages(up, 9, "p", time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC))
+	var gate coldGate
+	gate.Lock()
+	opts := []envOpt{withConfig(func(c *Config) { c.Upstream.Mailbox = coldMailbox }), withCold(3, 2, &gate), withPostgres(dsn)}
+	a := startBridge(t, up, opts...)
+	b := startBridge(t, up, opts...)
+	ca := a.session("phone")
+	served := ca.uidls()
+	cb := b.session("laptop")
+	if got := cb.uidls(); !slices.Equal(got, served) {
+		t.Fatalf("instance b serves %v, instance a %v", got, served)
+	}
+	gate.Unlock()
+	ca.quit()
+	cb.quit()
+	a.srv.Bridge.records.bg.wait()
+	b.srv.Bridge.records.bg.wait()
+
+	fg := startBridge(t, up, withConfig(func(c *Config) { c.Upstream.Mailbox = coldMailbox }))
+	c := fg.session("")
+	c.quit()
+	want := coldRecord(t, fg)
+	got := coldRecord(t, a)
+	if len(got.Entries) != len(want.Entries) {
+		t.Fatalf("completed record %d entries, foreground %d", len(got.Entries), len(want.Entries))
+	}
+	for i, e := range got.Entries {
+		if e != want.Entries[i] {
+			t.Errorf("entry %d completed by two instances %+v, listed in the foreground %+v", i, e, want.Entries[i])
+		}
+		if e.UIDL != served[i] {
+			t.Errorf("entry %d has UIDL %s, served %s", i, e.UIDL, served[i])
 		}
 	}
 }
