@@ -137,3 +137,27 @@ func TestCompletedTwinsGetDigests(t *testing.T) {
 		t.Errorf("twins after the change: %+v", rch.Put)
 	}
 }
+
+// TestApplyMerges: Apply of a change that replaces some entries, adds new
+// ones and deletes others gives the ascending record, the later of two
+// Puts of a UID winning, whatever the order of Put; a record out of order
+// (not as the stores keep it) comes out sorted too.
+func TestApplyMerges(t *testing.T) {
+	m := &Mailbox{Version: 1, Entries: []Entry{{UID: 2, UIDL: "b"}, {UID: 4, UIDL: "d"}, {UID: 6, UIDL: "f"}, {UID: 8, UIDL: "h"}}}
+	ch := MailboxChange{Delete: []uint32{6}, Put: []Entry{{UID: 9, UIDL: "i"}, {UID: 4, UIDL: "d1"}, {UID: 1, UIDL: "a"}, {UID: 4, UIDL: "d2"}}}
+	got := Apply(m, 2, ch)
+	want := []Entry{{UID: 1, UIDL: "a"}, {UID: 2, UIDL: "b"}, {UID: 4, UIDL: "d2"}, {UID: 8, UIDL: "h"}, {UID: 9, UIDL: "i"}}
+	if !slices.Equal(got.Entries, want) || got.Version != 2 {
+		t.Errorf("Apply = %+v", got)
+	}
+	if m.Entries[1].UIDL != "d" || len(m.Entries) != 4 {
+		t.Errorf("Apply modified its input: %+v", m.Entries)
+	}
+	unordered := &Mailbox{Entries: []Entry{{UID: 5, UIDL: "e"}, {UID: 3, UIDL: "c"}}}
+	if got := Apply(unordered, 1, MailboxChange{Put: []Entry{{UID: 4, UIDL: "d"}}}); !slices.Equal(got.Entries, []Entry{{UID: 3, UIDL: "c"}, {UID: 4, UIDL: "d"}, {UID: 5, UIDL: "e"}}) {
+		t.Errorf("Apply of an unordered record = %+v", got.Entries)
+	}
+	if got := Apply(m, 3, MailboxChange{Reset: true, Put: []Entry{{UID: 7, UIDL: "x"}}}); !slices.Equal(got.Entries, []Entry{{UID: 7, UIDL: "x"}}) {
+		t.Errorf("Apply with Reset = %+v", got.Entries)
+	}
+}

@@ -259,33 +259,71 @@ func Rematch(m *Mailbox, now Markers, listed []Listed, digests map[uint32]string
 // checks it).
 func Apply(m *Mailbox, version uint64, ch MailboxChange) *Mailbox {
 	out := &Mailbox{Version: version, Markers: ch.Markers}
-	var entries []Entry
+	var kept []Entry
 	if !ch.Reset {
-		del := make(map[uint32]bool, len(ch.Delete)+len(ch.Put))
-		for _, u := range ch.Delete {
-			del[u] = true
-		}
-		for _, e := range ch.Put {
-			del[e.UID] = true
-		}
-		entries = make([]Entry, 0, len(m.Entries)+len(ch.Put))
-		for _, e := range m.Entries {
-			if !del[e.UID] {
-				entries = append(entries, e)
+		kept = m.Entries
+		if len(ch.Delete) > 0 || len(ch.Put) > 0 {
+			del := make(map[uint32]bool, len(ch.Delete)+len(ch.Put))
+			for _, u := range ch.Delete {
+				del[u] = true
+			}
+			for _, e := range ch.Put {
+				del[e.UID] = true
+			}
+			kept = make([]Entry, 0, len(m.Entries))
+			for _, e := range m.Entries {
+				if !del[e.UID] {
+					kept = append(kept, e)
+				}
 			}
 		}
 	}
-	entries = append(entries, ch.Put...)
-	slices.SortStableFunc(entries, func(a, b Entry) int { return cmpUID(a.UID, b.UID) })
 	// A later Put of the same UID wins.
-	out.Entries = entries[:0]
-	for i, e := range entries {
-		if i+1 < len(entries) && entries[i+1].UID == e.UID {
+	last := lastByUID(slices.Clone(ch.Put))
+	if !ascendingEntries(kept) {
+		// Not a record as the stores keep it; sort what is left.
+		kept = lastByUID(slices.Clone(kept))
+	}
+	// Merge the two ascending lists; they share no UID.
+	out.Entries = make([]Entry, 0, len(kept)+len(last))
+	i, j := 0, 0
+	for i < len(kept) && j < len(last) {
+		if kept[i].UID < last[j].UID {
+			out.Entries = append(out.Entries, kept[i])
+			i++
+		} else {
+			out.Entries = append(out.Entries, last[j])
+			j++
+		}
+	}
+	out.Entries = append(out.Entries, kept[i:]...)
+	out.Entries = append(out.Entries, last[j:]...)
+	return out
+}
+
+// lastByUID sorts es by UID, stably, and keeps the last entry of each
+// UID. It reuses es.
+func lastByUID(es []Entry) []Entry {
+	slices.SortStableFunc(es, func(a, b Entry) int { return cmpUID(a.UID, b.UID) })
+	out := es[:0]
+	for i, e := range es {
+		if i+1 < len(es) && es[i+1].UID == e.UID {
 			continue
 		}
-		out.Entries = append(out.Entries, e)
+		out = append(out, e)
 	}
 	return out
+}
+
+// ascendingEntries reports whether es is in ascending UID order without
+// duplicates.
+func ascendingEntries(es []Entry) bool {
+	for i := 1; i < len(es); i++ {
+		if es[i].UID <= es[i-1].UID {
+			return false
+		}
+	}
+	return true
 }
 
 // strictlyAscending reports whether l is in ascending UID order without
