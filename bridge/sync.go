@@ -16,7 +16,10 @@ import (
 // mailbox, asking the upstream as little as it can (see "Sync at login" in
 // docs/architecture.md), and returns the record. With measure, the size
 // of each message new to the record is measured (measureSizes) instead of
-// taken from RFC822.SIZE.
+// taken from RFC822.SIZE. Many messages to list (cheapFull,
+// cheapIncremental) are listed with UID and RFC822.SIZE only: their
+// fingerprints are left to the completion (complete.go), which the caller
+// starts with records.complete.
 func (r *records) sync(ctx context.Context, conn *upstream.Conn, mbox string, st upstream.Status, log *zap.Logger, measure bool) (*state.Mailbox, error) {
 	now := state.Markers{UIDValidity: st.UIDValidity, UIDNext: st.UIDNext, NumMessages: st.NumMessages, HighestModSeq: st.HighestModSeq}
 	uidl := func(uid uint32) string { return r.uidl.Format(uid, st.UIDValidity) }
