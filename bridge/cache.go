@@ -61,10 +61,17 @@ func (c *recordCache) put(mbox string, rec *state.Mailbox) *snapshot {
 	if s := c.get(mbox, rec.Version); s != nil {
 		return s
 	}
-	s := &snapshot{rec: rec, msgs: make([]pop3.Message, len(rec.Entries)), uids: make([]uint32, len(rec.Entries))}
-	for i, e := range rec.Entries {
-		s.msgs[i] = pop3.Message{Size: e.Size, UIDL: e.UIDL}
-		s.uids[i] = e.UID
+	s := &snapshot{rec: rec}
+	if old := c.latest(mbox); old != nil && sameList(old, rec) {
+		// Only what no session sees changed (fingerprints, digests: the
+		// background completion): share the message list.
+		s.msgs, s.uids = old.msgs, old.uids
+	} else {
+		s.msgs, s.uids = make([]pop3.Message, len(rec.Entries)), make([]uint32, len(rec.Entries))
+		for i, e := range rec.Entries {
+			s.msgs[i] = pop3.Message{Size: e.Size, UIDL: e.UIDL}
+			s.uids[i] = e.UID
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -89,4 +96,25 @@ func (c *recordCache) put(mbox string, rec *state.Mailbox) *snapshot {
 		delete(c.m, lru)
 	}
 	return s
+}
+
+// latest returns the cached snapshot of mbox, whatever its version, or nil.
+func (c *recordCache) latest(mbox string) *snapshot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[mbox]
+}
+
+// sameList reports whether s lists the messages of rec: the same UIDs,
+// UIDLs and sizes, in the same order.
+func sameList(s *snapshot, rec *state.Mailbox) bool {
+	if len(s.uids) != len(rec.Entries) {
+		return false
+	}
+	for i, e := range rec.Entries {
+		if s.uids[i] != e.UID || s.msgs[i].UIDL != e.UIDL || s.msgs[i].Size != e.Size {
+			return false
+		}
+	}
+	return true
 }

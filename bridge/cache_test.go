@@ -43,3 +43,33 @@ func TestRecordCache(t *testing.T) {
 		t.Errorf("cache holds %d entries", c.entries)
 	}
 }
+
+// TestRecordCacheSharesList: a newer record that differs only in what no
+// session sees (the fingerprints a completion adds) shares the message
+// list of the cached one; one whose sizes or UIDLs differ gets its own.
+func TestRecordCacheSharesList(t *testing.T) {
+	c := newRecordCache()
+	s2 := c.put("a", record(2, 3))
+	r3 := record(3, 3)
+	for i := range r3.Entries {
+		r3.Entries[i].Fingerprint = fmt.Sprint("f", i)
+	}
+	s3 := c.put("a", r3)
+	if s3.rec != r3 || &s3.msgs[0] != &s2.msgs[0] || &s3.uids[0] != &s2.uids[0] {
+		t.Error("fingerprints added: the message list was built again")
+	}
+	r4 := record(4, 3)
+	r4.Entries[1].Size = 7
+	s4 := c.put("a", r4)
+	if &s4.msgs[0] == &s3.msgs[0] || s4.msgs[1].Size != 7 || s3.msgs[1].Size != 101 {
+		t.Errorf("a size changed: msgs %+v, before %+v", s4.msgs, s3.msgs)
+	}
+	r5 := record(5, 3)
+	r5.Entries[2].UIDL = "other"
+	if s5 := c.put("a", r5); s5.msgs[2].UIDL != "other" || s4.msgs[2].UIDL != "u3" {
+		t.Errorf("a UIDL changed: msgs %+v", s5.msgs)
+	}
+	if s6 := c.put("a", record(6, 2)); len(s6.msgs) != 2 {
+		t.Errorf("a message fewer: msgs %+v", s6.msgs)
+	}
+}
