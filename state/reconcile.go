@@ -259,45 +259,43 @@ func Rematch(m *Mailbox, now Markers, listed []Listed, digests map[uint32]string
 // checks it).
 func Apply(m *Mailbox, version uint64, ch MailboxChange) *Mailbox {
 	out := &Mailbox{Version: version, Markers: ch.Markers}
-	var kept []Entry
+	var entries []Entry
 	if !ch.Reset {
-		kept = m.Entries
-		if len(ch.Delete) > 0 || len(ch.Put) > 0 {
-			del := make(map[uint32]bool, len(ch.Delete)+len(ch.Put))
-			for _, u := range ch.Delete {
-				del[u] = true
-			}
-			for _, e := range ch.Put {
-				del[e.UID] = true
-			}
-			kept = make([]Entry, 0, len(m.Entries))
-			for _, e := range m.Entries {
-				if !del[e.UID] {
-					kept = append(kept, e)
-				}
-			}
+		entries = m.Entries
+		if !ascendingEntries(entries) {
+			// Not a record as the stores keep it.
+			entries = lastByUID(slices.Clone(entries))
 		}
 	}
-	// A later Put of the same UID wins.
-	last := lastByUID(slices.Clone(ch.Put))
-	if !ascendingEntries(kept) {
-		// Not a record as the stores keep it; sort what is left.
-		kept = lastByUID(slices.Clone(kept))
+	var del map[uint32]bool
+	if len(ch.Delete) > 0 {
+		del = make(map[uint32]bool, len(ch.Delete))
+		for _, u := range ch.Delete {
+			del[u] = true
+		}
 	}
-	// Merge the two ascending lists; they share no UID.
-	out.Entries = make([]Entry, 0, len(kept)+len(last))
+	// A later Put of the same UID wins; a Put replaces the entry of its
+	// UID (Delete is applied before Put).
+	put := lastByUID(slices.Clone(ch.Put))
+	// Merge the two ascending lists.
+	out.Entries = make([]Entry, 0, len(entries)+len(put))
 	i, j := 0, 0
-	for i < len(kept) && j < len(last) {
-		if kept[i].UID < last[j].UID {
-			out.Entries = append(out.Entries, kept[i])
+	for i < len(entries) || j < len(put) {
+		switch {
+		case j == len(put) || i < len(entries) && entries[i].UID < put[j].UID:
+			if !del[entries[i].UID] {
+				out.Entries = append(out.Entries, entries[i])
+			}
 			i++
-		} else {
-			out.Entries = append(out.Entries, last[j])
+		case i == len(entries) || put[j].UID < entries[i].UID:
+			out.Entries = append(out.Entries, put[j])
+			j++
+		default:
+			out.Entries = append(out.Entries, put[j])
+			i++
 			j++
 		}
 	}
-	out.Entries = append(out.Entries, kept[i:]...)
-	out.Entries = append(out.Entries, last[j:]...)
 	return out
 }
 
