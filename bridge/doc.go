@@ -117,7 +117,9 @@
 //  17. An account holds at most upstream.max_connections_per_account upstream
 //     connections on an instance (the profile's by default: Gmail 15,
 //     Microsoft 20); a login beyond it waits briefly, then is refused with
-//     [SYS/TEMP] before the upstream hears of it. After a throttling answer
+//     [SYS/TEMP] before the upstream hears of it. The background completion
+//     of fingerprints (complete.go) counts in it, and takes a place only
+//     when one is free: it never makes a login wait. After a throttling answer
 //     the account's logins are refused with [LOGIN-DELAY], without reaching
 //     the upstream, until its back-off window has passed.
 //  18. Provider differences are data (profile.go), chosen by upstream.profile
