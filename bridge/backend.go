@@ -29,7 +29,7 @@ type Bridge struct {
 	records *records
 	now     func() time.Time
 	drops   *maildropDeps  // what every maildrop is given
-	prov    *providerState // the upstream's profile, connection budgets and back-off
+	prov    *providerState // [upstream]'s profile, connection budgets and back-off
 	metrics *metrics       // nil: nothing counted (a Bridge without a Server)
 
 	// sessions, when set, counts the sessions of each account
@@ -65,12 +65,14 @@ func NewBridgeWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 			return nil, err
 		}
 	}
-	enrolled, err := newEnrolled(cfg, st, log, opts)
+	b := &Bridge{accountOpts: opts, cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
+	now := func() time.Time { return b.now() }
+	enrolled, err := newEnrolled(cfg, st, log, opts, now)
 	if err != nil {
 		return nil, err
 	}
-	b := &Bridge{enrolled: enrolled, accountOpts: opts, cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
-	b.prov = newProviderState(cfg.Upstream, log, func() time.Time { return b.now() })
+	b.enrolled = enrolled
+	b.prov = newProviderState(cfg.Upstream, log, now)
 	b.drops = &maildropDeps{
 		records:  b.records,
 		store:    st,
@@ -78,8 +80,7 @@ func NewBridgeWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 		timeout:  cfg.Upstream.Timeout,
 		markSeen: cfg.Upstream.MarkSeenOnRetr,
 		ahead:    newAheadPool(readAheadTotal),
-		now:      func() time.Time { return b.now() },
-		prov:     b.prov,
+		now:      now,
 	}
 	return b, nil
 }
@@ -96,8 +97,7 @@ type maildropDeps struct {
 	markSeen bool          // upstream.mark_seen_on_retr
 	ahead    *aheadPool    // the read-ahead buffers of every session
 	now      func() time.Time
-	prov     *providerState // the upstream's profile; what it permits
-	metrics  *metrics       // nil: nothing counted
+	metrics  *metrics // nil: nothing counted
 }
 
 // loadClient is store.LoadClient, timed.
@@ -219,6 +219,10 @@ type target struct {
 	// timeout, when set, is the timeout of the target's upstream (an
 	// [[upstreams]] entry's) instead of upstream.timeout.
 	timeout time.Duration
+	// prov is the provider state of the target's upstream: [upstream]'s
+	// (Bridge.prov) or the [[upstreams]] entry's. Its profile, connection
+	// budgets and back-off windows govern the login and the maildrop.
+	prov *providerState
 }
 
 // resolver finds the target of the account part of a login name (device
@@ -232,7 +236,7 @@ func (b *Bridge) passthroughTarget(account string, open upstreamOpener) (target,
 	if !b.cfg.passthroughOn() {
 		return target{}, pop3.ErrAuthFailed
 	}
-	return target{open: open, mailboxKey: b.mailboxKey(account), legacy: true}, nil
+	return target{open: open, mailboxKey: b.mailboxKey(account), legacy: true, prov: b.prov}, nil
 }
 
 // loginWith is Login with the upstream left to resolve: it splits the
@@ -293,7 +297,10 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 // maildrop of (account, device).
 func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, device string, t target) (*maildrop, error) {
 	open := t.open
-	conn, st, freeSlot, err := b.openAdmitted(ctx, log, account, open)
+	if t.prov == nil {
+		t.prov = b.prov
+	}
+	conn, st, freeSlot, err := b.openAdmitted(ctx, log, account, t.prov, open)
 	if err != nil {
 		return nil, err
 	}
@@ -326,7 +333,7 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		deps = &own
 	}
 	md := &maildrop{
-		d: deps, log: log, key: key, account: account, acct: b.accountKey(account), reopen: open,
+		d: deps, prov: t.prov, log: log, key: key, account: account, acct: b.accountKey(account), reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
 	}
 	if t.legacy {

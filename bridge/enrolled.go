@@ -37,6 +37,7 @@ import (
 // oauthUpstream is a configured [[upstreams]] entry, ready to dial.
 type oauthUpstream struct {
 	cfg    resolvedUpstream
+	prov   *providerState // the entry's profile, connection budgets and back-off
 	dial   upstream.Config
 	client *oauth.Client
 	app    *oauth.AppKeeper // app-only token of client (client credentials)
@@ -62,9 +63,9 @@ type AccountOptions struct {
 }
 
 // newEnrolled builds the registry over st (when st keeps accounts) and
-// the clients of the [[upstreams]] entries; it reads their client secrets
-// and the server key.
-func newEnrolled(cfg Config, st state.Store, log *zap.Logger, opts AccountOptions) (*enrolledState, error) {
+// the clients and provider states of the [[upstreams]] entries; it reads
+// their client secrets and the server key.
+func newEnrolled(cfg Config, st state.Store, log *zap.Logger, opts AccountOptions, now func() time.Time) (*enrolledState, error) {
 	e := &enrolledState{upstreams: map[string]*oauthUpstream{}, reg: opts.Registry}
 	if e.reg == nil {
 		if as, ok := st.(state.AccountStore); ok {
@@ -88,7 +89,7 @@ func newEnrolled(cfg Config, st state.Store, log *zap.Logger, opts AccountOption
 		if err != nil {
 			return nil, fmt.Errorf("config: upstreams %q: %w", u.Name, err)
 		}
-		ou := &oauthUpstream{cfg: r, dial: dc, client: c}
+		ou := &oauthUpstream{cfg: r, dial: dc, client: c, prov: newProviderState(r.UpstreamConfig, log, now)}
 		if c.Flow() == oauth.FlowClientCredentials {
 			ou.app = oauth.NewAppKeeper(c)
 		}
@@ -206,6 +207,7 @@ func (b *Bridge) enrolledOpen(log *zap.Logger, info *account.Info, up *oauthUpst
 		mailboxKey: MailboxKey(up.cfg.Name, b.accountKey(user), up.cfg.Mailbox),
 		done:       sess.Close,
 		timeout:    up.cfg.Timeout,
+		prov:       up.prov,
 	}, nil
 }
 

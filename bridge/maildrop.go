@@ -30,6 +30,7 @@ const (
 // goroutine.
 type maildrop struct {
 	d       *maildropDeps
+	prov    *providerState // the target upstream's profile, budgets and back-off
 	log     *zap.Logger
 	key     state.ClientKey
 	account string
@@ -60,7 +61,7 @@ type maildrop struct {
 // still there) and the replay is tried again at the next login, within the
 // bound of maxReplayAttempts and maxReplayAge.
 func (m *maildrop) open(ctx context.Context) error {
-	rec, err := m.d.records.sync(ctx, m.conn, m.key.Mailbox, m.status, m.log, m.d.prov.measureSizes(m.key.Mailbox))
+	rec, err := m.d.records.sync(ctx, m.conn, m.key.Mailbox, m.status, m.log, m.prov.measureSizes(m.key.Mailbox))
 	if err != nil {
 		return err
 	}
@@ -251,7 +252,7 @@ func (m *maildrop) Retr(ctx context.Context, n int, cw pop3.MessageWriter) error
 	}
 	if size := cw.MessageOctets(); size != msg.Size {
 		m.measured[msg.UIDL] = size
-		if m.d.prov.sizeMismatch(m.key.Mailbox) {
+		if m.prov.sizeMismatch(m.key.Mailbox) {
 			m.log.Warn("the upstream's RFC822.SIZE is not the octets RETR sends; from now on new messages are measured at their first sync",
 				zap.String("uidl", msg.UIDL), zap.Int64("listed", msg.Size), zap.Int64("sent", size))
 		}
@@ -455,7 +456,7 @@ func (m *maildrop) moveTarget(ctx context.Context) (string, error) {
 	}
 	var tc trashChoice
 	err := m.withConn(ctx, func(c *upstream.Conn) (err error) {
-		if tc, err = findTrash(ctx, c, m.d.delete.MoveTo, m.d.prov.current()); err != nil || !tc.Create {
+		if tc, err = findTrash(ctx, c, m.d.delete.MoveTo, m.prov.current()); err != nil || !tc.Create {
 			return err
 		}
 		return c.Create(ctx, tc.Name, `\Trash`)
@@ -464,7 +465,7 @@ func (m *maildrop) moveTarget(ctx context.Context) (string, error) {
 		m.log.Error("the move policy could not find or create a Trash mailbox upstream; set delete.move_to", zap.String("trash", tc.Name), zap.Error(err))
 		return "", toPOP3(err)
 	}
-	if m.d.prov.first("trash " + m.acct) {
+	if m.prov.first("trash " + m.acct) {
 		how := tc.How
 		if tc.Create {
 			how = "created"
@@ -481,7 +482,7 @@ func (m *maildrop) moveTarget(ctx context.Context) (string, error) {
 // are hidden from the device all the same.
 func (m *maildrop) flagsToSet() []string {
 	fc := permittedFlags(m.d.delete.Flags, m.status.PermanentFlags)
-	if len(fc.Refused) > 0 && m.d.prov.first("flags "+m.acct) {
+	if len(fc.Refused) > 0 && m.prov.first("flags "+m.acct) {
 		m.log.Warn("the upstream's PERMANENTFLAGS do not allow some of delete.flags; the flag policy sets what it can and the device no longer lists the messages all the same",
 			zap.Strings("refused", fc.Refused), zap.Strings("set", fc.Flags), zap.Strings("permanentflags", m.status.PermanentFlags))
 	}
@@ -581,7 +582,7 @@ func (m *maildrop) withConn(ctx context.Context, op func(*upstream.Conn) error) 
 	if err == nil || errors.Is(err, errMidway) || upstream.KindOf(err) != upstream.KindTemp || ctx.Err() != nil {
 		return err
 	}
-	if m.d.prov.outcome(m.log, m.acct, err, false) {
+	if m.prov.outcome(m.log, m.acct, err, false) {
 		// Throttled: a reconnect now would only make it worse.
 		return err
 	}

@@ -26,7 +26,7 @@ const (
 )
 
 // providerState is what popbridge learns and keeps, in memory, about one
-// upstream and its accounts: its profile (configured or recognized at the
+// upstream ([upstream], or one [[upstreams]] entry) and its accounts: its profile (configured or recognized at the
 // first login), each account's upstream connections (the budget), its
 // back-off window after throttling, whether the upstream's sizes were seen
 // to be wrong, and which one-time log lines were written.
@@ -93,7 +93,7 @@ func (ps *providerState) learn(conn *upstream.Conn, policy Policy) *Profile {
 		if ps.cfg.Profile != "" && ps.cfg.Profile != ProfileAuto {
 			how = "configured"
 		}
-		ps.log.Info("upstream profile", zap.String("profile", p.Name), zap.String("how", how),
+		ps.log.Info("upstream profile", zap.String("upstream", ps.cfg.Name), zap.String("profile", p.Name), zap.String("how", how),
 			zap.Int("max_connections_per_account", maxConnections(ps.cfg.MaxConnectionsPerAccount, p)),
 			zap.Bool("measure_sizes", p.SizesUnreliable), zap.String("fingerprint", p.Fingerprint))
 		if p.ExpungeArchives && policy == PolicyExpunge {
@@ -229,17 +229,17 @@ func (ps *providerState) sizeMismatch(mbox string) bool {
 }
 
 // openAdmitted opens the upstream for account within its connection
-// budget and back-off window (providerState.admit), learns the profile at
-// the first login, and returns the connection with the function that frees
+// budget and back-off window in prov (providerState.admit), learns the
+// profile at the first login, and returns the connection with the function that frees
 // its place in the budget. Errors are POP3 answers.
-func (b *Bridge) openAdmitted(ctx context.Context, log *zap.Logger, account string, open upstreamOpener) (*upstream.Conn, upstream.Status, func(), error) {
+func (b *Bridge) openAdmitted(ctx context.Context, log *zap.Logger, account string, prov *providerState, open upstreamOpener) (*upstream.Conn, upstream.Status, func(), error) {
 	acct := b.accountKey(account)
-	freeSlot, err := b.prov.admit(ctx, log, acct)
+	freeSlot, err := prov.admit(ctx, log, acct)
 	if err != nil {
 		return nil, upstream.Status{}, nil, err
 	}
 	conn, st, err := open(ctx, account)
-	if b.prov.outcome(log, acct, err, true) {
+	if prov.outcome(log, acct, err, true) {
 		freeSlot()
 		return nil, upstream.Status{}, nil, &pop3.Error{Code: pop3.CodeLoginDelay,
 			Text: "the upstream server throttles this account; try again later", Err: err}
@@ -249,8 +249,8 @@ func (b *Bridge) openAdmitted(ctx context.Context, log *zap.Logger, account stri
 		log.Info("upstream login failed", zap.Error(err))
 		return nil, upstream.Status{}, nil, toPOP3(err)
 	}
-	p := b.prov.learn(conn, b.cfg.Delete.Policy)
-	if p.LimitedView && st.UIDNext > 1 && st.UIDNext-1 > st.NumMessages && b.prov.first("limited-view "+acct) {
+	p := prov.learn(conn, b.cfg.Delete.Policy)
+	if p.LimitedView && st.UIDNext > 1 && st.UIDNext-1 > st.NumMessages && prov.first("limited-view "+acct) {
 		log.Warn("the upstream mailbox shows fewer messages than were delivered to it (UIDNEXT); if messages are missing, the provider may show IMAP only the newest part of the mailbox (Yahoo: turn off the IMAP \"limited mode\" in the account's settings)",
 			zap.String("profile", p.Name), zap.Uint32("exists", st.NumMessages), zap.Uint32("uidnext", st.UIDNext))
 	}

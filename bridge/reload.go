@@ -126,13 +126,18 @@ func (b *Bridge) reconfigured(cfg Config) (*Bridge, error) {
 		return nil, err
 	}
 	nb.onRefresh = b.onRefresh
-	// The provider state holds the connections each account has open and
-	// the back-off windows: it outlives a reload unless the upstream it
-	// describes changed.
-	if cfg.Upstream.Address == b.cfg.Upstream.Address && cfg.Upstream.Profile == b.cfg.Upstream.Profile &&
-		cfg.Upstream.MaxConnectionsPerAccount == b.cfg.Upstream.MaxConnectionsPerAccount {
+	// A provider state holds the connections each account has open and
+	// the back-off windows: [upstream]'s, and each [[upstreams]] entry's,
+	// outlives a reload unless the upstream it describes changed. A
+	// changed one starts anew for new logins; the sessions of the old one
+	// free their places in it.
+	if sameProvider(cfg.Upstream, b.cfg.Upstream) {
 		nb.prov = b.prov
-		nb.drops.prov = b.prov
+	}
+	for name, up := range nb.enrolled.upstreams {
+		if old := b.enrolled.upstreams[name]; old != nil && sameProvider(up.cfg.UpstreamConfig, old.cfg.UpstreamConfig) {
+			up.prov = old.prov
+		}
 	}
 	nb.records = b.records
 	nb.now = b.now
@@ -143,6 +148,12 @@ func (b *Bridge) reconfigured(cfg Config) (*Bridge, error) {
 	nb.drops.ahead = b.drops.ahead
 	nb.drops.metrics = b.drops.metrics
 	return nb, nil
+}
+
+// sameProvider reports whether a provider state of a can serve b: the
+// same server, profile and connection budget.
+func sameProvider(a, b UpstreamConfig) bool {
+	return a.Address == b.Address && a.Profile == b.Profile && a.MaxConnectionsPerAccount == b.MaxConnectionsPerAccount
 }
 
 // switchBackend is the pop3.Backend of a Server: each login goes to the
