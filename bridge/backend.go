@@ -223,6 +223,12 @@ type target struct {
 	// (Bridge.prov) or the [[upstreams]] entry's. Its profile, connection
 	// budgets and back-off windows govern the login and the maildrop.
 	prov *providerState
+	// acct, when set, is the account's key in prov (its budget and
+	// back-off window): the upstream identity an enrolled account logs in
+	// as, which the provider's limits count, whatever POP3 name it is
+	// enrolled under. Unset: the account key of the login
+	// (Bridge.accountKey).
+	acct string
 }
 
 // resolver finds the target of the account part of a login name (device
@@ -300,7 +306,10 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 	if t.prov == nil {
 		t.prov = b.prov
 	}
-	conn, st, freeSlot, err := b.openAdmitted(ctx, log, account, t.prov, open)
+	if t.acct == "" {
+		t.acct = b.accountKey(account)
+	}
+	conn, st, freeSlot, err := b.openAdmitted(ctx, log, account, t.acct, t.prov, open)
 	if err != nil {
 		return nil, err
 	}
@@ -333,7 +342,7 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		deps = &own
 	}
 	md := &maildrop{
-		d: deps, prov: t.prov, log: log, key: key, account: account, acct: b.accountKey(account), reopen: open,
+		d: deps, prov: t.prov, log: log, key: key, account: account, acct: t.acct, reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
 	}
 	if t.legacy {

@@ -68,6 +68,8 @@ type AccountsConfig struct {
 type resolvedUpstream struct {
 	UpstreamConfig
 	OAuth oauth.Config
+	// PresetProfile: Profile is the preset's, the entry naming none.
+	PresetProfile bool
 }
 
 // passthroughOn reports whether logins that are not enrolled go to
@@ -139,7 +141,7 @@ func (u OAuthUpstreamConfig) resolve() (resolvedUpstream, []*problem) {
 	if r.Profile == "" {
 		r.Profile = ProfileAuto
 		if profileNamed(strings.ToLower(oc.Provider)) != nil && !strings.EqualFold(oc.Provider, oauth.ProviderGeneric) {
-			r.Profile = strings.ToLower(oc.Provider)
+			r.Profile, r.PresetProfile = strings.ToLower(oc.Provider), true
 		}
 	}
 	if err := validProfile(r.Profile); err != nil {

@@ -90,6 +90,9 @@ func newEnrolled(cfg Config, st state.Store, log *zap.Logger, opts AccountOption
 			return nil, fmt.Errorf("config: upstreams %q: %w", u.Name, err)
 		}
 		ou := &oauthUpstream{cfg: r, dial: dc, client: c, prov: newProviderState(r.UpstreamConfig, log, now)}
+		if r.PresetProfile {
+			ou.prov.how = "preset"
+		}
 		if c.Flow() == oauth.FlowClientCredentials {
 			ou.app = oauth.NewAppKeeper(c)
 		}
@@ -208,6 +211,7 @@ func (b *Bridge) enrolledOpen(log *zap.Logger, info *account.Info, up *oauthUpst
 		done:       sess.Close,
 		timeout:    up.cfg.Timeout,
 		prov:       up.prov,
+		acct:       b.accountKey(user),
 	}, nil
 }
 
@@ -267,6 +271,37 @@ func (b *Bridge) CheckAccount(ctx context.Context, name, password string, w io.W
 	}
 	fmt.Fprintf(w, "upstream %s (%s): logged in as %s\n", up.cfg.Name, up.cfg.Address, info.LoginUser())
 	fmt.Fprintf(w, "mailbox %s: %d messages\n", up.cfg.Mailbox, st.NumMessages)
+	return b.checkProfile(ctx, w, up, conn)
+}
+
+// checkProfile writes, for "popbridge account test", the profile of the
+// [[upstreams]] entry up (learned from conn when not configured), what
+// the delete policy does there, and the entry's connection budget. It
+// changes nothing upstream.
+func (b *Bridge) checkProfile(ctx context.Context, w io.Writer, up *oauthUpstream, conn *upstream.Conn) error {
+	p := up.prov.learn(conn, b.cfg.Delete.Policy)
+	fmt.Fprintf(w, "profile: %s (%s)\n", p.Name, up.prov.how)
+	switch b.cfg.Delete.Policy {
+	case PolicyMove:
+		tc, err := findTrash(ctx, conn, b.cfg.Delete.MoveTo, p)
+		if err != nil {
+			return err
+		}
+		if tc.Create {
+			fmt.Fprintf(w, "trash: %s (none found; created at the first deletion)\n", tc.Name)
+		} else {
+			fmt.Fprintf(w, "trash: %s (%s)\n", tc.Name, tc.How)
+		}
+	case PolicyExpunge:
+		if p.ExpungeArchives {
+			fmt.Fprintf(w, "expunge: does NOT delete here: %s\n", p.ExpungeNote)
+		}
+	}
+	if n := maxConnections(up.cfg.MaxConnectionsPerAccount, p); n > 0 {
+		fmt.Fprintf(w, "connection budget: %d upstream connections per account\n", n)
+	} else {
+		fmt.Fprintf(w, "connection budget: no limit\n")
+	}
 	return nil
 }
 

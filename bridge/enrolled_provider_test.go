@@ -257,3 +257,64 @@ func TestEnrolledProfileReload(t *testing.T) {
 		}
 	}
 }
+
+// TestEnrolledProfileCheck: `popbridge account test` of an account on a
+// gmail-preset entry names the entry's profile, the Trash of the move
+// policy and the entry's connection budget; with the expunge policy, that
+// expunge does not delete there.
+func TestEnrolledProfileCheck(t *testing.T) {
+	e := newOAuthEnv(t, oauthtest.Options{})
+	gm := newPresetEntry(t, e.fake, "gmail", oauth.ProviderGmail, "[Gmail]/Trash")
+	e.cfg.Upstreams = append(e.cfg.Upstreams, gm.entry)
+	e.start()
+	name := "g@example.org"
+	pw := e.enrollOn(name, gm)
+	check := func(cfg Config) string {
+		t.Helper()
+		b, err := NewBridgeWith(cfg, e.st, nil, e.options(e.reg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		if err := b.CheckAccount(t.Context(), name, pw, &out); err != nil {
+			t.Fatalf("CheckAccount: %v\n%s", err, out.String())
+		}
+		return out.String()
+	}
+	out := check(e.cfg)
+	for _, w := range []string{"profile: gmail (preset)\n", "trash: [Gmail]/Trash (by name)\n",
+		"connection budget: 15 upstream connections per account\n"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("account test printed\n%s\nwithout %q", out, w)
+		}
+	}
+	cfg := e.cfg
+	cfg.Delete.Policy = PolicyExpunge
+	if out := check(cfg); !strings.Contains(out, "expunge: does NOT delete here") {
+		t.Errorf("account test with the expunge policy on gmail printed\n%s", out)
+	}
+	if n := len(gm.mem.CommandsNamed("CREATE", "STORE", "MOVE", "EXPUNGE")); n != 0 {
+		t.Errorf("account test changed the upstream: %v", gm.mem.CommandsNamed("CREATE", "STORE", "MOVE", "EXPUNGE"))
+	}
+}
+
+// TestEnrolledProfileBudgetPerIdentity: the budget counts the connections
+// of the upstream identity, which the provider limits: two login names
+// enrolled for the same mailbox share its 15 on gmail.
+func TestEnrolledProfileBudgetPerIdentity(t *testing.T) {
+	e := newOAuthEnv(t, oauthtest.Options{}, manySessions)
+	gm := newPresetEntry(t, e.fake, "gmail", oauth.ProviderGmail, "[Gmail]/Trash")
+	e.cfg.Upstreams = append(e.cfg.Upstreams, gm.entry)
+	e.start()
+	pwA, pwB := e.enrollOn("a@example.org", gm), e.enrollOn("b@example.org", gm)
+	held := append(holdSessions(t, e.addr, "a@example.org", "d", pwA, 10), holdSessions(t, e.addr, "b@example.org", "e", pwB, 5)...)
+	if got := refusedLogin(t, e.addr, "b@example.org#extra", pwB); !strings.HasPrefix(got, "-ERR [SYS/TEMP]") {
+		t.Errorf("16th session of the identity = %q, want -ERR [SYS/TEMP]", got)
+	}
+	if n := loginsOn(gm.mem); n != 15 {
+		t.Errorf("%d upstream logins of the identity, want 15", n)
+	}
+	for _, c := range held {
+		c.quit()
+	}
+}

@@ -34,7 +34,7 @@ type maildrop struct {
 	log     *zap.Logger
 	key     state.ClientKey
 	account string
-	acct    string         // the account key (Bridge.accountKey)
+	acct    string         // the account's key in prov (target.acct)
 	reopen  upstreamOpener // logs in again with the session's credentials; never logged
 
 	conn   *upstream.Conn

@@ -36,6 +36,7 @@ type providerState struct {
 	log  *zap.Logger
 	now  func() time.Time
 	wait time.Duration // how long a login queues for a connection
+	how  string        // how the profile is known: "configured", "preset" or "recognized"
 
 	mu         sync.Mutex
 	profile    *Profile // nil until known (auto, before the first login)
@@ -59,8 +60,10 @@ func newProviderState(cfg UpstreamConfig, log *zap.Logger, now func() time.Time)
 		conns: map[string]int{}, freed: make(chan struct{}),
 		backoff: map[string]backoffWindow{}, mismatched: map[string]bool{}, once: map[string]bool{},
 	}
+	ps.how = "recognized"
 	if cfg.Profile != "" && cfg.Profile != ProfileAuto {
 		ps.profile = profileNamed(cfg.Profile)
+		ps.how = "configured"
 	} else if p := profileOfHost(host); p != nil {
 		ps.profile = p
 	}
@@ -89,11 +92,7 @@ func (ps *providerState) learn(conn *upstream.Conn, policy Policy) *Profile {
 	}
 	ps.mu.Unlock()
 	if ps.first("profile") {
-		how := "recognized"
-		if ps.cfg.Profile != "" && ps.cfg.Profile != ProfileAuto {
-			how = "configured"
-		}
-		ps.log.Info("upstream profile", zap.String("upstream", ps.cfg.Name), zap.String("profile", p.Name), zap.String("how", how),
+		ps.log.Info("upstream profile", zap.String("upstream", ps.cfg.Name), zap.String("profile", p.Name), zap.String("how", ps.how),
 			zap.Int("max_connections_per_account", maxConnections(ps.cfg.MaxConnectionsPerAccount, p)),
 			zap.Bool("measure_sizes", p.SizesUnreliable), zap.String("fingerprint", p.Fingerprint))
 		if p.ExpungeArchives && policy == PolicyExpunge {
@@ -228,12 +227,11 @@ func (ps *providerState) sizeMismatch(mbox string) bool {
 	return true
 }
 
-// openAdmitted opens the upstream for account within its connection
-// budget and back-off window in prov (providerState.admit), learns the
+// openAdmitted opens the upstream for account within the connection
+// budget and back-off window of acct in prov (providerState.admit), learns the
 // profile at the first login, and returns the connection with the function that frees
 // its place in the budget. Errors are POP3 answers.
-func (b *Bridge) openAdmitted(ctx context.Context, log *zap.Logger, account string, prov *providerState, open upstreamOpener) (*upstream.Conn, upstream.Status, func(), error) {
-	acct := b.accountKey(account)
+func (b *Bridge) openAdmitted(ctx context.Context, log *zap.Logger, account, acct string, prov *providerState, open upstreamOpener) (*upstream.Conn, upstream.Status, func(), error) {
 	freeSlot, err := prov.admit(ctx, log, acct)
 	if err != nil {
 		return nil, upstream.Status{}, nil, err
