@@ -115,9 +115,14 @@
 //     Microsoft 20); a login beyond it waits briefly, then is refused with
 //     [SYS/TEMP] before the upstream hears of it. After a throttling answer
 //     the account's logins are refused with [LOGIN-DELAY], without reaching
-//     the upstream, until its back-off window has passed.
+//     the upstream, until its back-off window has passed. Each upstream
+//     ([upstream], each [[upstreams]] entry) has its own provider state
+//     (provider.go): its profile, budget and back-off windows, which a
+//     login's target carries to the maildrop; an enrolled account counts
+//     as its upstream identity.
 //  18. Provider differences are data (profile.go), chosen by upstream.profile
-//     or recognized by host name, capabilities and ID, never tests of the
+//     (an [[upstreams]] entry's profile, by default its preset's) or
+//     recognized by host name, capabilities and ID, never tests of the
 //     provider spread through the code.
 //  19. A login name enrolled in the account registry is served only as
 //     enrolled (never passed through), and its app password is checked by

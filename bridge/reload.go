@@ -63,7 +63,11 @@ func runningConfig(cur, cfg Config) Config {
 //   - [tls]: the certificate and key files are read again (also when the
 //     paths are unchanged, so that a renewed certificate is picked up);
 //   - [upstream]: the server, security, timeout, mailbox, and the rest, for
-//     new logins.
+//     new logins;
+//   - [[upstreams]]: the entries, for new logins. The provider state of
+//     [upstream] and of each entry (the connections its accounts hold,
+//     their back-off windows) is kept unless its address, profile or
+//     connection budget changed.
 //
 // What cannot change while the server runs (listen addresses, [server]
 // timeouts and PROXY networks, [state], [admin], [auth], [uidl], log.format,
