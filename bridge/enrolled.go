@@ -89,16 +89,22 @@ func newEnrolled(cfg Config, st state.Store, log *zap.Logger, opts AccountOption
 		if err != nil {
 			return nil, fmt.Errorf("config: upstreams %q: %w", u.Name, err)
 		}
-		ou := &oauthUpstream{cfg: r, dial: dc, client: c, prov: newProviderState(r.UpstreamConfig, log, now)}
-		if r.PresetProfile {
-			ou.prov.how = "preset"
-		}
+		ou := &oauthUpstream{cfg: r, dial: dc, client: c, prov: newEntryState(r, log, now)}
 		if c.Flow() == oauth.FlowClientCredentials {
 			ou.app = oauth.NewAppKeeper(c)
 		}
 		e.upstreams[u.Name] = ou
 	}
 	return e, nil
+}
+
+// newEntryState is the provider state of the [[upstreams]] entry r.
+func newEntryState(r resolvedUpstream, log *zap.Logger, now func() time.Time) *providerState {
+	ps := newProviderState(r.UpstreamConfig, log, now)
+	if r.PresetProfile {
+		ps.how = "preset"
+	}
+	return ps
 }
 
 // NewRegistry opens the account registry of cfg over as, with the server

@@ -318,3 +318,27 @@ func TestEnrolledProfileBudgetPerIdentity(t *testing.T) {
 		c.quit()
 	}
 }
+
+// TestCheckUpstreams: `popbridge check` lists each [[upstreams]] entry with
+// its profile and connection budget, without connecting.
+func TestCheckUpstreams(t *testing.T) {
+	fake := oauthtest.Start(t, oauthtest.Options{})
+	cfg := DefaultConfig()
+	cfg.Upstream.Address = ""
+	gm := newPresetEntry(t, fake, "gmail", oauth.ProviderGmail, "[Gmail]/Trash")
+	ms := newPresetEntry(t, fake, "m365", oauth.ProviderMicrosoft365, "Deleted Items")
+	ms.entry.MaxConnectionsPerAccount = 5
+	gen := fakeUpstream(fake, "other", oauthtest.PublicClientID, oauth.FlowDevice)
+	cfg.Upstreams = []OAuthUpstreamConfig{gm.entry, ms.entry, gen}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	CheckUpstreams(cfg, &out)
+	want := "upstreams gmail: profile gmail (preset), connection budget: 15 upstream connections per account\n" +
+		"upstreams m365: profile microsoft365 (preset), connection budget: 5 upstream connections per account\n" +
+		"upstreams other: profile auto (recognized at the first login), connection budget: the profile's\n"
+	if out.String() != want {
+		t.Errorf("CheckUpstreams wrote\n%s\nwant\n%s", out.String(), want)
+	}
+}
