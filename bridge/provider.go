@@ -26,10 +26,12 @@ const (
 )
 
 // providerState is what popbridge learns and keeps, in memory, about one
-// upstream ([upstream], or one [[upstreams]] entry) and its accounts: its profile (configured or recognized at the
-// first login), each account's upstream connections (the budget), its
-// back-off window after throttling, whether the upstream's sizes were seen
-// to be wrong, and which one-time log lines were written.
+// upstream ([upstream], or one [[upstreams]] entry) and its accounts: its
+// profile (configured, the entry's preset's, or recognized at the first
+// login), each account's upstream connections (the budget), its back-off
+// window after throttling, whether the upstream's sizes were seen to be
+// wrong, and which one-time log lines were written. Every login's target
+// names the state of its upstream (target.prov).
 type providerState struct {
 	cfg  UpstreamConfig
 	host string
