@@ -191,7 +191,8 @@ func (e *oauthEnv) session(pass *imaptest.MemServer) *popConn {
 // [[upstreams]] entry: the connections its accounts hold still count
 // (the 16th on gmail is refused), and a back-off window opened by a
 // throttling answer still holds, also when [upstream] changed; a throttled
-// account of one entry does not delay the accounts of another. An entry
+// account of one entry does not delay the accounts of another, though both
+// log in as the same upstream identity (each entry counts its own). An entry
 // whose budget changed starts a new count for new sessions, and sessions
 // of the old one end normally.
 func TestEnrolledProfileReload(t *testing.T) {
