@@ -206,6 +206,9 @@ func (b *Bridge) enrolledOpen(log *zap.Logger, info *account.Info, up *oauthUpst
 		mailboxKey: MailboxKey(up.cfg.Name, b.accountKey(user), up.cfg.Mailbox),
 		done:       sess.Close,
 		timeout:    up.cfg.Timeout,
+		mailbox:    up.cfg.Mailbox,
+		keyFor:     func(mb string) string { return MailboxKey(up.cfg.Name, b.accountKey(user), mb) },
+		enrolled:   true,
 	}, nil
 }
 
