@@ -3,6 +3,7 @@ package bridge
 import (
 	"bytes"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -10,7 +11,9 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"github.com/popbridge/popbridge/bridge/account"
 	"github.com/popbridge/popbridge/internal/imaptest"
+	"github.com/popbridge/popbridge/internal/oauthtest"
 )
 
 // mergeSources makes the login of up's account a merged maildrop of the
@@ -496,4 +499,83 @@ func TestMergedInUse(t *testing.T) {
 	d.drop()
 	c.quit()
 	_ = imap.FlagSeen
+}
+
+// TestMergedEnrolledAccounts: an enrolled account's merged maildrop lists
+// the INBOX of another enrolled account after its own, opened with the
+// server key; its own messages keep their UIDLs, and DELE moves the other
+// account's message to that account's Trash.
+func TestMergedEnrolledAccounts(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "server.key")
+	if err := account.WriteServerKeyFile(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	key, err := account.ReadServerKeyFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newOAuthEnv(t, oauthtest.Options{}, func(c *Config) { c.Accounts.ServerKeyFile = keyFile })
+	e.serverKey = key
+	e.start()
+	pwFront := e.enrollDevice("frontdesk", "fake", oauthtest.SharedMailbox)
+	pwScan := e.enrollDevice("scanner", "fake", "")
+	own, shared := e.mailOf(oauthtest.User), e.mailOf(oauthtest.SharedMailbox)
+	plain := e.readAll("scanner", pwScan, own)
+
+	e.stop()
+	e.cfg.Maildrops = []MaildropConfig{{Account: "scanner", Sources: []MaildropSource{
+		{Mailbox: "INBOX"}, {Account: "frontdesk", Mailbox: "INBOX"},
+	}}}
+	e.start()
+	merged := e.readAll("scanner", pwScan, slices.Concat(own, shared))
+	if !slices.Equal(merged[:3], plain) {
+		t.Errorf("the account's own messages: UIDLs %v merged, %v unmerged", merged[:3], plain)
+	}
+	checkUIDLs(t, merged)
+	// frontdesk's own login is not merged and keeps its own view.
+	e.readAll("frontdesk", pwFront, shared)
+
+	c := dialPOP(t, e.addr)
+	c.login("scanner", pwScan)
+	c.ok("DELE 5")
+	if q := c.quit(); !strings.HasPrefix(q, "+OK") {
+		t.Fatalf("QUIT = %q", q)
+	}
+	for _, tc := range []struct {
+		address, folder string
+		want            uint32
+	}{
+		{oauthtest.SharedMailbox, "INBOX", 2},
+		{oauthtest.SharedMailbox, "Trash", 1},
+		{oauthtest.User, "INBOX", 3},
+	} {
+		if n, err := e.fake.IMAP.NumMessages(tc.address, tc.folder); err != nil || n != tc.want {
+			t.Errorf("%s %s holds %d messages (%v), want %d", tc.address, tc.folder, n, err, tc.want)
+		}
+	}
+	if n, err := e.fake.IMAP.NumMessages(oauthtest.User, "Trash"); err == nil && n != 0 {
+		t.Errorf("the login's own Trash got %d messages", n)
+	}
+}
+
+// TestMergedOtherAccountNeedsEnrolled: a pass-through login whose merged
+// maildrop names another account's mailbox is refused with [SYS/PERM],
+// before anything is synced.
+func TestMergedOtherAccountNeedsEnrolled(t *testing.T) {
+	up := memUpstream(t)
+	seedBox(up, "INBOX", 1)
+	keyFile := filepath.Join(t.TempDir(), "server.key")
+	if err := account.WriteServerKeyFile(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, up, func(c *Config) {
+		c.Accounts.ServerKeyFile = keyFile
+		c.Maildrops = []MaildropConfig{{Account: up.user, Sources: []MaildropSource{{Mailbox: "INBOX"}, {Account: "bob", Mailbox: "INBOX"}}}}
+	})
+	c := dialPOP(t, e.addr)
+	c.ok("USER %s", up.user)
+	if r := c.cmd("PASS %s", up.pass); !strings.HasPrefix(r, "-ERR [SYS/PERM]") {
+		t.Errorf("pass-through login with another account's source = %q, want -ERR [SYS/PERM]", r)
+	}
+	c.drop()
 }
