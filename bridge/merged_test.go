@@ -3,6 +3,7 @@ package bridge
 import (
 	"bytes"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -578,4 +579,42 @@ func TestMergedOtherAccountNeedsEnrolled(t *testing.T) {
 		t.Errorf("pass-through login with another account's source = %q, want -ERR [SYS/PERM]", r)
 	}
 	c.drop()
+}
+
+// TestMergedFetchmailKeep: fetchmail in keep mode that polled the unmerged
+// maildrop fetches only the new source's messages once merging is turned
+// on, byte for byte, and nothing after that; nothing changes upstream.
+func TestMergedFetchmailKeep(t *testing.T) {
+	c := realClients[slices.IndexFunc(realClients, func(c realClient) bool { return c.name == "fetchmail" })]
+	if _, err := exec.LookPath(c.bin); err != nil {
+		t.Skipf("%s is not installed (.ci/run installs it)", c.bin)
+	}
+	forEachUpstream(t, func(t *testing.T, up *upstreamEnv) {
+		up.box.Create("Projects")
+		seedBox(up, "INBOX", 3)
+		seedBox(up, "Projects", 2)
+		inbox, projects := up.box.Messages("INBOX"), up.box.Messages("Projects")
+		e := newEnv(t, up)
+		r := newClientRunner(t, c, e, "fetchmail")
+		got, out := r.run(true)
+		checkDelivered(t, c, "unmerged", got, inbox, out)
+
+		e.stop()
+		mergeSources(up, false, "INBOX", "Projects")(&e.cfg)
+		e.start()
+		home := r.h.home
+		r = newClientRunner(t, c, e, "fetchmail")
+		r.h.home = home // the same fetchmail, its UIDL list kept
+		got, out = r.run(true)
+		checkDelivered(t, c, "merged", got, projects, out)
+		got, out = r.run(true)
+		if len(got) != 0 {
+			t.Errorf("second merged run fetched %d messages, want 0\n%s", len(got), out)
+		}
+		for mb, before := range map[string][]imaptest.Message{"INBOX": inbox, "Projects": projects} {
+			if now := up.box.Messages(mb); !sameMessages(now, before) {
+				t.Errorf("%s changed in keep mode:\n%v\nwas\n%v", mb, now, before)
+			}
+		}
+	})
 }
