@@ -15,6 +15,9 @@ import (
 	"github.com/popbridge/popbridge/bridge/account"
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/internal/oauthtest"
+	"github.com/popbridge/popbridge/state"
+	"github.com/popbridge/popbridge/state/boltstore"
+	"github.com/popbridge/popbridge/state/pgstore/pgtest"
 )
 
 // mergeSources makes the login of up's account a merged maildrop of the
@@ -617,4 +620,72 @@ func TestMergedFetchmailKeep(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestMergedStores: the source numbers live in the shared store. Two
+// instances on one PostgreSQL store list the same UIDLs, the merged
+// maildrop's lock holds across them, and on either store `state check`
+// finds nothing wrong and export/import carries the numbers over.
+func TestMergedStores(t *testing.T) {
+	for _, driver := range []string{"bolt", "postgres"} {
+		t.Run(driver, func(t *testing.T) {
+			up := memUpstream(t)
+			up.box.Create("Junk")
+			seedBox(up, "INBOX", 2)
+			seedBox(up, "Junk", 2)
+			opts := []envOpt{withConfig(mergeSources(up, false, "INBOX", "Junk"), func(c *Config) { c.Delete.Policy = PolicyHide })}
+			if driver == "postgres" {
+				opts = append(opts, withPostgres(pgtest.Schema(t)))
+			}
+			a := startBridge(t, up, opts...)
+			ca := a.session("laptop")
+			uidls := ca.uidls()
+			ca.ok("DELE 4")
+			if q := ca.quit(); !strings.HasPrefix(q, "+OK") {
+				t.Fatalf("QUIT = %q", q)
+			}
+			if driver == "postgres" {
+				b := startBridge(t, up, opts...)
+				cb := b.session("phone")
+				if got := cb.uidls(); !slices.Equal(got, uidls) {
+					t.Errorf("the other instance lists %v, want %v", got, uidls)
+				}
+				cl := dialPOP(t, a.addr)
+				cl.ok("USER %s#phone", up.user)
+				if r := cl.cmd("PASS %s", up.pass); !strings.HasPrefix(r, "-ERR [IN-USE]") {
+					t.Errorf("the same device on the other instance: %q, want -ERR [IN-USE]", r)
+				}
+				cl.drop()
+				cb.quit()
+			}
+			ex, ok := a.st.(state.Exporter)
+			if !ok {
+				t.Fatalf("%T is no state.Exporter", a.st)
+			}
+			n, err := state.Check(t.Context(), ex, func(p state.Problem) { t.Errorf("state check: %s", p) })
+			if err != nil || n != 0 {
+				t.Errorf("state check: %d problems, %v", n, err)
+			}
+			// Export, import into a new bolt store, serve from it: the
+			// same UIDLs, DELE 4 still hidden for the laptop.
+			var dump bytes.Buffer
+			if _, err := state.Export(t.Context(), ex, &dump); err != nil {
+				t.Fatal(err)
+			}
+			a.stop()
+			dst, err := boltstore.Open(filepath.Join(t.TempDir(), "imported.db"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := state.Import(t.Context(), dst, &dump); err != nil {
+				t.Fatal(err)
+			}
+			c := startBridge(t, up, withStore(dst, false), withConfig(mergeSources(up, false, "Junk", "INBOX"))).session("laptop")
+			got := c.uidls()
+			c.quit()
+			if want := []string{uidls[2], uidls[0], uidls[1]}; !slices.Equal(got, want) {
+				t.Errorf("after export and import, reordered: %v, want %v", got, want)
+			}
+		})
+	}
 }
