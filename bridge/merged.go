@@ -98,14 +98,15 @@ func (b *Bridge) openMerged(ctx context.Context, log *zap.Logger, account, devic
 	}
 	// Connect every source before anything is synced or replayed: a
 	// source that cannot be reached changes nothing.
-	ownSeen := false
 	keys := map[string]bool{}
 	for _, src := range mc.Sources {
 		own := src.Account == "" || b.accountKey(src.Account) == b.accountKey(account)
 		p, err := b.connectSource(ctx, log, account, device, t, src, own)
 		if err != nil {
-			if own && !ownSeen {
-				// The login's own credentials: a wrong password is [AUTH].
+			var pe *pop3.Error
+			if own && errors.As(err, &pe) && (pe.Code == pop3.CodeAuth || pe.Code == pop3.CodeLoginDelay) {
+				// The login's own credentials, or its account's
+				// back-off: the client is told so.
 				return fail(err)
 			}
 			log.Warn("a source of the merged maildrop cannot be reached; the login fails", zap.Stringer("source", src), zap.Error(err))
@@ -117,7 +118,6 @@ func (b *Bridge) openMerged(ctx context.Context, log *zap.Logger, account, devic
 			return fail(errMergedSame)
 		}
 		keys[p.md.key.Mailbox] = true
-		ownSeen = ownSeen || own
 	}
 	unlock, err := b.lockMaildrop(ctx, log, state.ClientKey{Mailbox: t.mailboxKey, Client: device})
 	if err != nil {

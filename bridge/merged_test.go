@@ -689,3 +689,22 @@ func TestMergedStores(t *testing.T) {
 		})
 	}
 }
+
+// TestMergedFirstSourceMissing: a missing mailbox is [SYS/TEMP] also when it
+// is the first source; a wrong password is still [AUTH].
+func TestMergedFirstSourceMissing(t *testing.T) {
+	up := memUpstream(t)
+	seedBox(up, "INBOX", 1)
+	e := newEnv(t, up, mergeSources(up, false, "Junk", "INBOX"))
+	for _, tc := range []struct{ pass, want string }{
+		{up.pass, "-ERR [SYS/TEMP]"},
+		{"wrong", "-ERR [AUTH]"},
+	} {
+		c := dialPOP(t, e.addr)
+		c.ok("USER %s", up.user)
+		if r := c.cmd("PASS %s", tc.pass); !strings.HasPrefix(r, tc.want) {
+			t.Errorf("PASS %s with the first source missing = %q, want %s", tc.pass, r, tc.want)
+		}
+		c.drop()
+	}
+}
