@@ -10,11 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-imap/v2"
+	"go.uber.org/zap"
 
 	"github.com/popbridge/popbridge/bridge/account"
 	"github.com/popbridge/popbridge/internal/imaptest"
 	"github.com/popbridge/popbridge/internal/oauthtest"
+	"github.com/popbridge/popbridge/pop3"
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/boltstore"
 	"github.com/popbridge/popbridge/state/pgstore/pgtest"
@@ -502,7 +503,6 @@ func TestMergedInUse(t *testing.T) {
 	}
 	d.drop()
 	c.quit()
-	_ = imap.FlagSeen
 }
 
 // TestMergedEnrolledAccounts: an enrolled account's merged maildrop lists
@@ -696,15 +696,41 @@ func TestMergedFirstSourceMissing(t *testing.T) {
 	up := memUpstream(t)
 	seedBox(up, "INBOX", 1)
 	e := newEnv(t, up, mergeSources(up, false, "Junk", "INBOX"))
-	for _, tc := range []struct{ pass, want string }{
-		{up.pass, "-ERR [SYS/TEMP]"},
-		{"wrong", "-ERR [AUTH]"},
+	for _, tc := range []struct{ name, pass, want string }{
+		{"right password", up.pass, "-ERR [SYS/TEMP]"},
+		{"wrong password", "wrong", "-ERR [AUTH]"},
 	} {
 		c := dialPOP(t, e.addr)
 		c.ok("USER %s", up.user)
 		if r := c.cmd("PASS %s", tc.pass); !strings.HasPrefix(r, tc.want) {
-			t.Errorf("PASS %s with the first source missing = %q, want %s", tc.pass, r, tc.want)
+			t.Errorf("%s, the first source missing: %q, want %s", tc.name, r, tc.want)
 		}
 		c.drop()
+	}
+}
+
+// TestMergedListCollision: a UIDL of the login's own mailbox that looks
+// like a numbered one (imported from another server) keeps it; the other
+// source's message that would get the same UIDL is not listed, so no UIDL
+// is listed twice.
+func TestMergedListCollision(t *testing.T) {
+	part := func(number uint32, uidls ...string) *mergedPart {
+		md := &maildrop{}
+		for _, u := range uidls {
+			md.msgs = append(md.msgs, pop3.Message{Size: 10, UIDL: u})
+		}
+		return &mergedPart{number: number, md: md}
+	}
+	m := &mergedDrop{log: zap.NewNop(), parts: []*mergedPart{part(0, "s1-a", "b"), part(1, "a", "c")}}
+	m.list(nil)
+	var got []string
+	for _, msg := range m.List() {
+		got = append(got, msg.UIDL)
+	}
+	if want := []string{"s1-a", "b", "s1-c"}; !slices.Equal(got, want) {
+		t.Errorf("listed %v, want %v", got, want)
+	}
+	if want := []mergedRef{{0, 1}, {0, 2}, {1, 2}}; !slices.Equal(m.at, want) {
+		t.Errorf("message numbers map to %v, want %v", m.at, want)
 	}
 }
