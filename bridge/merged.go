@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 
 	"go.uber.org/zap"
@@ -431,7 +432,12 @@ func (m *mergedDrop) Commit(ctx context.Context, deleted []int) error {
 	var first error
 	ok := make([]bool, len(m.parts))
 	for i, p := range m.parts {
-		err := p.md.Commit(ctx, local[i])
+		err := m.intoItself(ctx, p, len(local[i]) > 0)
+		if err == nil {
+			err = p.md.Commit(ctx, local[i])
+		} else {
+			p.md.Close()
+		}
 		if err == nil {
 			ok[i] = true
 			continue
@@ -461,6 +467,26 @@ func (m *mergedDrop) Commit(ctx context.Context, deleted []int) error {
 		}
 	}
 	return first
+}
+
+// intoItself refuses the move policy's DELEs in a source that is the
+// Trash they would be moved to (a Trash listed as a source): the move
+// would only give them new UIDs, and the client would download them
+// again. Nothing is deleted there; the other sources go on.
+func (m *mergedDrop) intoItself(ctx context.Context, p *mergedPart, deletes bool) error {
+	if !deletes || p.md.d.delete.Policy != PolicyMove {
+		return nil
+	}
+	target, err := p.md.moveTarget(ctx)
+	if err != nil {
+		return err
+	}
+	if target == p.src.Mailbox || strings.EqualFold(target, "INBOX") && strings.EqualFold(p.src.Mailbox, "INBOX") {
+		m.log.Warn("the move policy cannot move messages of a source into itself; nothing was deleted there (list the Trash as a source with another delete policy)",
+			zap.Stringer("source", p.src), zap.String("trash", target))
+		return &pop3.Error{Code: pop3.CodeSysPerm, Text: "messages of the Trash cannot be moved to the Trash; nothing was deleted there"}
+	}
+	return nil
 }
 
 // Close implements pop3.Maildrop: every source's maildrop is closed (it

@@ -734,3 +734,24 @@ func TestMergedListCollision(t *testing.T) {
 		t.Errorf("message numbers map to %v, want %v", m.at, want)
 	}
 }
+
+// TestMergedTrashAsSource: under the move policy, DELE of a message of a
+// source that is the Trash itself is refused with [SYS/PERM] and changes
+// nothing there; the DELEs of the other sources are carried out.
+func TestMergedTrashAsSource(t *testing.T) {
+	up := memUpstream(t)
+	seedBox(up, "INBOX", 2)
+	seedBox(up, "Trash", 1)
+	e := newEnv(t, up, mergeSources(up, false, "INBOX", "Trash"))
+	trash := up.box.Messages("Trash")
+	c := e.session("")
+	c.ok("DELE 1")
+	c.ok("DELE 3")
+	if q := c.quit(); !strings.HasPrefix(q, "-ERR [SYS/PERM]") || !strings.Contains(q, "Trash") {
+		t.Errorf("QUIT = %q, want -ERR [SYS/PERM] naming the Trash", q)
+	}
+	assertSubjects(t, "INBOX", up.box.Messages("INBOX"), "INBOX 2")
+	if got := up.box.Messages("Trash"); len(got) != 2 || !sameMessages(got[:1], trash) {
+		t.Errorf("Trash holds %q, want Trash 1 as it was, then INBOX 1", subjects(got))
+	}
+}
