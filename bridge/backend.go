@@ -229,6 +229,12 @@ type target struct {
 	// enrolled under. Unset: the account key of the login
 	// (Bridge.accountKey).
 	acct string
+	// mailbox is the mailbox open selects, and keyFor names the record
+	// of another mailbox of the same account (merged maildrops,
+	// merged.go); enrolled says whether the account is enrolled.
+	mailbox  string
+	keyFor   func(mailbox string) string
+	enrolled bool
 }
 
 // resolver finds the target of the account part of a login name (device
@@ -242,7 +248,8 @@ func (b *Bridge) passthroughTarget(account string, open upstreamOpener) (target,
 	if !b.cfg.passthroughOn() {
 		return target{}, pop3.ErrAuthFailed
 	}
-	return target{open: open, mailboxKey: b.mailboxKey(account), legacy: true, prov: b.prov}, nil
+	return target{open: open, mailboxKey: b.mailboxKey(account), legacy: true, prov: b.prov, mailbox: b.cfg.Upstream.Mailbox,
+		keyFor: func(mb string) string { return MailboxKey(b.cfg.Upstream.Name, b.accountKey(account), mb) }}, nil
 }
 
 // loginWith is Login with the upstream left to resolve: it splits the
@@ -285,6 +292,9 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 			t.done()
 			endSession()
 		}
+	}
+	if mc := b.cfg.maildropFor(account, device); mc != nil {
+		return b.openMerged(ctx, log, account, device, t, mc, done)
 	}
 	md, err := b.openMaildrop(ctx, log, account, device, t)
 	if err != nil {

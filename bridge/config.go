@@ -37,6 +37,9 @@ type Config struct {
 	// (config_accounts.go).
 	Upstreams []OAuthUpstreamConfig `toml:"upstreams"`
 	Accounts  AccountsConfig        `toml:"accounts"`
+	// Maildrops are the merged maildrops ([[maildrops]],
+	// config_maildrops.go): logins served from several mailboxes.
+	Maildrops []MaildropConfig `toml:"maildrops"`
 }
 
 // AdminConfig is the [admin] table: the operator's HTTP endpoints
@@ -325,6 +328,7 @@ func (c *Config) problems() problems {
 	c.Limits.Check(func(key, msg string) { p.add("limits."+key, "%s", msg) })
 	c.Log.validate(&p)
 	c.Admin.validate(&p)
+	c.validateMaildrops(&p)
 	if c.Server.ListenTLS != "" && c.TLS.CertFile == "" {
 		p.add("server.listen_tls", "needs tls.cert_file and tls.key_file")
 	}

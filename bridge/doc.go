@@ -42,6 +42,9 @@
 //     fingerprint), keeps the UIDLs and every device's hidden messages.
 //     Records of versions that keyed on the address are adopted, once, at
 //     the account's first login.
+//     In a merged maildrop the login's own mailbox keeps its UIDLs; another
+//     source's are "s<number>-" and its own, the number stored when the
+//     source was first seen and never given to another source.
 //  4. LIST and STAT sizes are the octets RETR sends (CRLF line ends, before
 //     dot-stuffing); where the upstream's RFC822.SIZE was wrong, the size
 //     measured by the first RETR is stored and used from then on. Where the
@@ -54,7 +57,9 @@
 //  6. Secrets (passwords, tokens, SASL payloads) never reach logs, metrics or
 //     error texts.
 //  7. One session per (mailbox, client) at a time, across all instances that
-//     share a store.
+//     share a store. A merged maildrop ([[maildrops]], merged.go) is one
+//     session under the lock of the login's own (mailbox, client); the
+//     client records of its other sources are its own.
 //  8. At QUIT the intent (policy, UIDLs and the fingerprint and digest of
 //     each message) is written to the store before the upstream is touched,
 //     and cleared only after the upstream confirmed it. An intent left by a

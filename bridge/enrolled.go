@@ -218,6 +218,9 @@ func (b *Bridge) enrolledOpen(log *zap.Logger, info *account.Info, up *oauthUpst
 		timeout:    up.cfg.Timeout,
 		prov:       up.prov,
 		acct:       b.accountKey(user),
+		mailbox:    up.cfg.Mailbox,
+		keyFor:     func(mb string) string { return MailboxKey(up.cfg.Name, b.accountKey(user), mb) },
+		enrolled:   true,
 	}, nil
 }
 

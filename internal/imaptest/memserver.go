@@ -322,7 +322,8 @@ func (s *MemServer) Reset(mailbox string) {
 // Fail makes every later command of kind cmd from a client (not the
 // helper) answer err, until Fail(cmd, nil). cmd is one of LOGIN (which
 // covers AUTHENTICATE with WithOAuth or WithTokens), SELECT,
-// FETCH, STORE, EXPUNGE (UID EXPUNGE), COPY, MOVE, SEARCH, LIST, CREATE.
+// FETCH, STORE, EXPUNGE (UID EXPUNGE), COPY, MOVE, SEARCH, LIST, CREATE,
+// or "SELECT <mailbox>" for the SELECTs of that one mailbox.
 // An *imap.Error goes to the client as it is; any other error becomes
 // NO [SERVERBUG].
 func (s *MemServer) Fail(cmd string, err error) {

@@ -57,6 +57,9 @@ func (sess *session) Select(mailbox string, options *imap.SelectOptions) (*imap.
 	if err := sess.fault("SELECT"); err != nil {
 		return nil, err
 	}
+	if err := sess.fault("SELECT " + mailbox); err != nil {
+		return nil, err
+	}
 	data, err := sess.UserSession.Select(mailbox, options)
 	if err != nil {
 		return nil, err
