@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 )
 
 // Exporter is an optional interface of a Store: it walks every record one
@@ -23,9 +24,10 @@ type Exporter interface {
 	// ForEachEntry calls fn with each entry of the record of mailbox,
 	// ascending by UID; none when there is no record.
 	ForEachEntry(ctx context.Context, mailbox string, fn func(Entry) error) error
-	// ForEachClient calls fn with the key and the pending UPDATE (nil when
-	// none) of each client record, in the store's order.
-	ForEachClient(ctx context.Context, fn func(k ClientKey, p *Pending) error) error
+	// ForEachClient calls fn with the key, the pending UPDATE (nil when
+	// none) and the last login (zero when none) of each client record, in
+	// the store's order.
+	ForEachClient(ctx context.Context, fn func(k ClientKey, p *Pending, lastLogin time.Time) error) error
 	// ForEachHidden calls fn with each hidden UIDL of the client record k.
 	ForEachHidden(ctx context.Context, k ClientKey, fn func(uidl string) error) error
 }
@@ -52,9 +54,10 @@ type dumpLine struct {
 	Fingerprint string `json:"fingerprint,omitempty"`
 	Digest      string `json:"digest,omitempty"`
 
-	Mailbox string   `json:"mailbox,omitempty"` // client
-	Client  *string  `json:"client,omitempty"`
-	Pending *Pending `json:"pending,omitempty"`
+	Mailbox   string    `json:"mailbox,omitempty"` // client
+	Client    *string   `json:"client,omitempty"`
+	Pending   *Pending  `json:"pending,omitempty"`
+	LastLogin time.Time `json:"last_login,omitzero"` // absent in dumps made before it was recorded
 }
 
 // DumpStats counts what Export wrote or Import read.
@@ -85,7 +88,7 @@ func Export(ctx context.Context, ex Exporter, w io.Writer) (DumpStats, error) {
 	if err != nil {
 		return st, fmt.Errorf("exporting the mailbox records: %w", err)
 	}
-	err = ex.ForEachClient(ctx, func(k ClientKey, p *Pending) error {
+	err = ex.ForEachClient(ctx, func(k ClientKey, p *Pending, _ time.Time) error {
 		st.Clients++
 		if p != nil {
 			st.Pending++
@@ -324,7 +327,7 @@ func Check(ctx context.Context, ex Exporter, report func(Problem)) (int, error) 
 	if err != nil {
 		return n, err
 	}
-	err = ex.ForEachClient(ctx, func(k ClientKey, p *Pending) error {
+	err = ex.ForEachClient(ctx, func(k ClientKey, p *Pending, _ time.Time) error {
 		client := k.Client
 		mk, ok := markers[k.Mailbox]
 		if !ok {

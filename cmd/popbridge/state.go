@@ -157,7 +157,7 @@ func stateList(ctx context.Context, ex state.Exporter, w io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(w, "clients:")
-	return ex.ForEachClient(ctx, func(k state.ClientKey, p *state.Pending) error {
+	return ex.ForEachClient(ctx, func(k state.ClientKey, p *state.Pending, lastLogin time.Time) error {
 		n := 0
 		if err := ex.ForEachHidden(ctx, k, func(string) error { n++; return nil }); err != nil {
 			return err
@@ -222,7 +222,7 @@ func stateShow(ctx context.Context, cfg bridge.Config, st state.Store, ex state.
 	if !found {
 		fmt.Fprintf(w, "mailbox %s: no record\n", key.Mailbox)
 	}
-	return ex.ForEachClient(ctx, func(k state.ClientKey, p *state.Pending) error {
+	return ex.ForEachClient(ctx, func(k state.ClientKey, p *state.Pending, lastLogin time.Time) error {
 		if k.Mailbox != key.Mailbox || (tagged && k.Client != key.Client) {
 			return nil
 		}

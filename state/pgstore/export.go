@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -62,7 +63,7 @@ func (s *Store) ForEachEntry(ctx context.Context, mailbox string, fn func(state.
 }
 
 // ForEachClient implements state.Exporter, by mailbox and client.
-func (s *Store) ForEachClient(ctx context.Context, fn func(k state.ClientKey, p *state.Pending) error) error {
+func (s *Store) ForEachClient(ctx context.Context, fn func(k state.ClientKey, p *state.Pending, lastLogin time.Time) error) error {
 	rows, err := s.pool.Query(ctx, `SELECT mailbox, client, pending FROM popbridge_client ORDER BY mailbox, client`)
 	if err != nil {
 		return fmt.Errorf("pgstore: clients: %w", classify(err))
@@ -85,7 +86,7 @@ func (s *Store) ForEachClient(ctx context.Context, fn func(k state.ClientKey, p 
 				Created: pj.Created.UTC(), Attempts: pj.Attempts, Copied: pj.Copied,
 			}
 		}
-		return fn(k, p)
+		return fn(k, p, time.Time{})
 	})
 	if err != nil {
 		return fmt.Errorf("pgstore: clients: %w", classify(err))
