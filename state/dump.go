@@ -88,12 +88,12 @@ func Export(ctx context.Context, ex Exporter, w io.Writer) (DumpStats, error) {
 	if err != nil {
 		return st, fmt.Errorf("exporting the mailbox records: %w", err)
 	}
-	err = ex.ForEachClient(ctx, func(k ClientKey, p *Pending, _ time.Time) error {
+	err = ex.ForEachClient(ctx, func(k ClientKey, p *Pending, lastLogin time.Time) error {
 		st.Clients++
 		if p != nil {
 			st.Pending++
 		}
-		if err := enc.Encode(dumpLine{Kind: "client", Mailbox: k.Mailbox, Client: &k.Client, Pending: p}); err != nil {
+		if err := enc.Encode(dumpLine{Kind: "client", Mailbox: k.Mailbox, Client: &k.Client, Pending: p, LastLogin: lastLogin.UTC()}); err != nil {
 			return err
 		}
 		return ex.ForEachHidden(ctx, k, func(uidl string) error {
@@ -218,14 +218,16 @@ func Import(ctx context.Context, st Store, r io.Reader) (DumpStats, error) {
 			if err != nil {
 				return fail(err)
 			}
-			if cur.Pending != nil || len(cur.Hidden) > 0 {
+			if cur.Pending != nil || len(cur.Hidden) > 0 || !cur.LastLogin.IsZero() {
 				return fail(fmt.Errorf("client %q of mailbox %q already has a record in the target store: import into an empty store", k.Client, k.Mailbox))
 			}
 			client = &k
 			stats.Clients++
 			if l.Pending != nil {
 				stats.Pending++
-				if err := st.ApplyClient(ctx, k, ClientChange{SetPending: l.Pending}); err != nil {
+			}
+			if l.Pending != nil || !l.LastLogin.IsZero() {
+				if err := st.ApplyClient(ctx, k, ClientChange{SetPending: l.Pending, LastLogin: l.LastLogin}); err != nil {
 					return fail(err)
 				}
 			}

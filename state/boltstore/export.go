@@ -107,7 +107,13 @@ func (s *Store) ForEachClient(ctx context.Context, fn func(k state.ClientKey, p 
 					return s.corrupt("client %q of mailbox %q: pending: %v", client, mbox, err)
 				}
 			}
-			if err := fn(state.ClientKey{Mailbox: mbox, Client: client}, p, time.Time{}); err != nil {
+			var last time.Time
+			if lv := clients.Bucket(key).Get(keyLastLogin); lv != nil {
+				if last, err = decodeLastLogin(lv); err != nil {
+					return s.corrupt("client %q of mailbox %q: last login: %v", client, mbox, err)
+				}
+			}
+			if err := fn(state.ClientKey{Mailbox: mbox, Client: client}, p, last); err != nil {
 				return err
 			}
 		}
