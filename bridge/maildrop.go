@@ -55,11 +55,12 @@ type maildrop struct {
 }
 
 // open syncs the mailbox record, tries once to finish an UPDATE left
-// pending by an earlier session (a crash, a temporary failure), and builds
-// the session's fixed message list. A pending UPDATE never fails the login:
-// if the replay fails, the session is served all the same (the messages are
-// still there) and the replay is tried again at the next login, within the
-// bound of maxReplayAttempts and maxReplayAge.
+// pending by an earlier session (a crash, a temporary failure), builds
+// the session's fixed message list, and records the login in the client
+// record. A pending UPDATE never fails the login: if the replay fails, the
+// session is served all the same (the messages are still there) and the
+// replay is tried again at the next login, within the bound of
+// maxReplayAttempts and maxReplayAge.
 func (m *maildrop) open(ctx context.Context) error {
 	rec, err := m.d.records.sync(ctx, m.conn, m.key.Mailbox, m.status, m.log, m.prov.measureSizes(m.key.Mailbox))
 	if err != nil {
@@ -78,14 +79,23 @@ func (m *maildrop) open(ctx context.Context) error {
 	}
 	snap := m.d.records.snapshot(m.key.Mailbox, rec)
 	m.rec = rec
+	var stale []string
 	if len(cl.Hidden) == 0 {
 		// The common case: share the mailbox's list with its other sessions.
 		m.msgs, m.uids = snap.msgs, snap.uids
-		return nil
+	} else {
+		stale = m.listVisible(rec, snap, cl.Hidden)
 	}
-	hiddenLeft := len(cl.Hidden)
+	m.recordLogin(ctx, stale)
+	return nil
+}
+
+// listVisible builds the message list of a client that hid some messages
+// and returns its hidden UIDLs that are gone from the mailbox.
+func (m *maildrop) listVisible(rec *state.Mailbox, snap *snapshot, hidden map[string]bool) []string {
+	hiddenLeft := len(hidden)
 	for i, e := range rec.Entries {
-		if cl.Hidden[e.UIDL] {
+		if hidden[e.UIDL] {
 			hiddenLeft--
 			continue
 		}
@@ -102,17 +112,23 @@ func (m *maildrop) open(ctx context.Context) error {
 		present[e.UIDL] = true
 	}
 	var stale []string
-	for u := range cl.Hidden {
+	for u := range hidden {
 		if !present[u] {
 			stale = append(stale, u)
 		}
 	}
-	if len(stale) > 0 {
-		if err := m.d.applyClient(ctx, m.key, state.ClientChange{Unhide: stale}); err != nil {
-			m.log.Warn("pruning hidden UIDLs failed", zap.Error(err))
-		}
+	return stale
+}
+
+// recordLogin stores the time of this login as the client record's last
+// login, in one write with the pruning of the stale hidden UIDLs. It is
+// the one store write of a login that finds nothing to change. A failure
+// does not fail the login: it only leaves the last login (and the stale
+// UIDLs, pruned next time) as they were.
+func (m *maildrop) recordLogin(ctx context.Context, stale []string) {
+	if err := m.d.applyClient(ctx, m.key, state.ClientChange{Unhide: stale, LastLogin: m.d.now()}); err != nil {
+		m.log.Warn("recording the login in the client record failed", zap.Int("stale_hidden", len(stale)), zap.Error(err))
 	}
-	return nil
 }
 
 // replay tries to finish a pending UPDATE: the UIDLs it names are looked up
