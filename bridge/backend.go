@@ -30,6 +30,7 @@ type Bridge struct {
 	now     func() time.Time
 	drops   *maildropDeps  // what every maildrop is given
 	prov    *providerState // the upstream's profile, connection budgets and back-off
+	warm    *warmPool      // parked upstream connections (warm.go)
 	metrics *metrics       // nil: nothing counted (a Bridge without a Server)
 
 	// sessions, when set, counts the sessions of each account
@@ -71,6 +72,8 @@ func NewBridgeWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 	}
 	b := &Bridge{enrolled: enrolled, accountOpts: opts, cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
 	b.prov = newProviderState(cfg.Upstream, log, func() time.Time { return b.now() })
+	b.warm = newWarmPool(func() time.Time { return b.now() }, log.Named("warm"))
+	b.prov.setEvict(b.warm.evictAccount)
 	b.drops = &maildropDeps{
 		records:  b.records,
 		store:    st,
@@ -195,9 +198,11 @@ func (b *Bridge) Login(ctx context.Context, ci *pop3.ConnInfo, username, passwor
 		if t, ok, err := b.enrolledTarget(ctx, log, account, password); ok || err != nil {
 			return t, err
 		}
-		return b.passthroughTarget(account, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
+		t, err := b.passthroughTarget(account, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
 			return b.openUpstream(ctx, account, password)
 		})
+		t.warm = b.warmLoginOf(account, password)
+		return t, err
 	})
 }
 
@@ -219,6 +224,9 @@ type target struct {
 	// timeout, when set, is the timeout of the target's upstream (an
 	// [[upstreams]] entry's) instead of upstream.timeout.
 	timeout time.Duration
+	// warm, when on, lets the session take and leave a warm upstream
+	// connection (warm.go); pass-through only.
+	warm warmLogin
 }
 
 // resolver finds the target of the account part of a login name (device
@@ -293,10 +301,11 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 // maildrop of (account, device).
 func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, device string, t target) (*maildrop, error) {
 	open := t.open
-	conn, st, freeSlot, err := b.openAdmitted(ctx, log, account, open)
+	conn, st, freeSlot, err := b.openWarm(ctx, log, account, t)
 	if err != nil {
 		return nil, err
 	}
+	parked := false // the warm pool took the connection and its budget place
 	key := state.ClientKey{Mailbox: t.mailboxKey, Client: device}
 	done := b.metrics.timeStore("lock")
 	lockRelease, err := b.store.Lock(ctx, key)
@@ -306,7 +315,9 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 	}
 	release := func() {
 		lockRelease()
-		freeSlot()
+		if !parked {
+			freeSlot()
+		}
 	}
 	if err != nil {
 		conn.Close()
@@ -329,8 +340,15 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		d: deps, log: log, key: key, account: account, acct: b.accountKey(account), reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
 	}
+	if t.warm.on {
+		md.park = func(c *upstream.Conn, st upstream.Status) bool {
+			parked = b.parkWarm(account, t, c, st, freeSlot)
+			return parked
+		}
+	}
 	if t.legacy {
 		if err := b.adoptLegacy(ctx, account, key.Mailbox, log); err != nil {
+			md.broken = true
 			md.Close()
 			log.Warn("opening the maildrop failed", zap.Error(err))
 			return nil, toPOP3(err)
@@ -338,6 +356,7 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 	}
 	if err := md.open(ctx); err != nil {
 		// Close calls release, which is the lock's alone here.
+		md.broken = true
 		md.Close()
 		if pe := storeTrouble(log, err); pe != nil {
 			return nil, pe

@@ -134,6 +134,8 @@ func (b *Bridge) reconfigured(cfg Config) (*Bridge, error) {
 		nb.prov = b.prov
 		nb.drops.prov = b.prov
 	}
+	nb.warm = b.warm
+	nb.prov.setEvict(b.warm.evictAccount)
 	nb.records = b.records
 	nb.now = b.now
 	nb.sessions = b.sessions
