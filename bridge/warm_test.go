@@ -300,3 +300,60 @@ func TestWarmReloadTurnsOff(t *testing.T) {
 		t.Errorf("%d upstream LOGINs, want 3: after warm_ttl = 0 each session logs in", got)
 	}
 }
+
+// The warm keys: defaults, the environment, and the bounds.
+func TestWarmConfig(t *testing.T) {
+	file := "[upstream]\naddress = \"127.0.0.1:143\"\nsecurity = \"none\"\n"
+	cfg, err := parseConfig(file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := cfg.Upstream; u.WarmTTL != time.Minute || u.WarmPerAccount != 1 || u.WarmTotal != 1000 {
+		t.Errorf("defaults: warm_ttl %v, warm_per_account %d, warm_total %d; want 1m, 1, 1000", u.WarmTTL, u.WarmPerAccount, u.WarmTotal)
+	}
+	cfg, err = parseConfig(file, []string{"POPBRIDGE_UPSTREAM_WARM_TTL=5m", "POPBRIDGE_UPSTREAM_WARM_PER_ACCOUNT=2", "POPBRIDGE_UPSTREAM_WARM_TOTAL=0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := cfg.Upstream; u.WarmTTL != 5*time.Minute || u.WarmPerAccount != 2 || u.WarmTotal != 0 || warmOn(u) {
+		t.Errorf("from the environment: %v %d %d (on: %v); want 5m 2 0, off", u.WarmTTL, u.WarmPerAccount, u.WarmTotal, warmOn(u))
+	}
+	for _, bad := range []string{"warm_ttl = \"26m\"", "warm_ttl = \"-1s\"", "warm_per_account = -1", "warm_total = -1"} {
+		_, err := parseConfig(file+bad+"\n", nil)
+		key := "upstream." + strings.Fields(bad)[0]
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("%s: error %v, want one naming %s", bad, err, key)
+		}
+	}
+}
+
+// What changes upstream while a connection is warm, and what the
+// session on it changed, the next warm session sees exactly.
+func TestWarmSeesChangesWhileParked(t *testing.T) {
+	forEachUpstream(t, func(t *testing.T, up *upstreamEnv) {
+		e := startBridge(t, up, withWarm(time.Minute))
+		m1, m2, m3 := warmMessage(1), warmMessage(2), warmMessage(3)
+		up.box.Append("INBOX", m1)
+		poll(t, e, up.user, up.pass, [][]byte{m1})
+		up.box.Append("INBOX", m2) // while parked
+		poll(t, e, up.user, up.pass, [][]byte{m1, m2})
+
+		// This session deletes message 1 (moved to Trash) on the warm
+		// connection, which is then parked again.
+		c := e.session("")
+		c.ok("DELE 1")
+		if r := c.quit(); !strings.HasPrefix(r, "+OK") {
+			t.Fatalf("QUIT: %q", r)
+		}
+		up.box.Append("INBOX", m3)
+		poll(t, e, up.user, up.pass, [][]byte{m2, m3})
+		if got := len(up.box.Messages("INBOX")); got != 2 {
+			t.Errorf("INBOX holds %d messages, want 2", got)
+		}
+		if up.mem != nil {
+			if got := logins(up.mem); got != 1 {
+				t.Errorf("%d upstream LOGINs, want 1", got)
+			}
+		}
+	})
+}
