@@ -95,9 +95,9 @@ type MemServer struct {
 	mechs         []string    // the SASL mechanisms of WithTokens
 	auths         []string    // AuthAttempts
 	provider      providerConfig
-	logins        int // client sessions logged in now (WithMaxLogins)
-	refusedLogins int // LOGINs refused for WithMaxLogins
-	newPass       string                       // SetPassword: the password of client logins, when set
+	logins        int                         // client sessions logged in now (WithMaxLogins)
+	refusedLogins int                         // LOGINs refused for WithMaxLogins
+	newPass       string                      // SetPassword: the password of client logins, when set
 	conns         map[*imapserver.Conn]string // client connections, with their address (ByeAll)
 }
 
