@@ -69,8 +69,6 @@ type warmConn struct {
 	free    func()          // frees its place in the account's budget
 	expires time.Time
 
-	ready   chan struct{} // closed once Park returned
-	parkErr error
 	timer   *time.Timer   // closes it at its TTL
 	unwatch chan struct{} // ends the watch on its closing
 }
@@ -182,7 +180,6 @@ func (p *warmPool) take(key string, cred warmCred) (*warmConn, string) {
 
 // discard closes w (LOGOUT) and frees its budget place.
 func (p *warmPool) discard(w *warmConn) {
-	<-w.ready
 	w.conn.Close()
 	w.free()
 }
@@ -204,7 +201,10 @@ func (p *warmPool) put(w *warmConn, ttl time.Duration, perAccount, total int) bo
 	if ttl <= 0 || perAccount <= 0 || total <= 0 || !w.conn.Alive() {
 		return false
 	}
-	w.ready, w.unwatch = make(chan struct{}), make(chan struct{})
+	if err := w.conn.Park(warmKeepalive(ttl)); err != nil {
+		return false
+	}
+	w.unwatch = make(chan struct{})
 	w.expires = p.now().Add(ttl)
 	var out []*warmConn
 	p.mu.Lock()
@@ -240,14 +240,6 @@ func (p *warmPool) put(w *warmConn, ttl time.Duration, perAccount, total int) bo
 		go p.discard(e)
 	}
 	go func() {
-		err := w.conn.Park(context.Background(), warmKeepalive(ttl))
-		w.parkErr = err
-		close(w.ready)
-		if err != nil {
-			p.log.Debug("parking an upstream connection failed", zap.Error(err))
-			p.evict(w)
-			return
-		}
 		select {
 		case <-w.conn.Closed():
 			// BYE, a dropped connection, a failed NOOP.
@@ -355,12 +347,11 @@ func (b *Bridge) openWarm(ctx context.Context, log *zap.Logger, account string, 
 	}
 	w, reason := b.warm.take(key, t.warm.cred)
 	if w != nil {
-		<-w.ready
 		st, err := w.conn.Resume(ctx, b.cfg.Upstream.Mailbox)
 		switch {
-		case w.parkErr != nil || err != nil:
+		case err != nil:
 			reason = "broken"
-			log.Info("a warm upstream connection failed; logging in afresh", zap.Error(err), zap.NamedError("park", w.parkErr))
+			log.Info("a warm upstream connection failed; logging in afresh", zap.Error(err))
 		case st.UIDValidity != w.status.UIDValidity:
 			reason = "uidvalidity"
 			log.Info("the upstream UIDVALIDITY changed while the connection was warm; logging in afresh",

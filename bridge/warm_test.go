@@ -335,7 +335,8 @@ func TestWarmSeesChangesWhileParked(t *testing.T) {
 		m1, m2, m3 := warmMessage(1), warmMessage(2), warmMessage(3)
 		up.box.Append("INBOX", m1)
 		poll(t, e, up.user, up.pass, [][]byte{m1})
-		up.box.Append("INBOX", m2) // while parked
+		waitParkedIdle(t, up, 1)
+		up.box.Append("INBOX", m2) // while parked, in IDLE
 		poll(t, e, up.user, up.pass, [][]byte{m1, m2})
 
 		// This session deletes message 1 (moved to Trash) on the warm
@@ -345,6 +346,7 @@ func TestWarmSeesChangesWhileParked(t *testing.T) {
 		if r := c.quit(); !strings.HasPrefix(r, "+OK") {
 			t.Fatalf("QUIT: %q", r)
 		}
+		waitParkedIdle(t, up, 2)
 		up.box.Append("INBOX", m3)
 		poll(t, e, up.user, up.pass, [][]byte{m2, m3})
 		if got := len(up.box.Messages("INBOX")); got != 2 {
@@ -356,4 +358,19 @@ func TestWarmSeesChangesWhileParked(t *testing.T) {
 			}
 		}
 	})
+}
+
+// waitParkedIdle waits until the warm connection entered IDLE (the n-th
+// IDLE the memory server received; on Dovecot, twice the delay before it).
+func waitParkedIdle(t *testing.T, up *upstreamEnv, n int) {
+	t.Helper()
+	if up.mem == nil {
+		time.Sleep(2 * time.Second)
+		return
+	}
+	for deadline := time.Now().Add(20 * time.Second); len(up.mem.CommandsNamed("IDLE")) < n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the warm connection did not enter IDLE (#%d) within 20s", n)
+		}
+	}
 }

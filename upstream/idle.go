@@ -20,11 +20,16 @@ import (
 // connection will list: never a STATUS, whose answer may run ahead of the
 // selected mailbox's view).
 
-// parking is what Park started: an IDLE command, or a NOOP loop.
+// idleDelay is how long a parked connection waits before it enters
+// IDLE: a session that comes at once resumes it with SELECT alone, and
+// does not wait for IDLE's go-ahead first.
+const idleDelay = time.Second
+
+// parking is what Park started: IDLE (after idleDelay) or a NOOP loop.
 type parking struct {
-	idle *imapclient.IdleCommand // nil: the NOOP loop
-	stop chan struct{}           // ends the NOOP loop
-	done chan struct{}           // closed when the NOOP loop ended
+	stop chan struct{} // ends the wait before IDLE, or the NOOP loop
+	done chan struct{} // closed once IDLE runs, or the goroutine ended
+	idle *imapclient.IdleCommand // set before done is closed: IDLE runs
 }
 
 // parkState guards the Conn's parking.
@@ -41,32 +46,54 @@ func (c *Conn) Closed() <-chan struct{} { return c.client.Closed() }
 func (c *Conn) Alive() bool { return c.alive("") == nil }
 
 // Park starts keeping the selected connection fresh while no session uses
-// it: IDLE when the server has it (waiting, within the timeout, for the
-// server's go-ahead), otherwise a NOOP every keepalive (at least a
-// second). Nothing but Resume or Close may be called until Resume.
-func (c *Conn) Park(ctx context.Context, keepalive time.Duration) error {
-	const op = "idle"
+// it, in the background: IDLE a second later when the server has it,
+// otherwise a NOOP every keepalive (at least a second). A failure closes
+// the connection (Closed tells). Nothing but Resume or Close may be called
+// until Resume.
+func (c *Conn) Park(keepalive time.Duration) error {
 	c.park.mu.Lock()
 	defer c.park.mu.Unlock()
 	if c.park.p != nil {
-		return permError(op, "already parked")
-	}
-	if c.Caps().Has(imap.CapIdle) {
-		var cmd *imapclient.IdleCommand
-		err := c.call(ctx, op, phaseCommand, func(*watch) (err error) {
-			cmd, err = c.client.Idle()
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		c.park.p = &parking{idle: cmd}
-		return nil
+		return permError("idle", "already parked")
 	}
 	p := &parking{stop: make(chan struct{}), done: make(chan struct{})}
 	c.park.p = p
-	go c.keepAlive(p, max(keepalive, time.Second))
+	if c.Caps().Has(imap.CapIdle) {
+		go c.idleLater(p)
+	} else {
+		go c.keepAlive(p, max(keepalive, time.Second))
+	}
 	return nil
+}
+
+// idleLater enters IDLE after idleDelay, unless p.stop comes first.
+func (c *Conn) idleLater(p *parking) {
+	defer close(p.done)
+	t := time.NewTimer(idleDelay)
+	defer t.Stop()
+	select {
+	case <-p.stop:
+		return
+	case <-c.client.Closed():
+		return
+	case <-t.C:
+	}
+	select {
+	case <-p.stop:
+		return
+	default:
+	}
+	var cmd *imapclient.IdleCommand
+	err := c.call(context.Background(), "idle", phaseCommand, func(*watch) (err error) {
+		cmd, err = c.client.Idle()
+		return err
+	})
+	if err != nil {
+		c.log.Debug("upstream IDLE of a parked connection failed; closing it")
+		c.abort()
+		return
+	}
+	p.idle = cmd
 }
 
 // keepAlive sends a NOOP every interval until p.stop. A failed NOOP closes
@@ -91,9 +118,10 @@ func (c *Conn) keepAlive(p *parking, interval time.Duration) {
 	}
 }
 
-// Resume ends what Park started and selects mailbox again: DONE and
-// SELECT go out together, one round trip. It returns the SELECT's status.
-// On any error the connection must be closed: its state is unknown.
+// Resume ends what Park started and selects mailbox again: when IDLE
+// runs, DONE and SELECT go out together, one round trip. It returns the
+// SELECT's status. On any error the connection must be closed: its state
+// is unknown.
 func (c *Conn) Resume(ctx context.Context, mailbox string) (Status, error) {
 	c.park.mu.Lock()
 	p := c.park.p
@@ -102,19 +130,16 @@ func (c *Conn) Resume(ctx context.Context, mailbox string) (Status, error) {
 	if p == nil {
 		return Status{}, permError("select", "not parked")
 	}
+	close(p.stop)
+	<-p.done
 	if p.idle == nil {
-		close(p.stop)
-		<-p.done
 		return c.Select(ctx, mailbox)
 	}
 	var idleErr error
 	st, err := c.selectWith(ctx, mailbox, func() error {
 		// Close writes DONE; IDLE's tagged answer comes before the
 		// SELECT's, and Wait collects it once the SELECT is sent.
-		if err := p.idle.Close(); err != nil {
-			return err
-		}
-		return nil
+		return p.idle.Close()
 	}, func() { idleErr = p.idle.Wait() })
 	if err == nil && idleErr != nil {
 		err = wrap("idle", idleErr, phaseCommand)
@@ -124,21 +149,23 @@ func (c *Conn) Resume(ctx context.Context, mailbox string) (Status, error) {
 
 // unpark ends what Park started without waiting for the server (Close
 // does it before LOGOUT, which IDLE would otherwise hold up).
-// A Park in progress is not waited for: the LOGOUT's short deadline ends
-// it.
 func (c *Conn) unpark() {
-	if !c.park.mu.TryLock() {
-		return
-	}
+	c.park.mu.Lock()
 	p := c.park.p
 	c.park.p = nil
 	c.park.mu.Unlock()
-	switch {
-	case p == nil:
-	case p.idle != nil:
+	if p == nil {
+		return
+	}
+	close(p.stop)
+	select {
+	case <-p.done:
+	case <-time.After(logoutTimeout):
+		// IDLE's go-ahead does not come: no LOGOUT can follow.
+		c.abort()
+		return
+	}
+	if p.idle != nil {
 		p.idle.Close()
-	default:
-		close(p.stop)
-		<-p.done
 	}
 }

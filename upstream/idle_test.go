@@ -15,9 +15,10 @@ func TestParkResume(t *testing.T) {
 	forEachUpstream(t, func(t *testing.T, u *imaptest.Upstream) {
 		u.Append(u.Mailbox, message(1, "one"))
 		c, st := open(t, u)
-		if err := c.Park(t.Context(), time.Minute); err != nil {
+		if err := c.Park(time.Minute); err != nil {
 			t.Fatalf("Park: %v", err)
 		}
+		waitIdle(t, u)
 		uid := u.Append(u.Mailbox, message(2, "two"))
 		got, err := c.Resume(t.Context(), u.Mailbox)
 		if err != nil {
@@ -45,9 +46,10 @@ func TestParkResume(t *testing.T) {
 func TestParkedClose(t *testing.T) {
 	u := imaptest.Mem(t)
 	c, _ := open(t, u)
-	if err := c.Park(t.Context(), time.Minute); err != nil {
+	if err := c.Park(time.Minute); err != nil {
 		t.Fatalf("Park: %v", err)
 	}
+	waitIdle(t, u)
 	if err := c.Close(); err != nil {
 		t.Errorf("Close of a parked connection: %v, want a clean LOGOUT", err)
 	}
@@ -61,7 +63,7 @@ func TestParkWithoutIdle(t *testing.T) {
 	u := imaptest.Mem(t, imaptest.WithCaps(imap.CapIMAP4rev1, imap.CapUIDPlus))
 	u.Addr = imaptest.HideCaps(t, u.Addr, "IDLE")
 	c, st := open(t, u)
-	if err := c.Park(t.Context(), time.Second); err != nil {
+	if err := c.Park(time.Second); err != nil {
 		t.Fatalf("Park: %v", err)
 	}
 	for deadline := time.Now().Add(20 * time.Second); len(u.Mem.CommandsNamed("NOOP")) == 0; time.Sleep(50 * time.Millisecond) {
@@ -85,9 +87,10 @@ func TestParkWithoutIdle(t *testing.T) {
 func TestParkedBye(t *testing.T) {
 	u := imaptest.Mem(t)
 	c, _ := open(t, u)
-	if err := c.Park(t.Context(), time.Minute); err != nil {
+	if err := c.Park(time.Minute); err != nil {
 		t.Fatalf("Park: %v", err)
 	}
+	waitIdle(t, u)
 	if n := u.Mem.ByeAll("shutting down"); n != 1 {
 		t.Fatalf("BYE to %d connections, want 1", n)
 	}
@@ -101,5 +104,36 @@ func TestParkedBye(t *testing.T) {
 	}
 	if _, err := c.Resume(t.Context(), u.Mailbox); err == nil {
 		t.Error("Resume after a BYE: no error")
+	}
+}
+
+// waitIdle waits until the parked connection entered IDLE: on the memory
+// server until it received IDLE, elsewhere for twice the delay before it.
+func waitIdle(t *testing.T, u *imaptest.Upstream) {
+	t.Helper()
+	if u.Mem == nil {
+		time.Sleep(2 * time.Second)
+		return
+	}
+	for deadline := time.Now().Add(20 * time.Second); len(u.Mem.CommandsNamed("IDLE")) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a parked connection did not enter IDLE within 20s")
+		}
+	}
+}
+
+// A session that comes at once resumes without IDLE: SELECT alone.
+func TestResumeBeforeIdle(t *testing.T) {
+	u := imaptest.Mem(t)
+	c, st := open(t, u)
+	if err := c.Park(time.Minute); err != nil {
+		t.Fatalf("Park: %v", err)
+	}
+	got, err := c.Resume(t.Context(), u.Mailbox)
+	if err != nil || got.UIDValidity != st.UIDValidity || got.UIDNext != st.UIDNext || got.NumMessages != st.NumMessages {
+		t.Fatalf("Resume: %+v, %v; want %+v", got, err, st)
+	}
+	if n := len(u.Mem.CommandsNamed("IDLE")); n != 0 {
+		t.Errorf("%d IDLE commands, want none", n)
 	}
 }
