@@ -839,10 +839,12 @@ func BenchmarkPollWarmDovecot(b *testing.B) {
 	}
 	imaptest.NewAdmin(b, os.Getenv("POPBRIDGE_TEST_DOVECOT_ADDR"), user, "pass").AppendMany("INBOX", raws)
 	for _, delay := range []time.Duration{0, 20 * time.Millisecond} {
-		for _, warm := range []bool{false, true} {
-			mode, ttl := "cold", "0s"
-			if warm {
-				mode, ttl = "warm", "1m"
+		// warm-idle: the warm connection is in IDLE when the next poll
+		// comes (the pause between polls is not timed).
+		for _, mode := range []string{"cold", "warm", "warm-idle"} {
+			ttl := "1m"
+			if mode == "cold" {
+				ttl = "0s"
 			}
 			b.Run(fmt.Sprintf("delay=%v/%s", delay, mode), func(b *testing.B) {
 				up := addr
@@ -877,6 +879,11 @@ func BenchmarkPollWarmDovecot(b *testing.B) {
 				reused0 := testutilCount(srv.metrics.warmReuses)
 				polls := 0
 				for b.Loop() {
+					if mode == "warm-idle" {
+						b.StopTimer()
+						time.Sleep(1500 * time.Millisecond) // > upstream idleDelay
+						b.StartTimer()
+					}
 					poll()
 					polls++
 				}

@@ -27,8 +27,8 @@ const idleDelay = time.Second
 
 // parking is what Park started: IDLE (after idleDelay) or a NOOP loop.
 type parking struct {
-	stop chan struct{} // ends the wait before IDLE, or the NOOP loop
-	done chan struct{} // closed once IDLE runs, or the goroutine ended
+	stop chan struct{}           // ends the wait before IDLE, or the NOOP loop
+	done chan struct{}           // closed once IDLE runs, or the goroutine ended
 	idle *imapclient.IdleCommand // set before done is closed: IDLE runs
 }
 
