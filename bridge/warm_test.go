@@ -122,6 +122,10 @@ func TestWarmReuseLogsInOnce(t *testing.T) {
 	if got := testutil.ToFloat64(m.warmMisses.WithLabelValues("none")); got != 1 {
 		t.Errorf("warm misses (none) = %v, want 1 (the first session)", got)
 	}
+	// The upstream logins are counted by the command histogram.
+	if got := observations(t, m.upstreamTime, "login"); got != 1 {
+		t.Errorf("upstream logins observed: %d, want 1", got)
+	}
 }
 
 func TestWarmWrongPasswordLogsInUpstream(t *testing.T) {
