@@ -378,3 +378,28 @@ func waitParkedIdle(t *testing.T, up *upstreamEnv, n int) {
 		}
 	}
 }
+
+// A session that saw an upstream error does not leave its connection
+// warm: its state is not known to be sound.
+func TestWarmNotAfterUpstreamError(t *testing.T) {
+	up := memUpstream(t)
+	msgs := [][]byte{warmMessage(1)}
+	up.mem.Append("INBOX", msgs[0])
+	e := startBridge(t, up, withWarm(time.Minute))
+	poll(t, e, up.user, up.pass, msgs) // parks a connection
+	c := e.session("")
+	up.mem.Fail("FETCH", imaptest.ErrServerBug)
+	if r := c.cmd("RETR 1"); !strings.HasPrefix(r, "-ERR") {
+		t.Fatalf("RETR with a failing upstream FETCH: %q", r)
+	}
+	up.mem.Fail("FETCH", nil)
+	if r := c.quit(); !strings.HasPrefix(r, "+OK") {
+		t.Fatalf("QUIT: %q", r)
+	}
+	// LOGINs: the first poll's, the failed RETR's reconnect (withConn),
+	// and the next poll's.
+	poll(t, e, up.user, up.pass, msgs)
+	if got := logins(up.mem); got != 3 {
+		t.Errorf("%d upstream LOGINs, want 3: the connection that saw an error is not reused", got)
+	}
+}
