@@ -72,7 +72,7 @@ func NewBridgeWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 	}
 	b := &Bridge{enrolled: enrolled, accountOpts: opts, cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
 	b.prov = newProviderState(cfg.Upstream, log, func() time.Time { return b.now() })
-	b.warm = newWarmPool(func() time.Time { return b.now() }, log.Named("warm"))
+	b.warm = newWarmPool(func() time.Time { return b.now() })
 	b.prov.setEvict(b.warm.evictAccount)
 	b.drops = &maildropDeps{
 		records:  b.records,

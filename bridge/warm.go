@@ -78,7 +78,6 @@ type warmConn struct {
 type warmPool struct {
 	hkey [32]byte // the HMAC key: random, per process, memory only
 	now  func() time.Time
-	log  *zap.Logger
 
 	mu      sync.Mutex
 	entries []*warmConn // oldest first
@@ -86,8 +85,8 @@ type warmPool struct {
 	held    prometheus.Gauge // nil: not counted
 }
 
-func newWarmPool(now func() time.Time, log *zap.Logger) *warmPool {
-	p := &warmPool{now: now, log: log}
+func newWarmPool(now func() time.Time) *warmPool {
+	p := &warmPool{now: now}
 	rand.Read(p.hkey[:])
 	return p
 }

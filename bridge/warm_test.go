@@ -403,3 +403,39 @@ func TestWarmNotAfterUpstreamError(t *testing.T) {
 		t.Errorf("%d upstream LOGINs, want 3: the connection that saw an error is not reused", got)
 	}
 }
+
+// warm_total bounds the warm connections of the process: parking one
+// more closes the oldest.
+func TestWarmTotalBound(t *testing.T) {
+	users := imaptest.NewUsers(t, false, "ann", "bob")
+	up := &upstreamEnv{name: "users", addr: users.Addr, user: "ann", pass: imaptest.UsersPassword}
+	e := startBridge(t, up, withWarm(time.Minute), withConfig(func(c *Config) { c.Upstream.WarmTotal = 1 }))
+	poll(t, e, "ann", imaptest.UsersPassword, nil)
+	poll(t, e, "bob", imaptest.UsersPassword, nil) // ann's is closed
+	poll(t, e, "bob", imaptest.UsersPassword, nil)
+	poll(t, e, "ann", imaptest.UsersPassword, nil)
+	if a, b := users.LoginsOf("ann"), users.LoginsOf("bob"); a != 2 || b != 1 {
+		t.Errorf("upstream LOGINs: ann %d, bob %d; want 2 and 1", a, b)
+	}
+	if got := testutil.ToFloat64(e.srv.metrics.warmHeld); got != 1 {
+		t.Errorf("popbridge_upstream_warm_connections = %v, want 1", got)
+	}
+}
+
+// The pool's HMAC: one per (account, password) pair, with no two pairs
+// sharing an input, and a key of each process's own.
+func TestWarmCredentials(t *testing.T) {
+	p, q := newWarmPool(time.Now), newWarmPool(time.Now)
+	if p.cred("alice", "pw") != p.cred("alice", "pw") {
+		t.Error("the same login and password give two HMACs")
+	}
+	if p.cred("ab", "c") == p.cred("a", "bc") {
+		t.Error("(ab, c) and (a, bc) share an HMAC")
+	}
+	if p.cred("alice", "pw") == p.cred("alice", "pw ") || p.cred("alice", "pw") == p.cred("bob", "pw") {
+		t.Error("another password or account gives the same HMAC")
+	}
+	if p.cred("alice", "pw") == q.cred("alice", "pw") {
+		t.Error("two pools share an HMAC key")
+	}
+}
