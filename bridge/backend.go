@@ -320,8 +320,11 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		}
 	}
 	if err != nil {
-		conn.Close()
-		freeSlot()
+		// In use: the connection stays warm for the device's next login.
+		if !errors.Is(err, state.ErrLocked) || !t.warm.on || !b.parkWarm(account, t, conn, st, freeSlot) {
+			conn.Close()
+			freeSlot()
+		}
 		if errors.Is(err, state.ErrLocked) {
 			return nil, pop3.ErrInUse
 		}

@@ -439,3 +439,24 @@ func TestWarmCredentials(t *testing.T) {
 		t.Error("two pools share an HMAC key")
 	}
 }
+
+// A login refused [IN-USE] (the device is in session) leaves the
+// connection it opened warm for the next one.
+func TestWarmInUseKeepsConnection(t *testing.T) {
+	up := memUpstream(t)
+	e := startBridge(t, up, withWarm(time.Minute), withConfig(func(c *Config) { c.Upstream.WarmPerAccount = 2 }))
+	poll(t, e, up.user, up.pass, nil) // LOGIN 1, parked
+	held := e.session("")             // takes it
+	defer held.drop()
+	for range 3 {
+		c := dialPOP(t, e.addr)
+		c.ok("USER %s", up.user)
+		if r := c.cmd("PASS %s", up.pass); !strings.HasPrefix(r, "-ERR [IN-USE]") {
+			t.Fatalf("a second session of the device: %q, want -ERR [IN-USE]", r)
+		}
+		c.drop()
+	}
+	if got := logins(up.mem); got != 2 {
+		t.Errorf("%d upstream LOGINs, want 2: the refused logins share one warm connection", got)
+	}
+}
