@@ -30,6 +30,7 @@ type Bridge struct {
 	now     func() time.Time
 	drops   *maildropDeps  // what every maildrop is given
 	prov    *providerState // [upstream]'s profile, connection budgets and back-off
+	warm    *warmPool      // parked upstream connections (warm.go)
 	metrics *metrics       // nil: nothing counted (a Bridge without a Server)
 
 	// sessions, when set, counts the sessions of each account
@@ -73,6 +74,8 @@ func NewBridgeWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 	}
 	b.enrolled = enrolled
 	b.prov = newProviderState(cfg.Upstream, log, now)
+	b.warm = newWarmPool(now)
+	b.prov.setEvict(b.warm.evictAccount)
 	b.drops = &maildropDeps{
 		records:  b.records,
 		store:    st,
@@ -195,9 +198,11 @@ func (b *Bridge) Login(ctx context.Context, ci *pop3.ConnInfo, username, passwor
 		if t, ok, err := b.enrolledTarget(ctx, log, account, password); ok || err != nil {
 			return t, err
 		}
-		return b.passthroughTarget(account, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
+		t, err := b.passthroughTarget(account, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
 			return b.openUpstream(ctx, account, password)
 		})
+		t.warm = b.warmLoginOf(account, password)
+		return t, err
 	})
 }
 
@@ -235,6 +240,9 @@ type target struct {
 	mailbox  string
 	keyFor   func(mailbox string) string
 	enrolled bool
+	// warm, when on, lets the session take and leave a warm upstream
+	// connection (warm.go); pass-through only.
+	warm warmLogin
 }
 
 // resolver finds the target of the account part of a login name (device
@@ -319,10 +327,11 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 	if t.acct == "" {
 		t.acct = b.accountKey(account)
 	}
-	conn, st, freeSlot, err := b.openAdmitted(ctx, log, account, t.acct, t.prov, open)
+	conn, st, freeSlot, err := b.openWarm(ctx, log, account, t)
 	if err != nil {
 		return nil, err
 	}
+	parked := false // the warm pool took the connection and its budget place
 	key := state.ClientKey{Mailbox: t.mailboxKey, Client: device}
 	done := b.metrics.timeStore("lock")
 	lockRelease, err := b.store.Lock(ctx, key)
@@ -332,11 +341,16 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 	}
 	release := func() {
 		lockRelease()
-		freeSlot()
+		if !parked {
+			freeSlot()
+		}
 	}
 	if err != nil {
-		conn.Close()
-		freeSlot()
+		// In use: the connection stays warm for the device's next login.
+		if !errors.Is(err, state.ErrLocked) || !t.warm.on || !b.parkWarm(account, t, conn, st, freeSlot) {
+			conn.Close()
+			freeSlot()
+		}
 		if errors.Is(err, state.ErrLocked) {
 			return nil, pop3.ErrInUse
 		}
@@ -355,8 +369,15 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		d: deps, prov: t.prov, log: log, key: key, account: account, acct: t.acct, reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
 	}
+	if t.warm.on {
+		md.park = func(c *upstream.Conn, st upstream.Status) bool {
+			parked = b.parkWarm(account, t, c, st, freeSlot)
+			return parked
+		}
+	}
 	if t.legacy {
 		if err := b.adoptLegacy(ctx, account, key.Mailbox, log); err != nil {
+			md.broken = true
 			md.Close()
 			log.Warn("opening the maildrop failed", zap.Error(err))
 			return nil, toPOP3(err)
@@ -364,6 +385,7 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 	}
 	if err := md.open(ctx); err != nil {
 		// Close calls release, which is the lock's alone here.
+		md.broken = true
 		md.Close()
 		if pe := storeTrouble(log, err); pe != nil {
 			return nil, pe

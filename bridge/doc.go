@@ -137,4 +137,14 @@
 //     rotated refresh token stored before the new access token is used; a
 //     grant the provider no longer honours gives -ERR [AUTH] and marks the
 //     account (enrolled.go).
+//  20. A warm upstream connection (warm.go) serves only the upstream,
+//     account and mailbox it was opened for, and only a login whose
+//     password's HMAC (an in-memory key drawn at start) equals the one it
+//     logged in with; any other password logs in upstream. It is in one
+//     session or in the pool, never both, and is parked only after a
+//     session that ended without an upstream error (its UPDATE applied).
+//     Taking it SELECTs the mailbox again; a failure, a BYE or a changed
+//     UIDVALIDITY closes it, never reused. It keeps its place in the
+//     account's connection budget (17), and is closed at its TTL and at
+//     shutdown (LOGOUT). Enrolled accounts get none.
 package bridge

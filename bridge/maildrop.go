@@ -52,6 +52,11 @@ type maildrop struct {
 	arena     []byte     // the read-ahead's buffer, from Bridge.ahead while a batch needs it
 	closeOnce sync.Once
 	release   func()
+	// park, when set, offers the upstream connection to the warm pool
+	// at Close and reports whether the pool took it; broken keeps it
+	// from being offered (an upstream operation or the UPDATE failed).
+	park   func(*upstream.Conn, upstream.Status) bool
+	broken bool
 }
 
 // open syncs the mailbox record, tries once to finish an UPDATE left
@@ -311,6 +316,7 @@ func (m *maildrop) Top(ctx context.Context, n, lines int, cw pop3.MessageWriter)
 // again right after QUIT must not find its maildrop still in use.
 func (m *maildrop) Commit(ctx context.Context, deleted []int) (err error) {
 	defer m.Close()
+	defer func() { m.broken = m.broken || err != nil }()
 	m.saveMeasured(ctx)
 	if len(deleted) == 0 {
 		return nil
@@ -595,6 +601,9 @@ func (m *maildrop) recordCopied(ctx context.Context, p *state.Pending, src []uin
 func (m *maildrop) withConn(ctx context.Context, op func(*upstream.Conn) error) error {
 	m.dropAhead()
 	err := op(m.conn)
+	if err != nil {
+		m.broken = true
+	}
 	if err == nil || errors.Is(err, errMidway) || upstream.KindOf(err) != upstream.KindTemp || ctx.Err() != nil {
 		return err
 	}
@@ -653,7 +662,7 @@ func (m *maildrop) Close() error {
 		// race). After a dropped connection its context has ended, so it
 		// stops at once.
 		m.dropAhead()
-		if m.conn != nil {
+		if m.conn != nil && (m.park == nil || m.broken || !m.park(m.conn, m.status)) {
 			m.conn.Close()
 		}
 		m.release()

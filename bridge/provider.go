@@ -47,6 +47,17 @@ type providerState struct {
 	backoff    map[string]backoffWindow
 	mismatched map[string]bool // mailbox keys whose RFC822.SIZE was seen wrong
 	once       map[string]bool
+	// evict, when set, closes a parked warm connection of an account
+	// (freeing its place) and reports whether there was one.
+	evict func(acct string) bool
+}
+
+// setEvict sets what admit calls to free a place held by a warm
+// connection.
+func (ps *providerState) setEvict(evict func(acct string) bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ps.evict = evict
 }
 
 type backoffWindow struct {
@@ -132,6 +143,15 @@ func (ps *providerState) admit(ctx context.Context, log *zap.Logger, acct string
 	limit := maxConnections(ps.cfg.MaxConnectionsPerAccount, ps.profileLocked())
 	var timer *time.Timer
 	for limit > 0 && ps.conns[acct] >= limit {
+		if evict := ps.evict; evict != nil {
+			// A warm connection of the account gives up its place.
+			ps.mu.Unlock()
+			evicted := evict(acct)
+			ps.mu.Lock()
+			if evicted {
+				continue
+			}
+		}
 		freed := ps.freed
 		ps.mu.Unlock()
 		if timer == nil {

@@ -143,6 +143,8 @@ func (b *Bridge) reconfigured(cfg Config) (*Bridge, error) {
 			up.prov = old.prov
 		}
 	}
+	nb.warm = b.warm
+	nb.prov.setEvict(b.warm.evictAccount)
 	nb.records = b.records
 	nb.now = b.now
 	nb.sessions = b.sessions

@@ -77,6 +77,7 @@ func NewServerWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 	}
 	m, reg := newMetrics()
 	b.metrics, b.records.m, b.drops.metrics = m, m, m
+	b.warm.setMetrics(m)
 	// The limits count by the same account key as the records and the
 	// locks.
 	lim := limiter{l: limits.New(cfg.Limits, b.AccountKey), m: m}
@@ -205,6 +206,7 @@ func (s *Server) Serve() error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.serving.Store(false)
 	err := s.POP3.Shutdown(ctx)
+	s.backend.current().warm.closeAll() // LOGOUT of every warm connection
 	if s.admin != nil {
 		s.admin.Shutdown(ctx)
 	}

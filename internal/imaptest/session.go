@@ -42,6 +42,15 @@ func (sess *session) login(mech, username, password string) error {
 		return ErrPasswordRefused
 	}
 	err := sess.s.user.Login(username, password)
+	if ok, set := sess.s.checkPassword(password); set && !sess.s.isInternal(sess.addr) {
+		err = nil
+		if !ok {
+			err = imapserver.ErrAuthFailed
+		}
+		if username != sess.s.User {
+			err = imapserver.ErrAuthFailed
+		}
+	}
 	sess.recordAuth(mech, username, err)
 	if err != nil {
 		return err
