@@ -29,7 +29,8 @@ type Bridge struct {
 	records *records
 	now     func() time.Time
 	drops   *maildropDeps  // what every maildrop is given
-	prov    *providerState // the upstream's profile, connection budgets and back-off
+	prov    *providerState // [upstream]'s profile, connection budgets and back-off
+	warm    *warmPool      // parked upstream connections (warm.go)
 	metrics *metrics       // nil: nothing counted (a Bridge without a Server)
 
 	// sessions, when set, counts the sessions of each account
@@ -65,12 +66,16 @@ func NewBridgeWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 			return nil, err
 		}
 	}
-	enrolled, err := newEnrolled(cfg, st, log, opts)
+	b := &Bridge{accountOpts: opts, cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
+	now := func() time.Time { return b.now() }
+	enrolled, err := newEnrolled(cfg, st, log, opts, now)
 	if err != nil {
 		return nil, err
 	}
-	b := &Bridge{enrolled: enrolled, accountOpts: opts, cfg: cfg, log: log, store: st, up: up, records: newRecords(st, &cfg.UIDL.Format), now: time.Now}
-	b.prov = newProviderState(cfg.Upstream, log, func() time.Time { return b.now() })
+	b.enrolled = enrolled
+	b.prov = newProviderState(cfg.Upstream, log, now)
+	b.warm = newWarmPool(now)
+	b.prov.setEvict(b.warm.evictAccount)
 	b.drops = &maildropDeps{
 		records:  b.records,
 		store:    st,
@@ -78,8 +83,7 @@ func NewBridgeWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 		timeout:  cfg.Upstream.Timeout,
 		markSeen: cfg.Upstream.MarkSeenOnRetr,
 		ahead:    newAheadPool(readAheadTotal),
-		now:      func() time.Time { return b.now() },
-		prov:     b.prov,
+		now:      now,
 	}
 	return b, nil
 }
@@ -96,8 +100,7 @@ type maildropDeps struct {
 	markSeen bool          // upstream.mark_seen_on_retr
 	ahead    *aheadPool    // the read-ahead buffers of every session
 	now      func() time.Time
-	prov     *providerState // the upstream's profile; what it permits
-	metrics  *metrics       // nil: nothing counted
+	metrics  *metrics // nil: nothing counted
 }
 
 // loadClient is store.LoadClient, timed.
@@ -195,9 +198,11 @@ func (b *Bridge) Login(ctx context.Context, ci *pop3.ConnInfo, username, passwor
 		if t, ok, err := b.enrolledTarget(ctx, log, account, password); ok || err != nil {
 			return t, err
 		}
-		return b.passthroughTarget(account, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
+		t, err := b.passthroughTarget(account, func(ctx context.Context, account string) (*upstream.Conn, upstream.Status, error) {
 			return b.openUpstream(ctx, account, password)
 		})
+		t.warm = b.warmLoginOf(account, password)
+		return t, err
 	})
 }
 
@@ -219,6 +224,25 @@ type target struct {
 	// timeout, when set, is the timeout of the target's upstream (an
 	// [[upstreams]] entry's) instead of upstream.timeout.
 	timeout time.Duration
+	// prov is the provider state of the target's upstream: [upstream]'s
+	// (Bridge.prov) or the [[upstreams]] entry's. Its profile, connection
+	// budgets and back-off windows govern the login and the maildrop.
+	prov *providerState
+	// acct, when set, is the account's key in prov (its budget and
+	// back-off window): the upstream identity an enrolled account logs in
+	// as, which the provider's limits count, whatever POP3 name it is
+	// enrolled under. Unset: the account key of the login
+	// (Bridge.accountKey).
+	acct string
+	// mailbox is the mailbox open selects, and keyFor names the record
+	// of another mailbox of the same account (merged maildrops,
+	// merged.go); enrolled says whether the account is enrolled.
+	mailbox  string
+	keyFor   func(mailbox string) string
+	enrolled bool
+	// warm, when on, lets the session take and leave a warm upstream
+	// connection (warm.go); pass-through only.
+	warm warmLogin
 }
 
 // resolver finds the target of the account part of a login name (device
@@ -232,7 +256,8 @@ func (b *Bridge) passthroughTarget(account string, open upstreamOpener) (target,
 	if !b.cfg.passthroughOn() {
 		return target{}, pop3.ErrAuthFailed
 	}
-	return target{open: open, mailboxKey: b.mailboxKey(account), legacy: true}, nil
+	return target{open: open, mailboxKey: b.mailboxKey(account), legacy: true, prov: b.prov, mailbox: b.cfg.Upstream.Mailbox,
+		keyFor: func(mb string) string { return MailboxKey(b.cfg.Upstream.Name, b.accountKey(account), mb) }}, nil
 }
 
 // loginWith is Login with the upstream left to resolve: it splits the
@@ -276,6 +301,9 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 			endSession()
 		}
 	}
+	if mc := b.cfg.maildropFor(account, device); mc != nil {
+		return b.openMerged(ctx, log, account, device, t, mc, done)
+	}
 	md, err := b.openMaildrop(ctx, log, account, device, t)
 	if err != nil {
 		done()
@@ -293,10 +321,17 @@ func (b *Bridge) loginWith(ctx context.Context, ci *pop3.ConnInfo, username stri
 // maildrop of (account, device).
 func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, device string, t target) (*maildrop, error) {
 	open := t.open
-	conn, st, freeSlot, err := b.openAdmitted(ctx, log, account, open)
+	if t.prov == nil {
+		t.prov = b.prov
+	}
+	if t.acct == "" {
+		t.acct = b.accountKey(account)
+	}
+	conn, st, freeSlot, err := b.openWarm(ctx, log, account, t)
 	if err != nil {
 		return nil, err
 	}
+	parked := false // the warm pool took the connection and its budget place
 	key := state.ClientKey{Mailbox: t.mailboxKey, Client: device}
 	done := b.metrics.timeStore("lock")
 	lockRelease, err := b.store.Lock(ctx, key)
@@ -306,11 +341,16 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 	}
 	release := func() {
 		lockRelease()
-		freeSlot()
+		if !parked {
+			freeSlot()
+		}
 	}
 	if err != nil {
-		conn.Close()
-		freeSlot()
+		// In use: the connection stays warm for the device's next login.
+		if !errors.Is(err, state.ErrLocked) || !t.warm.on || !b.parkWarm(account, t, conn, st, freeSlot) {
+			conn.Close()
+			freeSlot()
+		}
 		if errors.Is(err, state.ErrLocked) {
 			return nil, pop3.ErrInUse
 		}
@@ -326,11 +366,18 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		deps = &own
 	}
 	md := &maildrop{
-		d: deps, log: log, key: key, account: account, acct: b.accountKey(account), reopen: open,
+		d: deps, prov: t.prov, log: log, key: key, account: account, acct: t.acct, reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
+	}
+	if t.warm.on {
+		md.park = func(c *upstream.Conn, st upstream.Status) bool {
+			parked = b.parkWarm(account, t, c, st, freeSlot)
+			return parked
+		}
 	}
 	if t.legacy {
 		if err := b.adoptLegacy(ctx, account, key.Mailbox, log); err != nil {
+			md.broken = true
 			md.Close()
 			log.Warn("opening the maildrop failed", zap.Error(err))
 			return nil, toPOP3(err)
@@ -338,6 +385,7 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 	}
 	if err := md.open(ctx); err != nil {
 		// Close calls release, which is the lock's alone here.
+		md.broken = true
 		md.Close()
 		if pe := storeTrouble(log, err); pe != nil {
 			return nil, pe

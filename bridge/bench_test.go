@@ -28,6 +28,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
 	"github.com/popbridge/popbridge/internal/imaptest"
@@ -48,9 +50,18 @@ func TestSynthIMAPHelper(t *testing.T) { imaptest.SynthHelper(t) }
 // dir, no logs) in front of upstream.
 func startBenchServer(tb testing.TB, upstream string) *Server {
 	tb.Helper()
+	return startBenchServerWith(tb, upstream, "")
+}
+
+// startBenchServerWith is startBenchServer with more keys of [upstream].
+func startBenchServerWith(tb testing.TB, upstream, upstreamKeys string) *Server {
+	tb.Helper()
 	// The upstream may be another machine's (BenchmarkExternalUpstream).
-	text := fmt.Sprintf("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\naddress = %q\nsecurity = \"none\"\ntimeout = \"1m\"\nallow_cleartext_remote = true\n"+
-		"[auth]\nallow_insecure_auth = true\n[delete]\npolicy = \"hide\"\n", upstream)
+	if !strings.Contains(upstreamKeys, "security =") {
+		upstreamKeys += "security = \"none\"\nallow_cleartext_remote = true\n"
+	}
+	text := fmt.Sprintf("[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\naddress = %q\ntimeout = \"1m\"\n%s"+
+		"[auth]\nallow_insecure_auth = true\n[delete]\npolicy = \"hide\"\n", upstream, upstreamKeys)
 	// Up to 1,000 sessions of one account stay open, and log in, at once.
 	cfg, err := ParseConfig(text + "[limits]\nmax_connections = 0\nmax_connections_per_ip = 0\n" +
 		"max_login_failures_per_account = 0\nmax_sessions_per_account = 0\n")
@@ -772,5 +783,178 @@ func BenchmarkColdPoll(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkPollWarm is an unchanged poll (connect, USER, PASS, STAT, UIDL,
+// QUIT) of a 200-message mailbox with a warm upstream connection and
+// without one (upstream.warm_ttl = 0), on loopback and with 20 ms added
+// each way between popbridge and the upstream (delayProxy). It reports
+// the share of polls served warm.
+func BenchmarkPollWarm(b *testing.B) {
+	const n = 200
+	for _, delay := range []time.Duration{0, 20 * time.Millisecond} {
+		for _, warm := range []bool{false, true} {
+			name := fmt.Sprintf("delay=%v/cold", delay)
+			keys := "warm_ttl = \"0s\"\n"
+			if warm {
+				name = fmt.Sprintf("delay=%v/warm", delay)
+				keys = "warm_ttl = \"1m\"\n"
+			}
+			b.Run(name, func(b *testing.B) {
+				up := imaptest.NewSynth(b, map[string]imaptest.SynthBox{"alice": {N: n, Small: 3000, UIDValidity: 0x6b076fcb}})
+				addr := up.Addr()
+				if delay > 0 {
+					addr = delayProxy(b, addr, delay)
+				}
+				srv := startBenchServerWith(b, addr, keys)
+				pop := srv.Addr().String()
+				if got, err := benchPoll(pop, "alice"); err != nil || got != n {
+					b.Fatalf("first poll: %d messages, %v", got, err)
+				}
+				reused0 := testutilCount(srv.metrics.warmReuses)
+				polls := 0
+				for b.Loop() {
+					if got, err := benchPoll(pop, "alice"); err != nil || got != n {
+						b.Fatalf("poll: %d messages, %v", got, err)
+					}
+					polls++
+				}
+				b.ReportMetric((testutilCount(srv.metrics.warmReuses)-reused0)/float64(polls), "warm/poll")
+			})
+		}
+	}
+}
+
+// testutilCount is a counter's value.
+func testutilCount(c prometheus.Counter) float64 {
+	var m dto.Metric
+	c.Write(&m)
+	return m.GetCounter().GetValue()
+}
+
+// delayProxy forwards TCP connections to target, each chunk in either
+// direction delivered d after it was read (a link with d latency each
+// way and no bandwidth limit). It stops when the test ends.
+func delayProxy(tb testing.TB, target string, d time.Duration) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	pipe := func(dst, src net.Conn) {
+		type chunk struct {
+			at time.Time
+			b  []byte
+		}
+		ch := make(chan chunk, 1024)
+		go func() {
+			defer close(ch)
+			for {
+				buf := make([]byte, 32<<10)
+				n, err := src.Read(buf)
+				if n > 0 {
+					ch <- chunk{time.Now().Add(d), buf[:n]}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+		for c := range ch {
+			time.Sleep(time.Until(c.at))
+			if _, err := dst.Write(c.b); err != nil {
+				break
+			}
+		}
+		dst.Close()
+		src.Close()
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go pipe(s, c)
+			go pipe(c, s)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// BenchmarkPollWarmDovecot is BenchmarkPollWarm against the real Dovecot
+// of .ci/dovecot-start, over implicit TLS as in production (a fresh
+// account holding 200 small messages); it skips without Dovecot.
+func BenchmarkPollWarmDovecot(b *testing.B) {
+	const n = 200
+	addr, ca, domain := os.Getenv("POPBRIDGE_TEST_DOVECOT_IMAPS_ADDR"), os.Getenv("POPBRIDGE_TEST_DOVECOT_CA_FILE"), os.Getenv("POPBRIDGE_TEST_DOVECOT_DYN_DOMAIN")
+	if addr == "" || ca == "" || domain == "" {
+		b.Skip("no Dovecot: set POPBRIDGE_TEST_DOVECOT_IMAPS_ADDR (see .ci/dovecot-start)")
+	}
+	user := freshUser(domain)
+	raws := make([][]byte, n)
+	for i := range raws {
+		raws[i] = warmMessage(i)
+	}
+	imaptest.NewAdmin(b, os.Getenv("POPBRIDGE_TEST_DOVECOT_ADDR"), user, "pass").AppendMany("INBOX", raws)
+	for _, delay := range []time.Duration{0, 20 * time.Millisecond} {
+		// warm-idle: the warm connection is in IDLE when the next poll
+		// comes (the pause between polls is not timed).
+		for _, mode := range []string{"cold", "warm", "warm-idle"} {
+			ttl := "1m"
+			if mode == "cold" {
+				ttl = "0s"
+			}
+			b.Run(fmt.Sprintf("delay=%v/%s", delay, mode), func(b *testing.B) {
+				up := addr
+				if delay > 0 {
+					up = delayProxy(b, addr, delay)
+				}
+				srv := startBenchServerWith(b, up, fmt.Sprintf("security = \"tls\"\nca_file = %q\nwarm_ttl = %q\n", ca, ttl))
+				pop := srv.Addr().String()
+				poll := func() {
+					c, err := benchDial(pop)
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer c.conn.Close()
+					if err := c.Login(user, "pass"); err != nil {
+						b.Fatal(err)
+					}
+					if st, err := c.cmd("STAT"); err != nil || !strings.HasPrefix(st, "+OK "+strconv.Itoa(n)+" ") {
+						b.Fatalf("STAT: %q, %v", st, err)
+					}
+					if _, err := c.cmd("UIDL"); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := c.body(); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := c.cmd("QUIT"); err != nil {
+						b.Fatal(err)
+					}
+				}
+				poll()
+				reused0 := testutilCount(srv.metrics.warmReuses)
+				polls := 0
+				for b.Loop() {
+					if mode == "warm-idle" {
+						b.StopTimer()
+						time.Sleep(1500 * time.Millisecond) // > upstream idleDelay
+						b.StartTimer()
+					}
+					poll()
+					polls++
+				}
+				b.ReportMetric((testutilCount(srv.metrics.warmReuses)-reused0)/float64(polls), "warm/poll")
+			})
+		}
 	}
 }

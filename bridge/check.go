@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -154,6 +155,30 @@ func Check(ctx context.Context, cfg Config, account, password string, w io.Write
 	}
 	fmt.Fprintf(w, "delete policy %s: ok\n", cfg.Delete.Policy)
 	return nil
+}
+
+// CheckUpstreams writes one line per [[upstreams]] entry of cfg: the
+// provider profile its accounts follow and their connection budget, as
+// far as the configuration tells (an "auto" profile that the host name
+// does not give is recognized at the first login; popbridge account test
+// shows it).
+func CheckUpstreams(cfg Config, w io.Writer) {
+	for _, u := range cfg.Upstreams {
+		r, _ := u.resolve()
+		ps := newEntryState(r, zap.NewNop(), time.Now)
+		profile := "auto (recognized at the first login)"
+		budget := "the profile's"
+		if ps.profile != nil {
+			profile = fmt.Sprintf("%s (%s)", ps.profile.Name, ps.how)
+		}
+		switch n := maxConnections(r.MaxConnectionsPerAccount, ps.profile); {
+		case n > 0:
+			budget = fmt.Sprintf("%d upstream connections per account", n)
+		case ps.profile != nil || r.MaxConnectionsPerAccount < 0:
+			budget = "no limit"
+		}
+		fmt.Fprintf(w, "upstreams %s: profile %s, connection budget: %s\n", u.Name, profile, budget)
+	}
 }
 
 func flagList(f []string) string {

@@ -105,7 +105,7 @@ type completer struct {
 
 // completer is the session's way to the upstream for a completion.
 func (m *maildrop) completer() completer {
-	prov, acct, account, reopen, log := m.d.prov, m.acct, m.account, m.reopen, m.log
+	prov, acct, account, reopen, log := m.prov, m.acct, m.account, m.reopen, m.log
 	return completer{
 		admit: func() (func(), error) {
 			now, cancel := context.WithCancel(context.Background())

@@ -37,6 +37,9 @@ type Config struct {
 	// (config_accounts.go).
 	Upstreams []OAuthUpstreamConfig `toml:"upstreams"`
 	Accounts  AccountsConfig        `toml:"accounts"`
+	// Maildrops are the merged maildrops ([[maildrops]],
+	// config_maildrops.go): logins served from several mailboxes.
+	Maildrops []MaildropConfig `toml:"maildrops"`
 }
 
 // AdminConfig is the [admin] table: the operator's HTTP endpoints
@@ -99,6 +102,17 @@ type UpstreamConfig struct {
 	// is then refused with [SYS/TEMP]. 0: the profile's (Gmail 15,
 	// Microsoft 20, otherwise none); -1: no limit.
 	MaxConnectionsPerAccount int `toml:"max_connections_per_account"`
+	// WarmTTL is how long the upstream connection of a session that
+	// ended well is kept, logged in and selected, for the next session of
+	// the same account, mailbox and password (warm.go); 0 turns warm
+	// connections off. A password changed upstream keeps working through a
+	// warm connection for at most this long. At most 25 minutes (IDLE is
+	// renewed before 29).
+	WarmTTL time.Duration `toml:"warm_ttl"`
+	// WarmPerAccount bounds the warm connections kept for one account;
+	// WarmTotal those of the whole process. 0 turns them off.
+	WarmPerAccount int `toml:"warm_per_account"`
+	WarmTotal      int `toml:"warm_total"`
 }
 
 // AuthConfig is the [auth] table: how POP3 logins are read.
@@ -163,6 +177,12 @@ func DefaultConfig() Config {
 			Mailbox:  "INBOX",
 			Timeout:  30 * time.Second,
 			Profile:  ProfileAuto,
+			// One minute covers clients that poll every minute or
+			// faster, the ones that gain most, and bounds how long a
+			// password changed upstream still works here.
+			WarmTTL:        time.Minute,
+			WarmPerAccount: 1,
+			WarmTotal:      1000,
 		},
 		Auth: AuthConfig{
 			DeviceSeparator: "#",
@@ -325,6 +345,7 @@ func (c *Config) problems() problems {
 	c.Limits.Check(func(key, msg string) { p.add("limits."+key, "%s", msg) })
 	c.Log.validate(&p)
 	c.Admin.validate(&p)
+	c.validateMaildrops(&p)
 	if c.Server.ListenTLS != "" && c.TLS.CertFile == "" {
 		p.add("server.listen_tls", "needs tls.cert_file and tls.key_file")
 	}
@@ -380,6 +401,15 @@ func (c *UpstreamConfig) validate(p *problems, addressRequired bool) {
 	}
 	if c.MaxConnectionsPerAccount < -1 {
 		p.add("upstream.max_connections_per_account", "must be -1 (no limit), 0 (the profile's) or positive")
+	}
+	if c.WarmTTL < 0 || c.WarmTTL > maxWarmTTL {
+		p.add("upstream.warm_ttl", "%v: want 0 (off) up to %v", c.WarmTTL, maxWarmTTL)
+	}
+	if c.WarmPerAccount < 0 {
+		p.add("upstream.warm_per_account", "must be 0 (off) or positive")
+	}
+	if c.WarmTotal < 0 {
+		p.add("upstream.warm_total", "must be 0 (off) or positive")
 	}
 }
 

@@ -34,6 +34,15 @@ type OAuthUpstreamConfig struct {
 	ServerName           string        `toml:"server_name"`
 	InsecureSkipVerify   bool          `toml:"insecure_skip_verify"`
 	AllowCleartextRemote bool          `toml:"allow_cleartext_remote"`
+	// Profile names the provider profile of the entry's accounts, as
+	// upstream.profile does; default: the preset's (gmail, microsoft365,
+	// outlook), and for generic "auto" (recognized from the host name,
+	// the capabilities and the ID answer).
+	Profile string `toml:"profile"`
+	// MaxConnectionsPerAccount is the entry's upstream connection budget
+	// per account, as upstream.max_connections_per_account (0: the
+	// profile's; -1: no limit); counted apart from [upstream]'s.
+	MaxConnectionsPerAccount int `toml:"max_connections_per_account"`
 	// OAuth is the [upstreams.oauth] table: client ID, tenant, where the
 	// client secret is (a file or an environment variable, never here),
 	// the flow, and for generic the endpoints and scopes.
@@ -59,6 +68,8 @@ type AccountsConfig struct {
 type resolvedUpstream struct {
 	UpstreamConfig
 	OAuth oauth.Config
+	// PresetProfile: Profile is the preset's, the entry naming none.
+	PresetProfile bool
 }
 
 // passthroughOn reports whether logins that are not enrolled go to
@@ -119,12 +130,25 @@ func (u OAuthUpstreamConfig) resolve() (resolvedUpstream, []*problem) {
 		Name: u.Name, Address: u.Address, Mailbox: u.Mailbox, Timeout: u.Timeout,
 		CAFile: u.CAFile, ServerName: u.ServerName, InsecureSkipVerify: u.InsecureSkipVerify,
 		AllowCleartextRemote: u.AllowCleartextRemote,
+		Profile:              u.Profile, MaxConnectionsPerAccount: u.MaxConnectionsPerAccount,
 	}}
 	if r.Mailbox == "" {
 		r.Mailbox = "INBOX"
 	}
 	if r.Timeout == 0 {
 		r.Timeout = 30 * time.Second
+	}
+	if r.Profile == "" {
+		r.Profile = ProfileAuto
+		if profileNamed(strings.ToLower(oc.Provider)) != nil && !strings.EqualFold(oc.Provider, oauth.ProviderGeneric) {
+			r.Profile, r.PresetProfile = strings.ToLower(oc.Provider), true
+		}
+	}
+	if err := validProfile(r.Profile); err != nil {
+		p.add("profile", "%v", err)
+	}
+	if r.MaxConnectionsPerAccount < -1 {
+		p.add("max_connections_per_account", "must be -1 (no limit), 0 (the profile's) or positive")
 	}
 	if len(p) == 0 || oc.Provider != "" {
 		if err := oc.Validate(); err != nil {

@@ -46,6 +46,9 @@
 //     fingerprint), keeps the UIDLs and every device's hidden messages.
 //     Records of versions that keyed on the address are adopted, once, at
 //     the account's first login.
+//     In a merged maildrop the login's own mailbox keeps its UIDLs; another
+//     source's are "s<number>-" and its own, the number stored when the
+//     source was first seen and never given to another source.
 //  4. LIST and STAT sizes are the octets RETR sends (CRLF line ends, before
 //     dot-stuffing); where the upstream's RFC822.SIZE was wrong, the size
 //     measured by the first RETR is stored and used from then on. Where the
@@ -58,7 +61,9 @@
 //  6. Secrets (passwords, tokens, SASL payloads) never reach logs, metrics or
 //     error texts.
 //  7. One session per (mailbox, client) at a time, across all instances that
-//     share a store.
+//     share a store. A merged maildrop ([[maildrops]], merged.go) is one
+//     session under the lock of the login's own (mailbox, client); the
+//     client records of its other sources are its own.
 //  8. At QUIT the intent (policy, UIDLs and the fingerprint and digest of
 //     each message) is written to the store before the upstream is touched,
 //     and cleared only after the upstream confirmed it. An intent left by a
@@ -121,9 +126,14 @@
 //     of fingerprints (complete.go) counts in it, and takes a place only
 //     when one is free: it never makes a login wait. After a throttling answer
 //     the account's logins are refused with [LOGIN-DELAY], without reaching
-//     the upstream, until its back-off window has passed.
+//     the upstream, until its back-off window has passed. Each upstream
+//     ([upstream], each [[upstreams]] entry) has its own provider state
+//     (provider.go): its profile, budget and back-off windows, which a
+//     login's target carries to the maildrop; an enrolled account counts
+//     as its upstream identity.
 //  18. Provider differences are data (profile.go), chosen by upstream.profile
-//     or recognized by host name, capabilities and ID, never tests of the
+//     (an [[upstreams]] entry's profile, by default its preset's) or
+//     recognized by host name, capabilities and ID, never tests of the
 //     provider spread through the code.
 //  19. A login name enrolled in the account registry is served only as
 //     enrolled (never passed through), and its app password is checked by
@@ -133,4 +143,14 @@
 //     rotated refresh token stored before the new access token is used; a
 //     grant the provider no longer honours gives -ERR [AUTH] and marks the
 //     account (enrolled.go).
+//  20. A warm upstream connection (warm.go) serves only the upstream,
+//     account and mailbox it was opened for, and only a login whose
+//     password's HMAC (an in-memory key drawn at start) equals the one it
+//     logged in with; any other password logs in upstream. It is in one
+//     session or in the pool, never both, and is parked only after a
+//     session that ended without an upstream error (its UPDATE applied).
+//     Taking it SELECTs the mailbox again; a failure, a BYE or a changed
+//     UIDVALIDITY closes it, never reused. It keeps its place in the
+//     account's connection budget (17), and is closed at its TTL and at
+//     shutdown (LOGOUT). Enrolled accounts get none.
 package bridge

@@ -37,6 +37,7 @@ import (
 // oauthUpstream is a configured [[upstreams]] entry, ready to dial.
 type oauthUpstream struct {
 	cfg    resolvedUpstream
+	prov   *providerState // the entry's profile, connection budgets and back-off
 	dial   upstream.Config
 	client *oauth.Client
 	app    *oauth.AppKeeper // app-only token of client (client credentials)
@@ -62,9 +63,9 @@ type AccountOptions struct {
 }
 
 // newEnrolled builds the registry over st (when st keeps accounts) and
-// the clients of the [[upstreams]] entries; it reads their client secrets
-// and the server key.
-func newEnrolled(cfg Config, st state.Store, log *zap.Logger, opts AccountOptions) (*enrolledState, error) {
+// the clients and provider states of the [[upstreams]] entries; it reads
+// their client secrets and the server key.
+func newEnrolled(cfg Config, st state.Store, log *zap.Logger, opts AccountOptions, now func() time.Time) (*enrolledState, error) {
 	e := &enrolledState{upstreams: map[string]*oauthUpstream{}, reg: opts.Registry}
 	if e.reg == nil {
 		if as, ok := st.(state.AccountStore); ok {
@@ -88,13 +89,22 @@ func newEnrolled(cfg Config, st state.Store, log *zap.Logger, opts AccountOption
 		if err != nil {
 			return nil, fmt.Errorf("config: upstreams %q: %w", u.Name, err)
 		}
-		ou := &oauthUpstream{cfg: r, dial: dc, client: c}
+		ou := &oauthUpstream{cfg: r, dial: dc, client: c, prov: newEntryState(r, log, now)}
 		if c.Flow() == oauth.FlowClientCredentials {
 			ou.app = oauth.NewAppKeeper(c)
 		}
 		e.upstreams[u.Name] = ou
 	}
 	return e, nil
+}
+
+// newEntryState is the provider state of the [[upstreams]] entry r.
+func newEntryState(r resolvedUpstream, log *zap.Logger, now func() time.Time) *providerState {
+	ps := newProviderState(r.UpstreamConfig, log, now)
+	if r.PresetProfile {
+		ps.how = "preset"
+	}
+	return ps
 }
 
 // NewRegistry opens the account registry of cfg over as, with the server
@@ -206,6 +216,11 @@ func (b *Bridge) enrolledOpen(log *zap.Logger, info *account.Info, up *oauthUpst
 		mailboxKey: MailboxKey(up.cfg.Name, b.accountKey(user), up.cfg.Mailbox),
 		done:       sess.Close,
 		timeout:    up.cfg.Timeout,
+		prov:       up.prov,
+		acct:       b.accountKey(user),
+		mailbox:    up.cfg.Mailbox,
+		keyFor:     func(mb string) string { return MailboxKey(up.cfg.Name, b.accountKey(user), mb) },
+		enrolled:   true,
 	}, nil
 }
 
@@ -265,6 +280,37 @@ func (b *Bridge) CheckAccount(ctx context.Context, name, password string, w io.W
 	}
 	fmt.Fprintf(w, "upstream %s (%s): logged in as %s\n", up.cfg.Name, up.cfg.Address, info.LoginUser())
 	fmt.Fprintf(w, "mailbox %s: %d messages\n", up.cfg.Mailbox, st.NumMessages)
+	return b.checkProfile(ctx, w, up, conn)
+}
+
+// checkProfile writes, for "popbridge account test", the profile of the
+// [[upstreams]] entry up (learned from conn when not configured), what
+// the delete policy does there, and the entry's connection budget. It
+// changes nothing upstream.
+func (b *Bridge) checkProfile(ctx context.Context, w io.Writer, up *oauthUpstream, conn *upstream.Conn) error {
+	p := up.prov.learn(conn, b.cfg.Delete.Policy)
+	fmt.Fprintf(w, "profile: %s (%s)\n", p.Name, up.prov.how)
+	switch b.cfg.Delete.Policy {
+	case PolicyMove:
+		tc, err := findTrash(ctx, conn, b.cfg.Delete.MoveTo, p)
+		if err != nil {
+			return err
+		}
+		if tc.Create {
+			fmt.Fprintf(w, "trash: %s (none found; created at the first deletion)\n", tc.Name)
+		} else {
+			fmt.Fprintf(w, "trash: %s (%s)\n", tc.Name, tc.How)
+		}
+	case PolicyExpunge:
+		if p.ExpungeArchives {
+			fmt.Fprintf(w, "expunge: does NOT delete here: %s\n", p.ExpungeNote)
+		}
+	}
+	if n := maxConnections(up.cfg.MaxConnectionsPerAccount, p); n > 0 {
+		fmt.Fprintf(w, "connection budget: %d upstream connections per account\n", n)
+	} else {
+		fmt.Fprintf(w, "connection budget: no limit\n")
+	}
 	return nil
 }
 

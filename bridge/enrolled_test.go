@@ -55,6 +55,8 @@ type oauthEnv struct {
 	addr string
 	done chan error
 	logs *observer.ObservedLogs
+	// serverKey, when set before start, is the registry's server key.
+	serverKey []byte
 }
 
 // fakeUpstream is the [[upstreams]] entry of the fake provider: a generic
@@ -121,7 +123,7 @@ func (e *oauthEnv) openStore() state.Store {
 
 func (e *oauthEnv) registry(st state.Store) *account.Registry {
 	e.t.Helper()
-	reg, err := account.New(st.(state.AccountStore), &account.Options{Params: fastArgon, Now: e.clock.Now})
+	reg, err := account.New(st.(state.AccountStore), &account.Options{Params: fastArgon, Now: e.clock.Now, ServerKey: e.serverKey})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -191,6 +191,9 @@ func prepareBridge(tb testing.TB, up *upstreamEnv, opts ...envOpt) *env {
 	cfg.Upstream.Timeout = 10 * time.Second
 	cfg.Auth.AllowInsecureAuth = true
 	cfg.Limits.LoginFailureDelay, cfg.Limits.LoginFailureDelayMax = 0, 0 // tests of wrong passwords need no pause
+	// Each session logs in upstream, as the tests of commands and
+	// logins expect; the tests of warm connections turn them on.
+	cfg.Upstream.WarmTTL = 0
 	if up != nil {
 		cfg.Upstream.Address = up.addr
 	}

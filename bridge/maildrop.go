@@ -30,10 +30,11 @@ const (
 // goroutine.
 type maildrop struct {
 	d       *maildropDeps
+	prov    *providerState // the target upstream's profile, budgets and back-off
 	log     *zap.Logger
 	key     state.ClientKey
 	account string
-	acct    string         // the account key (Bridge.accountKey)
+	acct    string         // the account's key in prov (target.acct)
 	reopen  upstreamOpener // logs in again with the session's credentials; never logged
 
 	conn   *upstream.Conn
@@ -51,16 +52,22 @@ type maildrop struct {
 	arena     []byte     // the read-ahead's buffer, from Bridge.ahead while a batch needs it
 	closeOnce sync.Once
 	release   func()
+	// park, when set, offers the upstream connection to the warm pool
+	// at Close and reports whether the pool took it; broken keeps it
+	// from being offered (an upstream operation or the UPDATE failed).
+	park   func(*upstream.Conn, upstream.Status) bool
+	broken bool
 }
 
 // open syncs the mailbox record, tries once to finish an UPDATE left
-// pending by an earlier session (a crash, a temporary failure), and builds
-// the session's fixed message list. A pending UPDATE never fails the login:
-// if the replay fails, the session is served all the same (the messages are
-// still there) and the replay is tried again at the next login, within the
-// bound of maxReplayAttempts and maxReplayAge.
+// pending by an earlier session (a crash, a temporary failure), builds
+// the session's fixed message list, and records the login in the client
+// record. A pending UPDATE never fails the login: if the replay fails, the
+// session is served all the same (the messages are still there) and the
+// replay is tried again at the next login, within the bound of
+// maxReplayAttempts and maxReplayAge.
 func (m *maildrop) open(ctx context.Context) error {
-	rec, err := m.d.records.sync(ctx, m.conn, m.key.Mailbox, m.status, m.log, m.d.prov.measureSizes(m.key.Mailbox))
+	rec, err := m.d.records.sync(ctx, m.conn, m.key.Mailbox, m.status, m.log, m.prov.measureSizes(m.key.Mailbox))
 	if err != nil {
 		return err
 	}
@@ -78,14 +85,23 @@ func (m *maildrop) open(ctx context.Context) error {
 	}
 	snap := m.d.records.snapshot(m.key.Mailbox, rec)
 	m.rec = rec
+	var stale []string
 	if len(cl.Hidden) == 0 {
 		// The common case: share the mailbox's list with its other sessions.
 		m.msgs, m.uids = snap.msgs, snap.uids
-		return nil
+	} else {
+		stale = m.listVisible(rec, snap, cl.Hidden)
 	}
-	hiddenLeft := len(cl.Hidden)
+	m.recordLogin(ctx, stale)
+	return nil
+}
+
+// listVisible builds the message list of a client that hid some messages
+// and returns its hidden UIDLs that are gone from the mailbox.
+func (m *maildrop) listVisible(rec *state.Mailbox, snap *snapshot, hidden map[string]bool) []string {
+	hiddenLeft := len(hidden)
 	for i, e := range rec.Entries {
-		if cl.Hidden[e.UIDL] {
+		if hidden[e.UIDL] {
 			hiddenLeft--
 			continue
 		}
@@ -102,17 +118,23 @@ func (m *maildrop) open(ctx context.Context) error {
 		present[e.UIDL] = true
 	}
 	var stale []string
-	for u := range cl.Hidden {
+	for u := range hidden {
 		if !present[u] {
 			stale = append(stale, u)
 		}
 	}
-	if len(stale) > 0 {
-		if err := m.d.applyClient(ctx, m.key, state.ClientChange{Unhide: stale}); err != nil {
-			m.log.Warn("pruning hidden UIDLs failed", zap.Error(err))
-		}
+	return stale
+}
+
+// recordLogin stores the time of this login as the client record's last
+// login, in one write with the pruning of the stale hidden UIDLs. It is
+// the one store write of a login that finds nothing to change. A failure
+// does not fail the login: it only leaves the last login (and the stale
+// UIDLs, pruned next time) as they were.
+func (m *maildrop) recordLogin(ctx context.Context, stale []string) {
+	if err := m.d.applyClient(ctx, m.key, state.ClientChange{Unhide: stale, LastLogin: m.d.now()}); err != nil {
+		m.log.Warn("recording the login in the client record failed", zap.Int("stale_hidden", len(stale)), zap.Error(err))
 	}
-	return nil
 }
 
 // replay tries to finish a pending UPDATE: the UIDLs it names are looked up
@@ -252,7 +274,7 @@ func (m *maildrop) Retr(ctx context.Context, n int, cw pop3.MessageWriter) error
 	}
 	if size := cw.MessageOctets(); size != msg.Size {
 		m.measured[msg.UIDL] = size
-		if m.d.prov.sizeMismatch(m.key.Mailbox) {
+		if m.prov.sizeMismatch(m.key.Mailbox) {
 			m.log.Warn("the upstream's RFC822.SIZE is not the octets RETR sends; from now on new messages are measured at their first sync",
 				zap.String("uidl", msg.UIDL), zap.Int64("listed", msg.Size), zap.Int64("sent", size))
 		}
@@ -295,6 +317,7 @@ func (m *maildrop) Top(ctx context.Context, n, lines int, cw pop3.MessageWriter)
 // again right after QUIT must not find its maildrop still in use.
 func (m *maildrop) Commit(ctx context.Context, deleted []int) (err error) {
 	defer m.Close()
+	defer func() { m.broken = m.broken || err != nil }()
 	m.saveMeasured(ctx)
 	if len(deleted) == 0 {
 		return nil
@@ -456,7 +479,7 @@ func (m *maildrop) moveTarget(ctx context.Context) (string, error) {
 	}
 	var tc trashChoice
 	err := m.withConn(ctx, func(c *upstream.Conn) (err error) {
-		if tc, err = findTrash(ctx, c, m.d.delete.MoveTo, m.d.prov.current()); err != nil || !tc.Create {
+		if tc, err = findTrash(ctx, c, m.d.delete.MoveTo, m.prov.current()); err != nil || !tc.Create {
 			return err
 		}
 		return c.Create(ctx, tc.Name, `\Trash`)
@@ -465,7 +488,7 @@ func (m *maildrop) moveTarget(ctx context.Context) (string, error) {
 		m.log.Error("the move policy could not find or create a Trash mailbox upstream; set delete.move_to", zap.String("trash", tc.Name), zap.Error(err))
 		return "", toPOP3(err)
 	}
-	if m.d.prov.first("trash " + m.acct) {
+	if m.prov.first("trash " + m.acct) {
 		how := tc.How
 		if tc.Create {
 			how = "created"
@@ -482,7 +505,7 @@ func (m *maildrop) moveTarget(ctx context.Context) (string, error) {
 // are hidden from the device all the same.
 func (m *maildrop) flagsToSet() []string {
 	fc := permittedFlags(m.d.delete.Flags, m.status.PermanentFlags)
-	if len(fc.Refused) > 0 && m.d.prov.first("flags "+m.acct) {
+	if len(fc.Refused) > 0 && m.prov.first("flags "+m.acct) {
 		m.log.Warn("the upstream's PERMANENTFLAGS do not allow some of delete.flags; the flag policy sets what it can and the device no longer lists the messages all the same",
 			zap.Strings("refused", fc.Refused), zap.Strings("set", fc.Flags), zap.Strings("permanentflags", m.status.PermanentFlags))
 	}
@@ -579,10 +602,13 @@ func (m *maildrop) recordCopied(ctx context.Context, p *state.Pending, src []uin
 func (m *maildrop) withConn(ctx context.Context, op func(*upstream.Conn) error) error {
 	m.dropAhead()
 	err := op(m.conn)
+	if err != nil {
+		m.broken = true
+	}
 	if err == nil || errors.Is(err, errMidway) || upstream.KindOf(err) != upstream.KindTemp || ctx.Err() != nil {
 		return err
 	}
-	if m.d.prov.outcome(m.log, m.acct, err, false) {
+	if m.prov.outcome(m.log, m.acct, err, false) {
 		// Throttled: a reconnect now would only make it worse.
 		return err
 	}
@@ -637,7 +663,7 @@ func (m *maildrop) Close() error {
 		// race). After a dropped connection its context has ended, so it
 		// stops at once.
 		m.dropAhead()
-		if m.conn != nil {
+		if m.conn != nil && (m.park == nil || m.broken || !m.park(m.conn, m.status)) {
 			m.conn.Close()
 		}
 		m.release()

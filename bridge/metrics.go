@@ -34,6 +34,10 @@ type metrics struct {
 	storeTime          *prometheus.HistogramVec // op
 	locksHeld          prometheus.Gauge
 	loggedIn           prometheus.Gauge
+
+	warmReuses prometheus.Counter     // warm.go
+	warmMisses *prometheus.CounterVec // reason
+	warmHeld   prometheus.Gauge
 }
 
 // newMetrics registers popbridge's metrics, the Go runtime's and the
@@ -115,6 +119,7 @@ func newMetrics() (*metrics, *prometheus.Registry) {
 	}
 	reg.MustRegister(m.sessions, m.sessionsOpen, m.commands, m.logins, m.sentBytes, m.upstreamTime, m.upstreamError, m.limiterRefusals,
 		m.oauthRefreshes, m.deletes, m.replays, m.uidvalidityChanges, m.rematched, m.storeTime, m.locksHeld, m.loggedIn)
+	m.registerWarm(reg)
 	return m, reg
 }
 

@@ -26,16 +26,19 @@ const (
 )
 
 // providerState is what popbridge learns and keeps, in memory, about one
-// upstream and its accounts: its profile (configured or recognized at the
-// first login), each account's upstream connections (the budget), its
-// back-off window after throttling, whether the upstream's sizes were seen
-// to be wrong, and which one-time log lines were written.
+// upstream ([upstream], or one [[upstreams]] entry) and its accounts: its
+// profile (configured, the entry's preset's, or recognized at the first
+// login), each account's upstream connections (the budget), its back-off
+// window after throttling, whether the upstream's sizes were seen to be
+// wrong, and which one-time log lines were written. Every login's target
+// names the state of its upstream (target.prov).
 type providerState struct {
 	cfg  UpstreamConfig
 	host string
 	log  *zap.Logger
 	now  func() time.Time
 	wait time.Duration // how long a login queues for a connection
+	how  string        // how the profile is known: "configured", "preset" or "recognized"
 
 	mu         sync.Mutex
 	profile    *Profile // nil until known (auto, before the first login)
@@ -44,6 +47,17 @@ type providerState struct {
 	backoff    map[string]backoffWindow
 	mismatched map[string]bool // mailbox keys whose RFC822.SIZE was seen wrong
 	once       map[string]bool
+	// evict, when set, closes a parked warm connection of an account
+	// (freeing its place) and reports whether there was one.
+	evict func(acct string) bool
+}
+
+// setEvict sets what admit calls to free a place held by a warm
+// connection.
+func (ps *providerState) setEvict(evict func(acct string) bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ps.evict = evict
 }
 
 type backoffWindow struct {
@@ -59,8 +73,10 @@ func newProviderState(cfg UpstreamConfig, log *zap.Logger, now func() time.Time)
 		conns: map[string]int{}, freed: make(chan struct{}),
 		backoff: map[string]backoffWindow{}, mismatched: map[string]bool{}, once: map[string]bool{},
 	}
+	ps.how = "recognized"
 	if cfg.Profile != "" && cfg.Profile != ProfileAuto {
 		ps.profile = profileNamed(cfg.Profile)
+		ps.how = "configured"
 	} else if p := profileOfHost(host); p != nil {
 		ps.profile = p
 	}
@@ -89,11 +105,7 @@ func (ps *providerState) learn(conn *upstream.Conn, policy Policy) *Profile {
 	}
 	ps.mu.Unlock()
 	if ps.first("profile") {
-		how := "recognized"
-		if ps.cfg.Profile != "" && ps.cfg.Profile != ProfileAuto {
-			how = "configured"
-		}
-		ps.log.Info("upstream profile", zap.String("profile", p.Name), zap.String("how", how),
+		ps.log.Info("upstream profile", zap.String("upstream", ps.cfg.Name), zap.String("profile", p.Name), zap.String("how", ps.how),
 			zap.Int("max_connections_per_account", maxConnections(ps.cfg.MaxConnectionsPerAccount, p)),
 			zap.Bool("measure_sizes", p.SizesUnreliable), zap.String("fingerprint", p.Fingerprint))
 		if p.ExpungeArchives && policy == PolicyExpunge {
@@ -131,6 +143,15 @@ func (ps *providerState) admit(ctx context.Context, log *zap.Logger, acct string
 	limit := maxConnections(ps.cfg.MaxConnectionsPerAccount, ps.profileLocked())
 	var timer *time.Timer
 	for limit > 0 && ps.conns[acct] >= limit {
+		if evict := ps.evict; evict != nil {
+			// A warm connection of the account gives up its place.
+			ps.mu.Unlock()
+			evicted := evict(acct)
+			ps.mu.Lock()
+			if evicted {
+				continue
+			}
+		}
 		freed := ps.freed
 		ps.mu.Unlock()
 		if timer == nil {
@@ -228,18 +249,17 @@ func (ps *providerState) sizeMismatch(mbox string) bool {
 	return true
 }
 
-// openAdmitted opens the upstream for account within its connection
-// budget and back-off window (providerState.admit), learns the profile at
-// the first login, and returns the connection with the function that frees
+// openAdmitted opens the upstream for account within the connection
+// budget and back-off window of acct in prov (providerState.admit), learns the
+// profile at the first login, and returns the connection with the function that frees
 // its place in the budget. Errors are POP3 answers.
-func (b *Bridge) openAdmitted(ctx context.Context, log *zap.Logger, account string, open upstreamOpener) (*upstream.Conn, upstream.Status, func(), error) {
-	acct := b.accountKey(account)
-	freeSlot, err := b.prov.admit(ctx, log, acct)
+func (b *Bridge) openAdmitted(ctx context.Context, log *zap.Logger, account, acct string, prov *providerState, open upstreamOpener) (*upstream.Conn, upstream.Status, func(), error) {
+	freeSlot, err := prov.admit(ctx, log, acct)
 	if err != nil {
 		return nil, upstream.Status{}, nil, err
 	}
 	conn, st, err := open(ctx, account)
-	if b.prov.outcome(log, acct, err, true) {
+	if prov.outcome(log, acct, err, true) {
 		freeSlot()
 		return nil, upstream.Status{}, nil, &pop3.Error{Code: pop3.CodeLoginDelay,
 			Text: "the upstream server throttles this account; try again later", Err: err}
@@ -249,8 +269,8 @@ func (b *Bridge) openAdmitted(ctx context.Context, log *zap.Logger, account stri
 		log.Info("upstream login failed", zap.Error(err))
 		return nil, upstream.Status{}, nil, toPOP3(err)
 	}
-	p := b.prov.learn(conn, b.cfg.Delete.Policy)
-	if p.LimitedView && st.UIDNext > 1 && st.UIDNext-1 > st.NumMessages && b.prov.first("limited-view "+acct) {
+	p := prov.learn(conn, b.cfg.Delete.Policy)
+	if p.LimitedView && st.UIDNext > 1 && st.UIDNext-1 > st.NumMessages && prov.first("limited-view "+acct) {
 		log.Warn("the upstream mailbox shows fewer messages than were delivered to it (UIDNEXT); if messages are missing, the provider may show IMAP only the newest part of the mailbox (Yahoo: turn off the IMAP \"limited mode\" in the account's settings)",
 			zap.String("profile", p.Name), zap.Uint32("exists", st.NumMessages), zap.Uint32("uidnext", st.UIDNext))
 	}

@@ -63,7 +63,11 @@ func runningConfig(cur, cfg Config) Config {
 //   - [tls]: the certificate and key files are read again (also when the
 //     paths are unchanged, so that a renewed certificate is picked up);
 //   - [upstream]: the server, security, timeout, mailbox, and the rest, for
-//     new logins.
+//     new logins;
+//   - [[upstreams]]: the entries, for new logins. The provider state of
+//     [upstream] and of each entry (the connections its accounts hold,
+//     their back-off windows) is kept unless its address, profile or
+//     connection budget changed.
 //
 // What cannot change while the server runs (listen addresses, [server]
 // timeouts and PROXY networks, [state], [admin], [auth], [uidl], log.format,
@@ -126,14 +130,21 @@ func (b *Bridge) reconfigured(cfg Config) (*Bridge, error) {
 		return nil, err
 	}
 	nb.onRefresh = b.onRefresh
-	// The provider state holds the connections each account has open and
-	// the back-off windows: it outlives a reload unless the upstream it
-	// describes changed.
-	if cfg.Upstream.Address == b.cfg.Upstream.Address && cfg.Upstream.Profile == b.cfg.Upstream.Profile &&
-		cfg.Upstream.MaxConnectionsPerAccount == b.cfg.Upstream.MaxConnectionsPerAccount {
+	// A provider state holds the connections each account has open and
+	// the back-off windows: [upstream]'s, and each [[upstreams]] entry's,
+	// outlives a reload unless the upstream it describes changed. A
+	// changed one starts anew for new logins; the sessions of the old one
+	// free their places in it.
+	if sameProvider(cfg.Upstream, b.cfg.Upstream) {
 		nb.prov = b.prov
-		nb.drops.prov = b.prov
 	}
+	for name, up := range nb.enrolled.upstreams {
+		if old := b.enrolled.upstreams[name]; old != nil && sameProvider(up.cfg.UpstreamConfig, old.cfg.UpstreamConfig) {
+			up.prov = old.prov
+		}
+	}
+	nb.warm = b.warm
+	nb.prov.setEvict(b.warm.evictAccount)
 	nb.records = b.records
 	nb.now = b.now
 	nb.sessions = b.sessions
@@ -143,6 +154,12 @@ func (b *Bridge) reconfigured(cfg Config) (*Bridge, error) {
 	nb.drops.ahead = b.drops.ahead
 	nb.drops.metrics = b.drops.metrics
 	return nb, nil
+}
+
+// sameProvider reports whether a provider state of a can serve b: the
+// same server, profile and connection budget.
+func sameProvider(a, b UpstreamConfig) bool {
+	return a.Address == b.Address && a.Profile == b.Profile && a.MaxConnectionsPerAccount == b.MaxConnectionsPerAccount
 }
 
 // switchBackend is the pop3.Backend of a Server: each login goes to the

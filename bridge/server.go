@@ -77,6 +77,7 @@ func NewServerWith(cfg Config, st state.Store, log *zap.Logger, opts AccountOpti
 	}
 	m, reg := newMetrics()
 	b.metrics, b.records.m, b.drops.metrics = m, m, m
+	b.warm.setMetrics(m)
 	// The limits count by the same account key as the records and the
 	// locks.
 	lim := limiter{l: limits.New(cfg.Limits, b.AccountKey), m: m}
@@ -208,6 +209,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// and write to the store, which closes after Shutdown.
 	s.Bridge.records.bg.stop(ctx)
 	err := s.POP3.Shutdown(ctx)
+	s.backend.current().warm.closeAll() // LOGOUT of every warm connection
 	if s.admin != nil {
 		s.admin.Shutdown(ctx)
 	}

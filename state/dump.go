@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 )
 
 // Exporter is an optional interface of a Store: it walks every record one
@@ -23,9 +24,10 @@ type Exporter interface {
 	// ForEachEntry calls fn with each entry of the record of mailbox,
 	// ascending by UID; none when there is no record.
 	ForEachEntry(ctx context.Context, mailbox string, fn func(Entry) error) error
-	// ForEachClient calls fn with the key and the pending UPDATE (nil when
-	// none) of each client record, in the store's order.
-	ForEachClient(ctx context.Context, fn func(k ClientKey, p *Pending) error) error
+	// ForEachClient calls fn with the key, the pending UPDATE (nil when
+	// none) and the last login (zero when none) of each client record, in
+	// the store's order.
+	ForEachClient(ctx context.Context, fn func(k ClientKey, p *Pending, lastLogin time.Time) error) error
 	// ForEachHidden calls fn with each hidden UIDL of the client record k.
 	ForEachHidden(ctx context.Context, k ClientKey, fn func(uidl string) error) error
 }
@@ -52,9 +54,10 @@ type dumpLine struct {
 	Fingerprint string `json:"fingerprint,omitempty"`
 	Digest      string `json:"digest,omitempty"`
 
-	Mailbox string   `json:"mailbox,omitempty"` // client
-	Client  *string  `json:"client,omitempty"`
-	Pending *Pending `json:"pending,omitempty"`
+	Mailbox   string    `json:"mailbox,omitempty"` // client
+	Client    *string   `json:"client,omitempty"`
+	Pending   *Pending  `json:"pending,omitempty"`
+	LastLogin time.Time `json:"last_login,omitzero"` // absent in dumps made before it was recorded
 }
 
 // DumpStats counts what Export wrote or Import read.
@@ -85,12 +88,12 @@ func Export(ctx context.Context, ex Exporter, w io.Writer) (DumpStats, error) {
 	if err != nil {
 		return st, fmt.Errorf("exporting the mailbox records: %w", err)
 	}
-	err = ex.ForEachClient(ctx, func(k ClientKey, p *Pending) error {
+	err = ex.ForEachClient(ctx, func(k ClientKey, p *Pending, lastLogin time.Time) error {
 		st.Clients++
 		if p != nil {
 			st.Pending++
 		}
-		if err := enc.Encode(dumpLine{Kind: "client", Mailbox: k.Mailbox, Client: &k.Client, Pending: p}); err != nil {
+		if err := enc.Encode(dumpLine{Kind: "client", Mailbox: k.Mailbox, Client: &k.Client, Pending: p, LastLogin: lastLogin.UTC()}); err != nil {
 			return err
 		}
 		return ex.ForEachHidden(ctx, k, func(uidl string) error {
@@ -215,14 +218,16 @@ func Import(ctx context.Context, st Store, r io.Reader) (DumpStats, error) {
 			if err != nil {
 				return fail(err)
 			}
-			if cur.Pending != nil || len(cur.Hidden) > 0 {
+			if cur.Pending != nil || len(cur.Hidden) > 0 || !cur.LastLogin.IsZero() {
 				return fail(fmt.Errorf("client %q of mailbox %q already has a record in the target store: import into an empty store", k.Client, k.Mailbox))
 			}
 			client = &k
 			stats.Clients++
 			if l.Pending != nil {
 				stats.Pending++
-				if err := st.ApplyClient(ctx, k, ClientChange{SetPending: l.Pending}); err != nil {
+			}
+			if l.Pending != nil || !l.LastLogin.IsZero() {
+				if err := st.ApplyClient(ctx, k, ClientChange{SetPending: l.Pending, LastLogin: l.LastLogin}); err != nil {
 					return fail(err)
 				}
 			}
@@ -324,7 +329,7 @@ func Check(ctx context.Context, ex Exporter, report func(Problem)) (int, error) 
 	if err != nil {
 		return n, err
 	}
-	err = ex.ForEachClient(ctx, func(k ClientKey, p *Pending) error {
+	err = ex.ForEachClient(ctx, func(k ClientKey, p *Pending, _ time.Time) error {
 		client := k.Client
 		mk, ok := markers[k.Mailbox]
 		if !ok {

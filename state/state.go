@@ -9,8 +9,9 @@
 //     last login (UIDVALIDITY, UIDNEXT, message count, HIGHESTMODSEQ) and one
 //     Entry per message (UID, size, UIDL, fingerprint);
 //   - the client record, one per (mailbox, client): the UIDLs this client
-//     deleted with the flag or hide policies (its private view), and the
-//     pending UPDATE written before popbridge touches the upstream at QUIT.
+//     deleted with the flag or hide policies (its private view), the
+//     pending UPDATE written before popbridge touches the upstream at QUIT,
+//     and the time of the client's last successful login.
 //
 // A third record, the account record (account.go), belongs to the optional
 // AccountStore interface: an enrolled account, its app passwords and its
@@ -124,6 +125,10 @@ type Pending struct {
 type Client struct {
 	Hidden  map[string]bool // UIDLs this client no longer sees
 	Pending *Pending        // nil when no UPDATE is outstanding
+	// LastLogin is when this client last logged in and had its maildrop
+	// opened, in UTC and to the microsecond; the zero time when it never
+	// did since popbridge began to record it.
+	LastLogin time.Time
 }
 
 // ClientChange is applied atomically by ApplyClient. Unhide is applied
@@ -133,6 +138,11 @@ type ClientChange struct {
 	Unhide       []string
 	SetPending   *Pending
 	ClearPending bool
+	// LastLogin, when not the zero time, replaces the record's last
+	// login. Stores keep it to the microsecond (finer is truncated) and
+	// give it back in UTC. A record with a last login is kept even when
+	// nothing is hidden and nothing pending.
+	LastLogin time.Time
 }
 
 // Store persists mailbox and client records and holds the maildrop locks.

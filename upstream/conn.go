@@ -56,6 +56,8 @@ type Conn struct {
 	caps     imap.CapSet // refreshed after authentication
 	serverID ServerID    // the server's ID answer (RFC 2971), after authentication
 
+	park parkState // a parked connection's IDLE or NOOP loop (idle.go)
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -202,6 +204,7 @@ func (c *Conn) Close() error {
 			return
 		default:
 		}
+		c.unpark()
 		done := make(chan error, 1)
 		go func() { done <- c.client.Logout().Wait() }()
 		timer := time.NewTimer(logoutTimeout)

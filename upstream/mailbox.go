@@ -14,9 +14,24 @@ import (
 // that does not exist is KindPerm: NO [NONEXISTENT], and also a NO without
 // a response code, which is how Dovecot 2.3 says it.
 func (c *Conn) Select(ctx context.Context, mailbox string) (Status, error) {
+	return c.selectWith(ctx, mailbox, nil, nil)
+}
+
+// selectWith is Select with before run just before the SELECT is sent
+// and after just after (Resume ends IDLE around it).
+func (c *Conn) selectWith(ctx context.Context, mailbox string, before func() error, after func()) (Status, error) {
 	var sd *imap.SelectData
 	err := c.call(ctx, "select", phaseSelect, func(*watch) (err error) {
-		sd, err = c.client.Select(mailbox, &imap.SelectOptions{CondStore: c.HasCondStore()}).Wait()
+		if before != nil {
+			if err := before(); err != nil {
+				return err
+			}
+		}
+		cmd := c.client.Select(mailbox, &imap.SelectOptions{CondStore: c.HasCondStore()})
+		if after != nil {
+			after()
+		}
+		sd, err = cmd.Wait()
 		return err
 	})
 	if err != nil {

@@ -282,6 +282,7 @@ func check(args []string, stdin io.Reader, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: configuration ok\n", *path)
+	bridge.CheckUpstreams(cfg, stdout)
 	if *user == "" {
 		return nil
 	}

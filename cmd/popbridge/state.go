@@ -20,12 +20,14 @@ import (
 
 const stateUsage = `usage: popbridge state COMMAND -config FILE [ARGS]
   list                      mailbox records (UIDVALIDITY, entries) and client
-                            records (device, hidden UIDLs, pending UPDATE)
+                            records (device, last login, hidden UIDLs,
+                            pending UPDATE)
   show ACCOUNT[#DEVICE]     the UIDLs of the account's mailbox record; with a
                             device tag, as that device sees them, and its
-                            hidden UIDLs and pending UPDATE
-  forget ACCOUNT[#DEVICE]   remove the device's client record (hidden UIDLs
-                            and a pending UPDATE, which is then not carried out)
+                            last login, hidden UIDLs and pending UPDATE
+  forget ACCOUNT[#DEVICE]   clear the device's client record (hidden UIDLs
+                            and a pending UPDATE, which is then not carried
+                            out); its last login stays
   export [-o FILE]          write every record as JSON lines (default stdout)
   import [-i FILE]          read an export into an empty store (default stdin)
   check                     verify the store's invariants; exit 1 on a problem
@@ -157,14 +159,23 @@ func stateList(ctx context.Context, ex state.Exporter, w io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(w, "clients:")
-	return ex.ForEachClient(ctx, func(k state.ClientKey, p *state.Pending) error {
+	return ex.ForEachClient(ctx, func(k state.ClientKey, p *state.Pending, lastLogin time.Time) error {
 		n := 0
 		if err := ex.ForEachHidden(ctx, k, func(string) error { n++; return nil }); err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "  %s  device=%q hidden=%d pending=%s\n", k.Mailbox, k.Client, n, describePending(p))
+		fmt.Fprintf(w, "  %s  device=%q last_login=%s hidden=%d pending=%s\n", k.Mailbox, k.Client, describeLastLogin(lastLogin), n, describePending(p))
 		return nil
 	})
+}
+
+// describeLastLogin is a last login in UTC to the second (RFC 3339), or
+// "-" for none.
+func describeLastLogin(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 // describePending says what a pending UPDATE is, in one line.
@@ -222,11 +233,11 @@ func stateShow(ctx context.Context, cfg bridge.Config, st state.Store, ex state.
 	if !found {
 		fmt.Fprintf(w, "mailbox %s: no record\n", key.Mailbox)
 	}
-	return ex.ForEachClient(ctx, func(k state.ClientKey, p *state.Pending) error {
+	return ex.ForEachClient(ctx, func(k state.ClientKey, p *state.Pending, lastLogin time.Time) error {
 		if k.Mailbox != key.Mailbox || (tagged && k.Client != key.Client) {
 			return nil
 		}
-		fmt.Fprintf(w, "device %q:\n  pending: %s\n", k.Client, describePending(p))
+		fmt.Fprintf(w, "device %q:\n  last login: %s\n  pending: %s\n", k.Client, describeLastLogin(lastLogin), describePending(p))
 		if p != nil {
 			for i, u := range p.UIDLs {
 				fmt.Fprintf(w, "    %d %s\n", p.UIDs[min(i, len(p.UIDs)-1)], u)
@@ -246,7 +257,8 @@ func stateShow(ctx context.Context, cfg bridge.Config, st state.Store, ex state.
 }
 
 // stateForget removes the client record of login: its hidden UIDLs come
-// back, and its pending UPDATE is not carried out. It takes the maildrop
+// back, and its pending UPDATE is not carried out. Its last login stays:
+// it is what happened, not what the device sees. It takes the maildrop
 // lock, so that no session of that device is open meanwhile.
 func stateForget(ctx context.Context, cfg bridge.Config, st state.Store, login string, w io.Writer) error {
 	key, _, err := bridge.StateKey(cfg, login)
@@ -266,7 +278,7 @@ func stateForget(ctx context.Context, cfg bridge.Config, st state.Store, login s
 		return err
 	}
 	if c.Pending == nil && len(c.Hidden) == 0 {
-		fmt.Fprintf(w, "device %q of %s has no record; nothing to forget\n", key.Client, key.Mailbox)
+		fmt.Fprintf(w, "device %q of %s hides nothing and has no pending UPDATE; nothing to forget\n", key.Client, key.Mailbox)
 		return nil
 	}
 	hidden := make([]string, 0, len(c.Hidden))

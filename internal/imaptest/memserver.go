@@ -95,8 +95,10 @@ type MemServer struct {
 	mechs         []string    // the SASL mechanisms of WithTokens
 	auths         []string    // AuthAttempts
 	provider      providerConfig
-	logins        int // client sessions logged in now (WithMaxLogins)
-	refusedLogins int // LOGINs refused for WithMaxLogins
+	logins        int                         // client sessions logged in now (WithMaxLogins)
+	refusedLogins int                         // LOGINs refused for WithMaxLogins
+	newPass       string                      // SetPassword: the password of client logins, when set
+	conns         map[*imapserver.Conn]string // client connections, with their address (ByeAll)
 }
 
 var _ Mailboxes = (*MemServer)(nil)
@@ -134,6 +136,12 @@ func NewMemServer(t testing.TB, opts ...Option) *MemServer {
 	options := &imapserver.Options{
 		NewSession: func(conn *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
 			sess := &session{s: s, addr: conn.NetConn().RemoteAddr().String()}
+			s.mu.Lock()
+			if s.conns == nil {
+				s.conns = map[*imapserver.Conn]string{}
+			}
+			s.conns[conn] = sess.addr
+			s.mu.Unlock()
 			if s.oauth != nil {
 				return &oauthSession{sess}, nil, nil
 			}
@@ -322,7 +330,8 @@ func (s *MemServer) Reset(mailbox string) {
 // Fail makes every later command of kind cmd from a client (not the
 // helper) answer err, until Fail(cmd, nil). cmd is one of LOGIN (which
 // covers AUTHENTICATE with WithOAuth or WithTokens), SELECT,
-// FETCH, STORE, EXPUNGE (UID EXPUNGE), COPY, MOVE, SEARCH, LIST, CREATE.
+// FETCH, STORE, EXPUNGE (UID EXPUNGE), COPY, MOVE, SEARCH, LIST, CREATE,
+// or "SELECT <mailbox>" for the SELECTs of that one mailbox.
 // An *imap.Error goes to the client as it is; any other error becomes
 // NO [SERVERBUG].
 func (s *MemServer) Fail(cmd string, err error) {
@@ -404,3 +413,42 @@ func (s *MemServer) mailboxes() ([]string, map[string][]imap.MailboxAttr) {
 }
 
 func (s *MemServer) String() string { return fmt.Sprintf("MemServer(%s)", s.Addr) }
+
+// SetPassword changes the account's password for client logins from now
+// on, as an administrator changing it upstream would; connections already
+// logged in stay logged in. The MemServer's own helper keeps the old one.
+func (s *MemServer) SetPassword(pass string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.newPass = pass
+}
+
+// checkPassword reports whether pass is the password of a client login
+// after SetPassword; set is false when SetPassword was not called.
+func (s *MemServer) checkPassword(pass string) (ok, set bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.newPass == "" {
+		return false, false
+	}
+	return pass == s.newPass, true
+}
+
+// ByeAll sends "* BYE" to every client connection open now and closes it,
+// as a server going down for maintenance does. The MemServer's own helper
+// connections are left alone.
+func (s *MemServer) ByeAll(text string) int {
+	s.mu.Lock()
+	var conns []*imapserver.Conn
+	for c, addr := range s.conns {
+		if !s.internal[addr] {
+			conns = append(conns, c)
+		}
+		delete(s.conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Bye(text)
+	}
+	return len(conns)
+}

@@ -42,6 +42,15 @@ func (sess *session) login(mech, username, password string) error {
 		return ErrPasswordRefused
 	}
 	err := sess.s.user.Login(username, password)
+	if ok, set := sess.s.checkPassword(password); set && !sess.s.isInternal(sess.addr) {
+		err = nil
+		if !ok {
+			err = imapserver.ErrAuthFailed
+		}
+		if username != sess.s.User {
+			err = imapserver.ErrAuthFailed
+		}
+	}
 	sess.recordAuth(mech, username, err)
 	if err != nil {
 		return err
@@ -55,6 +64,9 @@ func (sess *session) login(mech, username, password string) error {
 
 func (sess *session) Select(mailbox string, options *imap.SelectOptions) (*imap.SelectData, error) {
 	if err := sess.fault("SELECT"); err != nil {
+		return nil, err
+	}
+	if err := sess.fault("SELECT " + mailbox); err != nil {
 		return nil, err
 	}
 	data, err := sess.UserSession.Select(mailbox, options)

@@ -429,6 +429,13 @@ func (s *Store) LoadClient(ctx context.Context, k state.ClientKey) (*state.Clien
 			}
 			c.Pending = p
 		}
+		if v := cb.Get(keyLastLogin); v != nil {
+			t, err := decodeLastLogin(v)
+			if err != nil {
+				return s.corrupt("client %q of mailbox %q: last login: %v", k.Client, k.Mailbox, err)
+			}
+			c.LastLogin = t
+		}
 		return nil
 	})
 	if err != nil {
@@ -438,7 +445,8 @@ func (s *Store) LoadClient(ctx context.Context, k state.ClientKey) (*state.Clien
 }
 
 // ApplyClient applies ch to the record of k in one transaction, creating the
-// record if needed and deleting it when it ends up empty. A UIDL to hide
+// record if needed and deleting it when it ends up empty (no hidden UIDL,
+// no pending UPDATE, no last login). A UIDL to hide
 // must not be empty (RFC 1939 UIDLs have 1 to 70 characters).
 func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.ClientChange) error {
 	if err := ctx.Err(); err != nil {
@@ -454,7 +462,7 @@ func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.Cli
 		key := clientKey(k)
 		cb := clients.Bucket(key)
 		if cb == nil {
-			if len(ch.Hide) == 0 && ch.SetPending == nil {
+			if len(ch.Hide) == 0 && ch.SetPending == nil && ch.LastLogin.IsZero() {
 				return nil // nothing to remove from a record that does not exist
 			}
 			if len(key) > bolt.MaxKeySize {
@@ -497,8 +505,14 @@ func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.Cli
 			}
 		}
 
+		if !ch.LastLogin.IsZero() {
+			if err := cb.Put(keyLastLogin, encodeLastLogin(ch.LastLogin)); err != nil {
+				return err
+			}
+		}
+
 		// Drop a record left empty.
-		if cb.Get(keyPending) != nil {
+		if cb.Get(keyPending) != nil || cb.Get(keyLastLogin) != nil {
 			return nil
 		}
 		if hidden != nil {

@@ -707,3 +707,19 @@ func BenchmarkApplyMailboxAdd(b *testing.B) {
 		version = v
 	}
 }
+
+// BenchmarkLoginWrite is the client record write of a login that finds
+// nothing else to change: it sets the last login (one write transaction,
+// so one fsync of the file).
+func BenchmarkLoginWrite(b *testing.B) {
+	s := mustOpen(b, tempPath(b))
+	defer s.Close()
+	k := state.ClientKey{Mailbox: "INBOX", Client: "phone"}
+	now := time.Date(2026, 12, 3, 13, 0, 0, 0, time.UTC)
+	for b.Loop() {
+		now = now.Add(time.Second)
+		if err := s.ApplyClient(b.Context(), k, state.ClientChange{LastLogin: now}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

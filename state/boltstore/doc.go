@@ -25,6 +25,7 @@
 //	    "hidden"              bucket
 //	      <UIDL bytes>        empty value: this client hid that UIDL
 //	    "pending"             the outstanding UPDATE, if any (below)
+//	    "lastlogin"           time (below) of the client's last login, if any
 //	accounts                  bucket
 //	  <account name bytes>    one account record (below)
 //
@@ -52,8 +53,14 @@
 // empty. Open reads a format-1 file and marks it format 2; a popbridge that
 // knows only format 1 then refuses the file rather than misread it.
 //
-// A client record with nothing hidden and no pending UPDATE is deleted, so
-// LoadClient reports it as unknown again.
+// A client record with nothing hidden, no pending UPDATE and no last login
+// is deleted, so LoadClient reports it as unknown again.
+//
+// A "lastlogin" value is one time (as in an account value below), to the
+// microsecond. It came after format 2 was first written, as an optional key
+// of the client bucket: a record without it has no last login, and earlier
+// builds of format 2, which do not look at it, still read the file (so the
+// format number stays 2).
 //
 // An account value is: the byte 1 (its layout), version uvarint, Kind,
 // Upstream, Provider, Identity and Mailbox strings, uvarint count then that

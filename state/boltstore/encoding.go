@@ -29,6 +29,7 @@ var (
 	bucketUID       = []byte("uid")
 	bucketHidden    = []byte("hidden")
 	keyPending      = []byte("pending")
+	keyLastLogin    = []byte("lastlogin")
 )
 
 // errShort reports a value that ends before its fields do.
@@ -261,6 +262,21 @@ func (d *decoder) strings() []string {
 		ss[i] = d.string()
 	}
 	return ss
+}
+
+// encodeLastLogin is the "lastlogin" value of a client bucket: t to the
+// microsecond, as a time (see appendTime).
+func encodeLastLogin(t time.Time) []byte {
+	return appendTime(nil, t.Truncate(time.Microsecond))
+}
+
+func decodeLastLogin(v []byte) (time.Time, error) {
+	d := decoder{b: v}
+	t := d.time()
+	if d.err == nil && len(d.b) != 0 {
+		d.fail(fmt.Errorf("%d bytes after the time", len(d.b)))
+	}
+	return t, d.err
 }
 
 func decodePending(v []byte) (*state.Pending, error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -84,7 +85,7 @@ func (s *Store) ForEachEntry(ctx context.Context, mailbox string, fn func(state.
 
 // ForEachClient implements state.Exporter, in the order of the keys of the
 // file (grouped by mailbox).
-func (s *Store) ForEachClient(ctx context.Context, fn func(k state.ClientKey, p *state.Pending) error) error {
+func (s *Store) ForEachClient(ctx context.Context, fn func(k state.ClientKey, p *state.Pending, lastLogin time.Time) error) error {
 	err := s.view(func(tx *bolt.Tx) error {
 		clients := tx.Bucket(bucketClients)
 		c := clients.Cursor()
@@ -106,7 +107,13 @@ func (s *Store) ForEachClient(ctx context.Context, fn func(k state.ClientKey, p 
 					return s.corrupt("client %q of mailbox %q: pending: %v", client, mbox, err)
 				}
 			}
-			if err := fn(state.ClientKey{Mailbox: mbox, Client: client}, p); err != nil {
+			var last time.Time
+			if lv := clients.Bucket(key).Get(keyLastLogin); lv != nil {
+				if last, err = decodeLastLogin(lv); err != nil {
+					return s.corrupt("client %q of mailbox %q: last login: %v", client, mbox, err)
+				}
+			}
+			if err := fn(state.ClientKey{Mailbox: mbox, Client: client}, p, last); err != nil {
 				return err
 			}
 		}

@@ -94,6 +94,9 @@ func TestReadsFormat1(t *testing.T) {
 		!p.Created.Equal(created) || p.Attempts != 0 || p.Fingerprints != nil || p.Digests != nil {
 		t.Errorf("format-1 pending loaded as %+v", c.Pending)
 	}
+	if !c.LastLogin.IsZero() {
+		t.Errorf("a client record without a last login loaded with LastLogin %v", c.LastLogin)
+	}
 
 	// New fields are stored from now on.
 	put := []state.Entry{{UID: 1, UIDL: "uidl1", Size: 100, Fingerprint: "h:tie", Digest: "s:one"}}
@@ -117,5 +120,19 @@ func TestReadsFormat1(t *testing.T) {
 	if c, err = s.LoadClient(ctx, k); err != nil || c.Pending.Attempts != 4 || !slices.Equal(c.Pending.Digests, []string{"s:one"}) ||
 		!slices.Equal(c.Pending.Fingerprints, []string{"h:tie"}) {
 		t.Errorf("after storing a pending UPDATE with identities: %+v, %v", c.Pending, err)
+	}
+
+	// A last login is an optional value of the client bucket: storing one
+	// keeps the file at format 2, which earlier builds of format 2 read
+	// (they do not look at it).
+	last := time.Date(2026, 12, 3, 13, 0, 0, 1234567, time.UTC)
+	if err := s.ApplyClient(ctx, k, state.ClientChange{LastLogin: last}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = s.LoadClient(ctx, k); err != nil || !c.LastLogin.Equal(last.Truncate(time.Microsecond)) || c.Pending == nil {
+		t.Errorf("after storing a last login: %+v, %v", c, err)
+	}
+	if err := s.view(func(tx *bolt.Tx) error { f = format(tx); return nil }); err != nil || f != 2 {
+		t.Errorf("format after storing a last login = %d, %v; want 2", f, err)
 	}
 }

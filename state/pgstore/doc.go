@@ -13,7 +13,8 @@
 //	                   num_messages, highest_modseq
 //	popbridge_entry    (mailbox, uid) PRIMARY KEY, uidl, size, fingerprint,
 //	                   digest ('' when none; schema 3)
-//	popbridge_client   (mailbox, client) PRIMARY KEY, pending (jsonb or NULL)
+//	popbridge_client   (mailbox, client) PRIMARY KEY, pending (jsonb or NULL),
+//	                   last_login (timestamptz or NULL; schema 4)
 //	popbridge_hidden   (mailbox, client, uidl) PRIMARY KEY
 //	popbridge_account  name PRIMARY KEY, version, kind, upstream, provider,
 //	                   identity, mailbox, dek_version, server_wrapped_dek,
@@ -23,7 +24,8 @@
 //	popbridge_account_password (account, position) PRIMARY KEY, label,
 //	                   hash, wrapped_dek, created, last_used
 //
-// Account times are timestamptz (microseconds; the zero time is NULL); the
+// Account times and a client's last login are timestamptz (microseconds,
+// truncated; the zero time is NULL); the
 // sealed and wrapped secrets are bytea; ListAccounts orders by name
 // COLLATE "C", the bytes of the name.
 //
@@ -43,7 +45,9 @@
 // INSERT ... ON CONFLICT DO NOTHING for base 0): of two changes from the
 // same base, the second waits for the row lock of the first and then finds
 // nothing to update, and returns state.ErrConflict. ApplyClient first locks
-// the client row, so changes to one client record run one after the other.
+// the client row (its upsert sets the last login, when the change has one),
+// so changes to one client record run one after the other; a change that
+// only sets the last login is that upsert alone, outside a transaction.
 // Loads read in one REPEATABLE READ transaction, so a record is never seen
 // half changed.
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -62,16 +63,17 @@ func (s *Store) ForEachEntry(ctx context.Context, mailbox string, fn func(state.
 }
 
 // ForEachClient implements state.Exporter, by mailbox and client.
-func (s *Store) ForEachClient(ctx context.Context, fn func(k state.ClientKey, p *state.Pending) error) error {
-	rows, err := s.pool.Query(ctx, `SELECT mailbox, client, pending FROM popbridge_client ORDER BY mailbox, client`)
+func (s *Store) ForEachClient(ctx context.Context, fn func(k state.ClientKey, p *state.Pending, lastLogin time.Time) error) error {
+	rows, err := s.pool.Query(ctx, `SELECT mailbox, client, pending, last_login FROM popbridge_client ORDER BY mailbox, client`)
 	if err != nil {
 		return fmt.Errorf("pgstore: clients: %w", classify(err))
 	}
 	var (
 		k       state.ClientKey
 		pending []byte
+		last    *time.Time
 	)
-	_, err = pgx.ForEachRow(rows, []any{&k.Mailbox, &k.Client, &pending}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&k.Mailbox, &k.Client, &pending, &last}, func() error {
 		var p *state.Pending
 		if pending != nil {
 			var pj pendingJSON
@@ -85,7 +87,11 @@ func (s *Store) ForEachClient(ctx context.Context, fn func(k state.ClientKey, p 
 				Created: pj.Created.UTC(), Attempts: pj.Attempts, Copied: pj.Copied,
 			}
 		}
-		return fn(k, p)
+		var lastLogin time.Time
+		if last != nil {
+			lastLogin = last.UTC()
+		}
+		return fn(k, p, lastLogin)
 	})
 	if err != nil {
 		return fmt.Errorf("pgstore: clients: %w", classify(err))

@@ -348,13 +348,19 @@ type pendingJSON struct {
 func (s *Store) LoadClient(ctx context.Context, k state.ClientKey) (*state.Client, error) {
 	c := &state.Client{Hidden: make(map[string]bool)}
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		var pending []byte
-		err := tx.QueryRow(ctx, `SELECT pending FROM popbridge_client WHERE mailbox = $1 AND client = $2`, k.Mailbox, k.Client).Scan(&pending)
+		var (
+			pending []byte
+			last    *time.Time
+		)
+		err := tx.QueryRow(ctx, `SELECT pending, last_login FROM popbridge_client WHERE mailbox = $1 AND client = $2`, k.Mailbox, k.Client).Scan(&pending, &last)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
 		if err != nil {
 			return err
+		}
+		if last != nil {
+			c.LastLogin = last.UTC()
 		}
 		if pending != nil {
 			var p pendingJSON
@@ -386,8 +392,25 @@ func (s *Store) LoadClient(ctx context.Context, k state.ClientKey) (*state.Clien
 }
 
 // ApplyClient applies ch to the record of k in one transaction, creating the
-// record if needed and deleting it when it ends up empty.
+// record if needed and deleting it when it ends up empty (no hidden UIDL,
+// no pending UPDATE, no last login). A change that only sets the last login
+// (the one of every login) is one statement, without a transaction.
 func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.ClientChange) error {
+	var last any // NULL: keep the stored last login
+	if !ch.LastLogin.IsZero() {
+		last = ch.LastLogin.Truncate(time.Microsecond)
+	}
+	// The DO UPDATE, which changes nothing but the last login when one is
+	// given, takes the row lock, so that changes to one client record run
+	// one after the other.
+	const upsert = `INSERT INTO popbridge_client (mailbox, client, last_login) VALUES ($1, $2, $3::timestamptz)
+		ON CONFLICT (mailbox, client) DO UPDATE SET last_login = COALESCE(EXCLUDED.last_login, popbridge_client.last_login)`
+	if last != nil && len(ch.Hide) == 0 && len(ch.Unhide) == 0 && ch.SetPending == nil && !ch.ClearPending {
+		if _, err := s.pool.Exec(ctx, upsert, k.Mailbox, k.Client, last); err != nil {
+			return fmt.Errorf("pgstore: apply to client %q of mailbox %q: %w", k.Client, k.Mailbox, classify(err))
+		}
+		return nil
+	}
 	var pending []byte
 	if p := ch.SetPending; p != nil {
 		var err error
@@ -403,10 +426,7 @@ func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.Cli
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
-		// The DO UPDATE, which changes nothing, takes the row lock, so
-		// that changes to one client record run one after the other.
-		b.Queue(`INSERT INTO popbridge_client (mailbox, client) VALUES ($1, $2)
-			ON CONFLICT (mailbox, client) DO UPDATE SET client = EXCLUDED.client`, k.Mailbox, k.Client)
+		b.Queue(upsert, k.Mailbox, k.Client, last)
 		if len(ch.Unhide) > 0 {
 			b.Queue(`DELETE FROM popbridge_hidden WHERE mailbox = $1 AND client = $2 AND uidl = ANY($3)`, k.Mailbox, k.Client, ch.Unhide)
 		}
@@ -420,7 +440,7 @@ func (s *Store) ApplyClient(ctx context.Context, k state.ClientKey, ch state.Cli
 		if pending != nil {
 			b.Queue(`UPDATE popbridge_client SET pending = $3::text::jsonb WHERE mailbox = $1 AND client = $2`, k.Mailbox, k.Client, string(pending))
 		}
-		b.Queue(`DELETE FROM popbridge_client c WHERE mailbox = $1 AND client = $2 AND pending IS NULL
+		b.Queue(`DELETE FROM popbridge_client c WHERE mailbox = $1 AND client = $2 AND pending IS NULL AND last_login IS NULL
 			AND NOT EXISTS (SELECT 1 FROM popbridge_hidden h WHERE h.mailbox = $1 AND h.client = $2)`, k.Mailbox, k.Client)
 		return tx.SendBatch(ctx, b).Close()
 	})
@@ -668,7 +688,7 @@ func (s *Store) RenameMailbox(ctx context.Context, from, to string) (bool, error
 		}
 		b := &pgx.Batch{}
 		b.Queue(`UPDATE popbridge_entry SET mailbox = $2 WHERE mailbox = $1`, from, to)
-		b.Queue(`INSERT INTO popbridge_client (mailbox, client, pending) SELECT $2, client, pending FROM popbridge_client WHERE mailbox = $1`, from, to)
+		b.Queue(`INSERT INTO popbridge_client (mailbox, client, pending, last_login) SELECT $2, client, pending, last_login FROM popbridge_client WHERE mailbox = $1`, from, to)
 		b.Queue(`UPDATE popbridge_hidden SET mailbox = $2 WHERE mailbox = $1`, from, to)
 		b.Queue(`DELETE FROM popbridge_client WHERE mailbox = $1`, from)
 		b.Queue(`DELETE FROM popbridge_mailbox WHERE name = $1`, from)

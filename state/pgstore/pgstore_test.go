@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -160,4 +161,29 @@ func BenchmarkLoadMailbox100k(b *testing.B) {
 			b.Fatalf("%d entries, %v", len(m.Entries), err)
 		}
 	}
+}
+
+// BenchmarkLoginWrite is the client record write of a login: "last_login"
+// sets only the last login (one upsert, no transaction), "with_unhide" adds
+// a stale hidden UIDL to prune (the transaction of every other change).
+func BenchmarkLoginWrite(b *testing.B) {
+	s := mustOpen(b, pgtest.Schema(b))
+	k := state.ClientKey{Mailbox: "INBOX", Client: "phone"}
+	now := time.Date(2026, 12, 3, 13, 0, 0, 0, time.UTC)
+	b.Run("last_login", func(b *testing.B) {
+		for b.Loop() {
+			now = now.Add(time.Second)
+			if err := s.ApplyClient(b.Context(), k, state.ClientChange{LastLogin: now}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("with_unhide", func(b *testing.B) {
+		for b.Loop() {
+			now = now.Add(time.Second)
+			if err := s.ApplyClient(b.Context(), k, state.ClientChange{LastLogin: now, Unhide: []string{"gone"}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

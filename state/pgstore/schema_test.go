@@ -59,6 +59,9 @@ func TestReadsSchema1(t *testing.T) {
 		p.Attempts != 0 || p.Fingerprints != nil || p.Digests != nil {
 		t.Errorf("schema-1 pending loaded as %+v", c.Pending)
 	}
+	if !c.LastLogin.IsZero() {
+		t.Errorf("a schema-1 client row loaded with LastLogin %v", c.LastLogin)
+	}
 
 	put := []state.Entry{{UID: 2, UIDL: "uidl2", Size: 200, Fingerprint: "h:tie", Digest: "s:two"}}
 	if _, err := s.ApplyMailbox(ctx, "INBOX", 3, state.MailboxChange{Markers: m.Markers, Put: put}); err != nil {
@@ -68,7 +71,14 @@ func TestReadsSchema1(t *testing.T) {
 		t.Errorf("after storing a digest: %+v, %v", m, err)
 	}
 	var version int
-	if err := conn.QueryRow(ctx, `SELECT version FROM popbridge_schema`).Scan(&version); err != nil || version != 3 {
-		t.Errorf("schema version after Open = %d, %v; want 3 (accounts, then digests)", version, err)
+	if err := conn.QueryRow(ctx, `SELECT version FROM popbridge_schema`).Scan(&version); err != nil || version != 4 {
+		t.Errorf("schema version after Open = %d, %v; want 4 (accounts, digests, then last logins)", version, err)
+	}
+	last := time.Date(2026, 12, 3, 13, 0, 0, 1234567, time.UTC)
+	if err := s.ApplyClient(ctx, k, state.ClientChange{LastLogin: last}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = s.LoadClient(ctx, k); err != nil || !c.LastLogin.Equal(last.Truncate(time.Microsecond)) || c.Pending == nil {
+		t.Errorf("after storing a last login: %+v, %v", c, err)
 	}
 }

@@ -21,6 +21,7 @@ func (s *suite) runExport(t *testing.T) {
 	t.Run("Export/Walk", s.exportWalk)
 	t.Run("Export/RoundTrip", s.exportRoundTrip)
 	t.Run("Export/Check", s.exportCheck)
+	t.Run("Export/OldDump", s.exportOldDump)
 }
 
 // exporter returns the Exporter of st, or skips t.
@@ -37,8 +38,8 @@ func exporter(t *testing.T, st state.Store) state.Exporter {
 }
 
 // exportFixture stores two mailbox records (one with more entries than an
-// import batch, one without entries) and three client records, and
-// returns the client keys.
+// import batch, one without entries) and four client records (one holding
+// only a last login), and returns the client keys.
 func exportFixture(t *testing.T, st state.Store) []state.ClientKey {
 	t.Helper()
 	big := state.MailboxChange{Markers: state.Markers{UIDValidity: 7, UIDNext: 5000, NumMessages: 2500, HighestModSeq: 99}}
@@ -56,13 +57,15 @@ func exportFixture(t *testing.T, st state.Store) []state.ClientKey {
 		{Mailbox: "upstream/x/alice/INBOX", Client: ""},
 		{Mailbox: "upstream/x/alice/INBOX", Client: "phone"},
 		{Mailbox: "upstream/x/bob/INBOX", Client: "scanner"},
+		{Mailbox: "upstream/x/bob/INBOX", Client: "tablet"},
 	}
 	created := time.Date(2026, 3, 4, 5, 6, 7, 891011, time.UTC)
 	changes := []state.ClientChange{
-		{Hide: []string{"u-1", "u-3", "u-5"}},
+		{Hide: []string{"u-1", "u-3", "u-5"}, LastLogin: time.Date(2026, 3, 4, 6, 0, 0, 123456000, time.UTC)},
 		{SetPending: &state.Pending{Policy: "move", Target: "Trash", UIDValidity: 7, UIDs: []uint32{7, 9}, UIDLs: []string{"u-7", "u-9"},
 			Fingerprints: []string{"fp3", "fp4"}, Digests: []string{"", ""}, Created: created, Attempts: 2, Copied: []string{"u-7"}}},
 		{Hide: []string{"gone-1"}, SetPending: &state.Pending{Policy: "hide", UIDValidity: 3, Created: created}},
+		{LastLogin: time.Date(2026, 3, 5, 0, 0, 1, 0, time.UTC)},
 	}
 	for i, k := range keys {
 		if err := st.ApplyClient(t.Context(), k, changes[i]); err != nil {
@@ -102,11 +105,14 @@ func (s *suite) exportWalk(t *testing.T) {
 		}
 	}
 	var walked []state.ClientKey
-	if err := ex.ForEachClient(t.Context(), func(k state.ClientKey, p *state.Pending) error {
+	if err := ex.ForEachClient(t.Context(), func(k state.ClientKey, p *state.Pending, lastLogin time.Time) error {
 		walked = append(walked, k)
 		c := loadClient(t, st, k)
 		if !samePending(p, c.Pending) {
 			t.Errorf("client %+v: pending walked %+v, loaded %+v", k, p, c.Pending)
+		}
+		if !lastLogin.Equal(c.LastLogin) {
+			t.Errorf("client %+v: last login walked %v, loaded %v", k, lastLogin, c.LastLogin)
 		}
 		var hidden []string
 		if err := ex.ForEachHidden(t.Context(), k, func(u string) error { hidden = append(hidden, u); return nil }); err != nil {
@@ -155,7 +161,7 @@ func (s *suite) exportRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (state.DumpStats{Mailboxes: 2, Entries: 2500, Clients: 3, Hidden: 4, Pending: 2}); stats != want {
+	if want := (state.DumpStats{Mailboxes: 2, Entries: 2500, Clients: 4, Hidden: 4, Pending: 2}); stats != want {
 		t.Errorf("export: %+v, want %+v", stats, want)
 	}
 	dst := s.newStore(t)
@@ -177,7 +183,7 @@ func (s *suite) exportRoundTrip(t *testing.T) {
 	}
 	for _, k := range keys {
 		a, b := loadClient(t, src, k), loadClient(t, dst, k)
-		if !samePending(a.Pending, b.Pending) || !reflect.DeepEqual(a.Hidden, b.Hidden) {
+		if !samePending(a.Pending, b.Pending) || !reflect.DeepEqual(a.Hidden, b.Hidden) || !a.LastLogin.Equal(b.LastLogin) || a.LastLogin.IsZero() != (k.Client == "phone" || k.Client == "scanner") {
 			t.Errorf("client %+v differs after the round trip: %+v / %+v", k, a, b)
 		}
 	}
@@ -225,5 +231,35 @@ func (s *suite) exportCheck(t *testing.T) {
 	slices.Sort(want)
 	if n != len(want) || !slices.Equal(got, want) {
 		t.Errorf("check found %d problems:\n%s\nwant:\n%s", n, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// exportOldDump imports a dump written before client records had a last
+// login: it imports, and its clients have none.
+func (s *suite) exportOldDump(t *testing.T) {
+	dump := `{"kind":"popbridge-state","format":1}
+{"kind":"mailbox","name":"upstream/x/alice/INBOX","uidvalidity":7,"uidnext":3,"messages":1}
+{"kind":"entry","uid":2,"uidl":"u-2","size":120,"fingerprint":"fp2"}
+{"kind":"client","mailbox":"upstream/x/alice/INBOX","client":"phone"}
+{"kind":"hidden","uidl":"u-2"}
+`
+	st := s.newStore(t)
+	stats, err := state.Import(t.Context(), st, strings.NewReader(dump))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (state.DumpStats{Mailboxes: 1, Entries: 1, Clients: 1, Hidden: 1}); stats != want {
+		t.Errorf("import: %+v, want %+v", stats, want)
+	}
+	c := loadClient(t, st, state.ClientKey{Mailbox: "upstream/x/alice/INBOX", Client: "phone"})
+	checkHidden(t, c, "u-2")
+	checkLastLogin(t, c, time.Time{})
+	// Exported again, the dump is the same: no last_login field for none.
+	var again bytes.Buffer
+	if _, err := state.Export(t.Context(), exporter(t, st), &again); err != nil {
+		t.Fatal(err)
+	}
+	if again.String() != dump {
+		t.Errorf("export of an old dump's records:\n%s\nwant:\n%s", again.String(), dump)
 	}
 }

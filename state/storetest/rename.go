@@ -25,8 +25,9 @@ func rename(t *testing.T, st state.Store, from, to string) bool {
 
 // clientOf is the state of one client record, to compare before and after.
 type clientOf struct {
-	hidden  []string
-	pending *state.Pending
+	hidden    []string
+	pending   *state.Pending
+	lastLogin time.Time
 }
 
 func (s *suite) mailboxRename(t *testing.T) {
@@ -39,9 +40,10 @@ func (s *suite) mailboxRename(t *testing.T) {
 		"":       {hidden: []string{"u1"}},
 		"laptop": {hidden: []string{"u1", "u7"}, pending: &state.Pending{Policy: "move", Target: "Trash", UIDValidity: 9, UIDs: []uint32{7}, UIDLs: []string{"u7"}, Copied: []string{"u7"}, Created: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)}},
 		"phone":  {pending: &state.Pending{Policy: "flag", Flags: []string{`\Seen`}, UIDValidity: 9, UIDs: []uint32{1}, UIDLs: []string{"u1"}, Created: time.Unix(1_700_000_000, 0)}},
+		"tablet": {lastLogin: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)},
 	}
 	for c, want := range clients {
-		applyClient(t, st, state.ClientKey{Mailbox: from, Client: c}, state.ClientChange{Hide: want.hidden, SetPending: want.pending})
+		applyClient(t, st, state.ClientKey{Mailbox: from, Client: c}, state.ClientChange{Hide: want.hidden, SetPending: want.pending, LastLogin: want.lastLogin})
 	}
 	// Records whose names start like from's, or that the concatenation of
 	// a mailbox and a client name could be confused with, stay.
@@ -61,8 +63,9 @@ func (s *suite) mailboxRename(t *testing.T) {
 		got := loadClient(t, st, state.ClientKey{Mailbox: to, Client: c})
 		checkHidden(t, got, want.hidden...)
 		checkPending(t, got.Pending, want.pending)
+		checkLastLogin(t, got, want.lastLogin)
 		old := loadClient(t, st, state.ClientKey{Mailbox: from, Client: c})
-		if len(old.Hidden) != 0 || old.Pending != nil {
+		if len(old.Hidden) != 0 || old.Pending != nil || !old.LastLogin.IsZero() {
 			t.Errorf("client %q is still under the old name: %+v", c, old)
 		}
 	}

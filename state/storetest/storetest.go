@@ -31,7 +31,8 @@
 //     true values.
 //   - Pending comes back field by field, Created Equal to what was stored,
 //     nanoseconds included; nil and empty slices count as equal. Entries
-//     come back with their Digest.
+//     come back with their Digest. A client's LastLogin comes back in UTC,
+//     truncated to the microsecond.
 //   - The empty string is a valid mailbox name and client tag, and two
 //     different ClientKeys never share a record or a lock, even when their
 //     concatenations are equal.
@@ -114,6 +115,7 @@ func Run(t *testing.T, b Backend, opts *Options) {
 	t.Run("Client/ClearThenSetPending", s.clientClearThenSetPending)
 	t.Run("Client/Independent", s.clientIndependent)
 	t.Run("Client/Concurrent", s.clientConcurrent)
+	t.Run("Client/LastLogin", s.clientLastLogin)
 	t.Run("Lock/Exclusive", s.lockExclusive)
 	t.Run("Lock/ReleaseTwice", s.lockReleaseTwice)
 	t.Run("Lock/Race", s.lockRace)
