@@ -205,10 +205,10 @@ func (w *cpuWatch) finish() ([]cpuUse, error) {
 	return out, nil
 }
 
-// DefaultLoginMatch is what Dovecot writes to its log for each successful
-// IMAP login (login_log_format, at info level): "imap-login: Login:
+// defaultLoginMatch is what Dovecot writes to its log for each successful
+// IMAP login (login_log_format, at info level): "imap-login: Info: Login:
 // user=<...>, method=PLAIN, rip=...".
-const defaultLoginMatch = "imap-login: Login: "
+const defaultLoginMatch = "imap-login: Info: Login: "
 
 // countLogins counts the lines of r that contain match.
 func countLogins(r io.Reader, match string) (int, error) {
