@@ -780,8 +780,9 @@ mbk() { awk -v k="$1" 'BEGIN { if (k == "n/a" || k == "") print "n/a"; else prin
 		echo
 		echo "| unchanged poll, $wan_msgs msgs | pop3+imapc via WAN | popbridge via WAN | popbridge warm via WAN | (LAN: native POP3) | (LAN: popbridge) |"
 		echo "|---|---|---|---|---|---|"
-		for k in session_p50_ms session_p99_ms login_p50_ms; do
-			echo "| ${k%_ms} ms | $(g wan-imapc $k) | $(g wan-popbridge $k) | $(g wan-popbridge-warm $k) | $(g wan-native $k) | $(g wan-lan-popbridge $k) |"
+		for k in session_p50_ms:"poll p50 ms" session_p99_ms:"poll p99 ms" login_p50_ms:"of which login (connect to PASS answered) p50 ms"; do
+			t=${k#*:} k=${k%%:*}
+			echo "| $t | $(g wan-imapc "$k") | $(g wan-popbridge "$k") | $(g wan-popbridge-warm "$k") | $(g wan-native "$k") | $(g wan-lan-popbridge "$k") |"
 		done
 		[[ "${wan_warm_state:-}" == ok ]] || echo "(popbridge warm: ${wan_warm_state:-not run})"
 	fi
