@@ -67,8 +67,14 @@ func (p *accountPool) release(i int) {
 	p.cond.Broadcast()
 }
 
-// wake lets waiting acquires see a closed stop channel.
-func (p *accountPool) wake() { p.cond.Broadcast() }
+// wake lets waiting acquires see a closed stop channel. It broadcasts
+// under the lock, so that no acquire is between its look at stop and its
+// wait.
+func (p *accountPool) wake() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cond.Broadcast()
+}
 
 // clockTicks is USER_HZ, the unit of the times in /proc/PID/stat: 100 on
 // every Linux architecture Go supports.

@@ -307,12 +307,18 @@ func TestRotateFleet(t *testing.T) {
 	if f.overlaps != 0 {
 		t.Errorf("%d logins of an account already in session", f.overlaps)
 	}
-	// 1 warm-up poll each, and 21 sessions over 7 accounts: 3 each
-	// (each session takes the next free account after the last taken).
+	// 1 warm-up poll each, and 21 sessions over the 7 accounts: the turn
+	// passes an account only when a session holds it, so each has at
+	// least one (3 each, give or take the ones passed over while busy).
+	total := 0
 	for _, a := range cfg.accounts {
-		if f.logins[a.user] != 4 {
-			t.Errorf("%s: %d logins, want 4 (%v)", a.user, f.logins[a.user], f.logins)
+		total += f.logins[a.user]
+		if f.logins[a.user] < 2 {
+			t.Errorf("%s: %d logins, want the warm-up and at least 1 (%v)", a.user, f.logins[a.user], f.logins)
 		}
+	}
+	if total != 7+21 {
+		t.Errorf("%d logins in all, want 28 (%v)", total, f.logins)
 	}
 }
 

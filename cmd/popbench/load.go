@@ -133,6 +133,11 @@ func run(ctx context.Context, cfg config) (*result, error) {
 					if held = pool.acquire(ctx.Done()); held < 0 {
 						return
 					}
+					// A worker that waited for an account may find the run over.
+					if cfg.duration > 0 && !time.Now().Before(deadline) {
+						pool.release(held)
+						return
+					}
 					a = cfg.accounts[held]
 				}
 				sr, err := session(ctx, &cfg, a, cfg.mode)

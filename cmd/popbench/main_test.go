@@ -168,6 +168,14 @@ func (f *fakePOP3) serve(c net.Conn) {
 			}
 			bw.WriteString(".\r\n")
 		case "QUIT":
+			// The session ends before its answer goes out, as a
+			// server releases its maildrop lock before it says +OK.
+			if loggedIn {
+				f.mu.Lock()
+				f.inSession[user]--
+				f.mu.Unlock()
+				loggedIn = false
+			}
 			bw.WriteString("+OK bye\r\n")
 			bw.Flush()
 			return
