@@ -325,7 +325,7 @@ listen = "127.0.0.1:$2"
 [upstream]
 address = "127.0.0.1:$3"
 security = "none"
-timeout = "60s"
+timeout = "${BENCH_UPSTREAM_TIMEOUT:-300s}"
 ${4:-}
 [auth]
 allow_insecure_auth = true
@@ -565,7 +565,7 @@ imaplist() {
 	local name=$1
 	shift
 	log "popbench imap-list $name: $*"
-	if ! timeout 1800 "$bench" imap-list -label "$name" -summary "$res/$name.txt" -timeout 5m "$@" >"$res/$name.out" 2>&1; then
+	if ! timeout 1800 "$bench" imap-list -label "$name" -summary "$res/$name.txt" -timeout 10m "$@" >"$res/$name.out" 2>&1; then
 		cat "$res/$name.out" >&2
 		die "popbench imap-list $name failed"
 	fi
@@ -617,9 +617,9 @@ if want cold; then
 		make_cold "$u"
 		imaplist "cold-imap-$n" -addr "127.0.0.1:$imap_port" -user "$u" -pass "$pass"
 		make_cold "$u"
-		popbench "cold-native-$n" -addr "127.0.0.1:$native_port" -users "$u:$pass" -rounds 1
+		popbench "cold-native-$n" -timeout 10m -addr "127.0.0.1:$native_port" -users "$u:$pass" -rounds 1
 		make_cold "$u" "$work/imapc"
-		popbench "cold-imapc-$n" -addr "127.0.0.1:$imapc_port" -users "$u:$pass" -rounds 1
+		popbench "cold-imapc-$n" -timeout 10m -addr "127.0.0.1:$imapc_port" -users "$u:$pass" -rounds 1
 		# popbridge: a new instance with an empty state file.
 		if [[ -s "$work/popbridge-cold/pid" ]]; then popbridge_stop popbridge-cold; fi
 		rm -rf "${work:?}/popbridge-cold"
@@ -627,7 +627,7 @@ if want cold; then
 		pbc_pid=$(cat "$work/popbridge-cold/pid")
 		make_cold "$u"
 		c0=$(cpu_ticks "$pbc_pid") t0=$(now)
-		popbench "cold-popbridge-$n" -addr "127.0.0.1:$pbc_port" -users "$u:$pass" -rounds 1 -cpu "popbridge=$pbc_pid" -mem-pid "$pbc_pid"
+		popbench "cold-popbridge-$n" -timeout 10m -addr "127.0.0.1:$pbc_port" -users "$u:$pass" -rounds 1 -cpu "popbridge=$pbc_pid" -mem-pid "$pbc_pid"
 		# Work it goes on with after the answer (fingerprints in the
 		# background, in builds that do so), then the next poll.
 		settle "$pbc_pid" 900
