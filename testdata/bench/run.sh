@@ -10,7 +10,7 @@
 # gen-maildir), starts everything, runs popbench against each server, and
 # prints Markdown tables with the ratios the targets ask for.
 #
-#   sudo testdata/bench/run.sh              # as root (Dovecot needs it); ~10 minutes on 2 cores
+#   sudo testdata/bench/run.sh              # as root (Dovecot needs it); ~8 minutes on 2 cores
 #   BENCH_QUICK=1 testdata/bench/run.sh     # small mailboxes, a smoke test of the script
 #
 # Parts (BENCH_PARTS, default all four, in this order):
