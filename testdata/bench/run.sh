@@ -46,7 +46,7 @@
 # characters). Every step has a time limit; the processes it starts are
 # stopped at the end by their PIDs (BENCH_KEEP=1 leaves them running).
 # Results: BENCH_WORK/results/ (raw popbench output, key=value summaries,
-# table.md).
+# table.md for the classic part, table-cold-fleet-wan.md for the others).
 set -euo pipefail
 
 export PATH="$PATH:/usr/sbin:/sbin"
