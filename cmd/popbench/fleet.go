@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -290,4 +291,72 @@ func (l *loginCount) finish(limit time.Duration) (int, error) {
 		last = n
 		time.Sleep(300 * time.Millisecond)
 	}
+}
+
+// settleMain is "popbench settle": it waits until the process trees of
+// -cpu together use less than -below of one core over each -every, at
+// most -max-time, and prints the CPU seconds they used meanwhile. A
+// script calls it after a first poll that answers early while work goes
+// on behind it (in the server, and in the upstream it reads from).
+func settleMain(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("settle", flag.ContinueOnError)
+	cpu := fs.String("cpu", "", "NAME=PID[,NAME=PID...]: the process trees to watch (required)")
+	every := fs.Duration("every", time.Second, "length of each look")
+	below := fs.Float64("below", 0.05, "quiet: less than this share of one core over one look")
+	maxTime := fs.Duration("max-time", 15*time.Minute, "give up after this long (exit status 0, \"busy\" printed)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	targets, err := parseCPUTargets(*cpu)
+	if err != nil {
+		return err
+	}
+	if len(targets) == 0 || *every <= 0 {
+		return errors.New("settle needs -cpu and a positive -every")
+	}
+	start := time.Now()
+	quiet, used, err := settle(targets, *every, *below, *maxTime)
+	if err != nil {
+		return err
+	}
+	state := "quiet"
+	if !quiet {
+		state = "busy"
+	}
+	fmt.Fprintf(stdout, "%s after %.2f s, %.2f s of CPU\n", state, time.Since(start).Seconds(), used)
+	return nil
+}
+
+// settle waits until the trees of targets use less than below of a core
+// over one look of every, at most limit. It returns whether they went
+// quiet and the CPU seconds they used.
+func settle(targets []cpuTarget, every time.Duration, below float64, limit time.Duration) (bool, float64, error) {
+	sum := func() (int64, error) {
+		var n int64
+		for _, t := range targets {
+			k, err := treeCPU(t.pid)
+			if err != nil {
+				return 0, fmt.Errorf("%s: %w", t.name, err)
+			}
+			n += k
+		}
+		return n, nil
+	}
+	first, err := sum()
+	if err != nil {
+		return false, 0, err
+	}
+	last, deadline := first, time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		time.Sleep(every)
+		n, err := sum()
+		if err != nil {
+			return false, 0, err
+		}
+		if float64(n-last)/clockTicks < below*every.Seconds() {
+			return true, float64(n-first) / clockTicks, nil
+		}
+		last = n
+	}
+	return false, float64(last-first) / clockTicks, nil
 }

@@ -458,3 +458,36 @@ func TestIMAPList(t *testing.T) {
 		t.Errorf("summary:\n%s", b)
 	}
 }
+
+// TestSettle: a tree that only sleeps is quiet at the first look; one
+// with a busy child is not, and the CPU it used is reported.
+func TestSettle(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	self := []cpuTarget{{"self", os.Getpid()}}
+	quiet, _, err := settle(self, 500*time.Millisecond, 0.5, 10*time.Second)
+	if err != nil || !quiet {
+		t.Errorf("an idle tree: quiet %v, %v", quiet, err)
+	}
+	busy := exec.Command(sh, "-c", "while :; do :; done")
+	if err := busy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// A running loop gets some CPU in every half second, however busy
+	// the machine: it never looks quiet.
+	quiet, used, err := settle([]cpuTarget{{"busy", busy.Process.Pid}}, 500*time.Millisecond, 0.001, 1500*time.Millisecond)
+	busy.Process.Kill()
+	busy.Wait()
+	if err != nil || quiet || used <= 0 {
+		t.Errorf("a busy tree: quiet %v, %.2f s used, %v", quiet, used, err)
+	}
+	if err := settleMain([]string{"-cpu", "x"}, io.Discard); err == nil {
+		t.Error("-cpu x accepted")
+	}
+	var out bytes.Buffer
+	if err := settleMain([]string{"-cpu", "self=" + strconv.Itoa(os.Getpid()), "-every", "200ms", "-below", "0.5", "-max-time", "10s"}, &out); err != nil || !strings.HasPrefix(out.String(), "quiet after ") {
+		t.Errorf("settle: %q, %v", out.String(), err)
+	}
+}

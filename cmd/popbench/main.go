@@ -8,6 +8,7 @@
 //	popbench proxy -listen ADDR -to HOST:PORT -stats FILE [-delay D]  count the octets to an upstream (and add latency)
 //	popbench gen-maildir -dir MAILDIR -n N [-sizes small|mixed]       write test mail for Dovecot
 //	popbench imap-list -addr HOST:PORT -user U -pass P                time UID FETCH 1:* (UID RFC822.SIZE)
+//	popbench settle -cpu NAME=PID[,...]                               wait until those processes are idle
 //
 // A run always stops by itself: after -duration or -rounds, and in any case
 // after -max-time. Every exchange has -timeout to make progress.
@@ -38,6 +39,8 @@ func main() {
 			err = genMaildirMain(os.Args[2:])
 		case "imap-list":
 			err = imapListMain(os.Args[2:], os.Stdout)
+		case "settle":
+			err = settleMain(os.Args[2:], os.Stdout)
 		default:
 			err = loadMain(os.Args[1:], os.Stdout)
 		}

@@ -577,19 +577,12 @@ cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
-# settle PID LIMIT: waits until process PID uses less than 5 % of a core
-# over a second, at most LIMIT seconds (the work popbridge may go on with
-# after a poll has answered).
+# settle LIMIT NAME=PID[,...]: waits until those process trees together use
+# less than 5 % of a core over a second, at most LIMIT seconds (popbench
+# settle): the work popbridge, and the upstream it reads from, may go on
+# with after a poll has answered.
 settle() {
-	local a b deadline=$((SECONDS + $2))
-	a=$(cpu_ticks "$1")
-	while ((SECONDS < deadline)); do
-		sleep 1
-		b=$(cpu_ticks "$1")
-		((b - a < 5)) && return 0
-		a=$b
-	done
-	log "process $1 still busy after $2 s"
+	timeout $(($1 + 60)) "$bench" settle -cpu "$2" -max-time "${1}s" >&2 || die "popbench settle failed"
 }
 
 # --- 6. cold first poll (20k, 100k) ----------------------------------------------
@@ -630,7 +623,7 @@ if want cold; then
 		popbench "cold-popbridge-$n" -timeout 10m -addr "127.0.0.1:$pbc_port" -users "$u:$pass" -rounds 1 -cpu "popbridge=$pbc_pid" -mem-pid "$pbc_pid"
 		# Work it goes on with after the answer (fingerprints in the
 		# background, in builds that do so), then the next poll.
-		settle "$pbc_pid" 900
+		settle 900 "popbridge=$pbc_pid,upstream=$upstream_master"
 		{
 			echo "settled_s=$(since "$t0")"
 			echo "settled_cpu_s=$(awk -v a="$c0" -v b="$(cpu_ticks "$pbc_pid")" 'BEGIN { printf "%.2f", (b - a) / 100 }')"
