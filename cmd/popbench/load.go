@@ -32,6 +32,7 @@ type config struct {
 	pipeline  int // RETRs in flight (retr, mixed)
 	mixedRetr int // mixed: RETR this many of the last messages
 	tag       string
+	rotate    bool          // each session the next free account (accountPool), not worker mod count
 	warmup    bool          // one unmeasured poll per login first (see warm)
 	timeout   time.Duration // per exchange
 	maxTime   time.Duration // hard bound on the whole run
@@ -106,6 +107,11 @@ func run(ctx context.Context, cfg config) (*result, error) {
 	if cfg.duration > 0 {
 		deadline = start.Add(cfg.duration)
 	}
+	var pool *accountPool
+	if cfg.rotate {
+		pool = newAccountPool(cfg.accounts)
+		defer context.AfterFunc(ctx, pool.wake)()
+	}
 	for w := 0; w < cfg.sessions; w++ {
 		wg.Add(1)
 		go func() {
@@ -122,7 +128,22 @@ func run(ctx context.Context, cfg config) (*result, error) {
 					return
 				default:
 				}
+				held := -1
+				if pool != nil {
+					if held = pool.acquire(ctx.Done()); held < 0 {
+						return
+					}
+					// A worker that waited for an account may find the run over.
+					if cfg.duration > 0 && !time.Now().Before(deadline) {
+						pool.release(held)
+						return
+					}
+					a = cfg.accounts[held]
+				}
 				sr, err := session(ctx, &cfg, a, cfg.mode)
+				if held >= 0 {
+					pool.release(held)
+				}
 				mu.Lock()
 				res.read += sr.read
 				if err != nil {
@@ -162,13 +183,20 @@ func run(ctx context.Context, cfg config) (*result, error) {
 // warm runs one unmeasured poll per distinct login of cfg, one after
 // another: the first login may have to build caches (popbridge: the
 // first-sight sync; Dovecot: its indexes) that a poll of an unchanged
-// mailbox does not pay.
+// mailbox does not pay. With rotate, every account is a login.
 func warm(ctx context.Context, cfg config) error {
 	ctx, cancel := context.WithTimeout(ctx, cfg.maxTime)
 	defer cancel()
 	seen := map[string]bool{}
-	for w := 0; w < max(cfg.sessions, 1); w++ {
+	logins := max(cfg.sessions, 1)
+	if cfg.rotate {
+		logins = len(cfg.accounts)
+	}
+	for w := range logins {
 		a := cfg.loginName(w)
+		if cfg.rotate {
+			a = cfg.accounts[w]
+		}
 		if seen[a.user] {
 			continue
 		}

@@ -5,8 +5,10 @@
 // testdata/bench/run.sh).
 //
 //	popbench -addr HOST:PORT -users U:P[,U:P...] [-sessions N] [-duration D | -rounds R] [-mode poll|retr|mixed]
-//	popbench proxy -listen ADDR -to HOST:PORT -stats FILE      count the octets to an upstream
-//	popbench gen-maildir -dir MAILDIR -n N [-sizes small|mixed] write test mail for Dovecot
+//	popbench proxy -listen ADDR -to HOST:PORT -stats FILE [-delay D]  count the octets to an upstream (and add latency)
+//	popbench gen-maildir -dir MAILDIR -n N [-sizes small|mixed]       write test mail for Dovecot
+//	popbench imap-list -addr HOST:PORT -user U -pass P                time UID FETCH 1:* (UID RFC822.SIZE)
+//	popbench settle -cpu NAME=PID[,...]                               wait until those processes are idle
 //
 // A run always stops by itself: after -duration or -rounds, and in any case
 // after -max-time. Every exchange has -timeout to make progress.
@@ -35,6 +37,10 @@ func main() {
 			err = proxyMain(os.Args[2:])
 		case "gen-maildir":
 			err = genMaildirMain(os.Args[2:])
+		case "imap-list":
+			err = imapListMain(os.Args[2:], os.Stdout)
+		case "settle":
+			err = settleMain(os.Args[2:], os.Stdout)
 		default:
 			err = loadMain(os.Args[1:], os.Stdout)
 		}
@@ -61,6 +67,9 @@ type options struct {
 	memComm     string
 	summary     string
 	label       string
+	cpu         []cpuTarget
+	loginLog    string
+	loginMatch  string
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -70,7 +79,8 @@ func parseFlags(args []string) (*options, error) {
 		fmt.Fprintf(fs.Output(), "usage:\n"+
 			"  popbench -addr HOST:PORT -users U:P[,U:P...] [flags]   drive POP3 sessions\n"+
 			"  popbench proxy -listen ADDR -to HOST:PORT -stats FILE  counting TCP proxy (-h for flags)\n"+
-			"  popbench gen-maildir -dir MAILDIR -n N                 write test mail (-h for flags)\n\nflags:\n")
+			"  popbench gen-maildir -dir MAILDIR -n N                 write test mail (-h for flags)\n"+
+			"  popbench imap-list -addr HOST:PORT -user U -pass P     time an IMAP UID+RFC822.SIZE listing (-h for flags)\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	c := &o.cfg
@@ -84,6 +94,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&c.pipeline, "pipeline", 1, "RETR commands in flight (RFC 2449 PIPELINING); 1: one at a time")
 	fs.IntVar(&c.mixedRetr, "mixed-retr", 5, "mixed: how many of the last messages each session retrieves")
 	fs.StringVar(&c.tag, "tag", "", "append TAG+\"w<worker>\" to each login (popbridge device tags, e.g. -tag '#': one maildrop lock per worker)")
+	fs.BoolVar(&c.rotate, "rotate", false, "each session logs in as the next account not in session (a fleet: C workers over N accounts), instead of worker i as user i mod count; -warmup then polls every account")
 	fs.BoolVar(&c.warmup, "warmup", false, "one unmeasured poll per distinct login first")
 	fs.DurationVar(&c.timeout, "timeout", time.Minute, "each exchange must make progress within this")
 	fs.DurationVar(&c.maxTime, "max-time", 30*time.Minute, "hard bound on the whole run, warm-up included")
@@ -92,6 +103,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.memPID, "mem-pid", 0, "report the peak memory of this process (VmHWM, reset at start when permitted)")
 	fs.IntVar(&o.memChildren, "mem-children", 0, "report the peak summed memory of the children of this process (e.g. Dovecot's master)")
 	fs.StringVar(&o.memComm, "mem-comm", "", "with -mem-children: only children with this command name (e.g. pop3)")
+	cpu := fs.String("cpu", "", "NAME=PID[,NAME=PID...]: report the CPU seconds each process and its descendants (exited ones included) spent during the measured sessions")
+	fs.StringVar(&o.loginLog, "login-log", "", "the upstream's log file: count the lines matching -login-match written during the measured sessions (upstream logins)")
+	fs.StringVar(&o.loginMatch, "login-match", defaultLoginMatch, "with -login-log: the text of a login line (Dovecot's successful IMAP login by default)")
 	fs.StringVar(&o.summary, "summary", "", "also write the figures as key=value lines to this file (for scripts)")
 	fs.StringVar(&o.label, "label", "", "a name for this run, printed and written to -summary")
 	if err := fs.Parse(args); err != nil {
@@ -127,6 +141,12 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.memComm != "" && o.memChildren == 0 {
 		return nil, errors.New("-mem-comm needs -mem-children")
+	}
+	if c.rotate && c.tag != "" {
+		return nil, errors.New("-rotate and -tag do not go together")
+	}
+	if o.cpu, err = parseCPUTargets(*cpu); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
@@ -174,6 +194,8 @@ type report struct {
 	res                   *result
 	proxy                 *proxyStats // upstream octets of the measured sessions
 	mem                   *memReport
+	cpu                   []cpuUse
+	logins                int    // upstream logins counted in -login-log; -1: not counted
 	loadBefore, loadAfter string // 1-minute load average, "" when unknown
 }
 
@@ -216,7 +238,7 @@ func loadMain(args []string, stdout io.Writer) error {
 // measure runs the sessions of o, with the proxy counters and the memory
 // watch around the measured part.
 func measure(ctx context.Context, o *options) (*report, error) {
-	rep := &report{label: o.label}
+	rep := &report{label: o.label, logins: -1}
 	cfg := o.cfg
 	if cfg.warmup {
 		// Before the proxy counters and the memory watch start: they
@@ -232,6 +254,17 @@ func measure(ctx context.Context, o *options) (*report, error) {
 			return nil, fmt.Errorf("-proxy-stats: %w", err)
 		}
 	}
+	var lc *loginCount
+	if o.loginLog != "" {
+		var err error
+		if lc, err = startLoginCount(o.loginLog, o.loginMatch); err != nil {
+			return nil, err
+		}
+	}
+	cw, err := startCPUWatch(o.cpu)
+	if err != nil {
+		return nil, err
+	}
 	mw := newMemWatch(o.memPID, o.memChildren, o.memComm, 50*time.Millisecond)
 	mw.start()
 	rep.loadBefore = loadAvg()
@@ -240,6 +273,14 @@ func measure(ctx context.Context, o *options) (*report, error) {
 	mw.finish()
 	if err != nil {
 		return nil, err
+	}
+	if rep.cpu, err = cw.finish(); err != nil {
+		return nil, err
+	}
+	if lc != nil {
+		if rep.logins, err = lc.finish(3 * time.Second); err != nil {
+			return nil, fmt.Errorf("-login-log: %w", err)
+		}
 	}
 	rep.res, rep.mem = res, mw.report()
 	if o.proxyStats != "" {
@@ -310,6 +351,13 @@ func printReport(w io.Writer, rep *report) {
 	if rep.loadBefore != "" {
 		fmt.Fprintf(w, "load       %s before, %s after (1-minute load average of the machine)\n", rep.loadBefore, rep.loadAfter)
 	}
+	perK := func(x float64) float64 { return x * 1000 / float64(max(r.ok+r.failed, 1)) }
+	for _, u := range rep.cpu {
+		fmt.Fprintf(w, "cpu        %s (pid %d and descendants): %.2f s, %.2f s per 1,000 sessions\n", u.name, u.pid, u.seconds, perK(u.seconds))
+	}
+	if rep.logins >= 0 {
+		fmt.Fprintf(w, "upstream   %d login(s) in the log, %.1f per 1,000 sessions\n", rep.logins, perK(float64(rep.logins)))
+	}
 	if p := rep.proxy; p != nil {
 		n := max(r.ok+r.failed, 1)
 		fmt.Fprintf(w, "upstream   %d connection(s), %d octets up, %d down: per session %.0f up, %.0f down, %.0f total\n",
@@ -349,6 +397,7 @@ func summaryLines(rep *report) string {
 	t, l := summarize(r.total), summarize(r.login)
 	kv("session_p50_ms", f(t.p50))
 	kv("session_p90_ms", f(t.p90))
+	kv("session_max_ms", f(t.max))
 	kv("session_p99_ms", f(t.p99))
 	kv("session_mean_ms", f(t.mean))
 	kv("login_p50_ms", f(l.p50))
@@ -367,6 +416,15 @@ func summaryLines(rep *report) string {
 		errs = append(errs, fmt.Sprintf("%s:%d", k, r.errors[k]))
 	}
 	kv("errors", strings.Join(errs, ","))
+	perK := func(x float64) string { return fmt.Sprintf("%.3f", x*1000/float64(max(r.ok+r.failed, 1))) }
+	for _, u := range rep.cpu {
+		kv("cpu_"+u.name+"_s", fmt.Sprintf("%.2f", u.seconds))
+		kv("cpu_"+u.name+"_s_per_1000", perK(u.seconds))
+	}
+	if rep.logins >= 0 {
+		kv("upstream_logins", rep.logins)
+		kv("upstream_logins_per_1000", perK(float64(rep.logins)))
+	}
 	if p := rep.proxy; p != nil {
 		n := max(r.ok+r.failed, 1)
 		kv("upstream_conns", p.Conns)

@@ -28,6 +28,11 @@ type fakePOP3 struct {
 	retrs    atomic.Int64
 	maxQueue atomic.Int64 // most RETR commands seen waiting at once
 	sessions atomic.Int64
+
+	mu        sync.Mutex
+	inSession map[string]int // logged-in sessions now, by user
+	logins    map[string]int // successful logins, by user
+	overlaps  int            // logins of a user already in session
 }
 
 func newFakePOP3(t testing.TB, msgs [][]byte) *fakePOP3 {
@@ -70,7 +75,14 @@ func (f *fakePOP3) serve(c net.Conn) {
 	f.sessions.Add(1)
 	br, bw := bufio.NewReader(c), bufio.NewWriter(c)
 	bw.WriteString("+OK fake ready\r\n")
-	user := ""
+	user, loggedIn := "", false
+	defer func() {
+		if loggedIn {
+			f.mu.Lock()
+			f.inSession[user]--
+			f.mu.Unlock()
+		}
+	}()
 	for {
 		if br.Buffered() == 0 {
 			if bw.Flush() != nil {
@@ -109,6 +121,17 @@ func (f *fakePOP3) serve(c net.Conn) {
 			case user == f.locked:
 				bw.WriteString("-ERR [IN-USE] locked\r\n")
 			case len(args) == 2 && args[1] == "pass":
+				f.mu.Lock()
+				if f.inSession == nil {
+					f.inSession, f.logins = map[string]int{}, map[string]int{}
+				}
+				if f.inSession[user] > 0 {
+					f.overlaps++
+				}
+				f.inSession[user]++
+				f.logins[user]++
+				f.mu.Unlock()
+				loggedIn = true
 				bw.WriteString("+OK logged in\r\n")
 			default:
 				bw.WriteString("-ERR [AUTH] no\r\n")
@@ -145,6 +168,14 @@ func (f *fakePOP3) serve(c net.Conn) {
 			}
 			bw.WriteString(".\r\n")
 		case "QUIT":
+			// The session ends before its answer goes out, as a
+			// server releases its maildrop lock before it says +OK.
+			if loggedIn {
+				f.mu.Lock()
+				f.inSession[user]--
+				f.mu.Unlock()
+				loggedIn = false
+			}
 			bw.WriteString("+OK bye\r\n")
 			bw.Flush()
 			return

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -75,10 +77,12 @@ func waitIdle(path string, limit time.Duration) (proxyStats, error) {
 }
 
 // counter is a proxy: it forwards connections to an upstream and counts
-// the octets in each direction as they pass.
+// the octets in each direction as they pass. With a delay, it also
+// emulates the latency of a long link (see delayCopy).
 type counter struct {
 	to                      string
-	stats                   string // file rewritten (atomically) with the counters
+	stats                   string        // file rewritten (atomically) with the counters
+	delay                   time.Duration // latency added in each direction; 0: none
 	conns, active, up, down atomic.Int64
 
 	mu      sync.Mutex
@@ -158,19 +162,7 @@ func (p *counter) pipe(ctx context.Context, c net.Conn) {
 	wg.Add(2)
 	copyCount := func(dst, src net.Conn, n *atomic.Int64) {
 		defer wg.Done()
-		buf := make([]byte, 32<<10)
-		for {
-			k, err := src.Read(buf)
-			if k > 0 {
-				n.Add(int64(k))
-				if _, werr := dst.Write(buf[:k]); werr != nil {
-					break
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
+		delayCopy(dst, src, p.delay, func(k int) { n.Add(int64(k)) })
 		// Pass the end on, so the other side sees it.
 		if tc, ok := dst.(*net.TCPConn); ok {
 			tc.CloseWrite()
@@ -185,6 +177,80 @@ func (p *counter) pipe(ctx context.Context, c net.Conn) {
 	p.flush()
 }
 
+// delayCopy copies src to dst until src ends or dst fails, and calls seen
+// with the size of each chunk as it is read. With delay > 0 it emulates
+// the latency of a long link, not a slow one: each chunk is written delay
+// after it was read, in order, while later chunks are already being read
+// (so the throughput stays that of the link below; only the time of each
+// octet shifts). The end of src is passed on delay after it came too.
+// With delay 0 each chunk is written as soon as it is read.
+func delayCopy(dst io.Writer, src io.Reader, delay time.Duration, seen func(int)) error {
+	buf := make([]byte, 32<<10)
+	if delay <= 0 {
+		for {
+			k, err := src.Read(buf)
+			if k > 0 {
+				seen(k)
+				if _, werr := dst.Write(buf[:k]); werr != nil {
+					return werr
+				}
+			}
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	type chunk struct {
+		due time.Time
+		b   []byte // nil: the end of src
+		err error  // with b nil: how src ended
+	}
+	// At most 1,024 chunks (32 MB) in flight; then reading waits.
+	q := make(chan chunk, 1024)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(q)
+		for {
+			k, err := src.Read(buf)
+			now := time.Now()
+			if k > 0 {
+				seen(k)
+				select {
+				case q <- chunk{due: now.Add(delay), b: bytes.Clone(buf[:k])}:
+				case <-stop:
+					return
+				}
+			}
+			if err != nil {
+				if err == io.EOF {
+					err = nil
+				}
+				select {
+				case q <- chunk{due: now.Add(delay), err: err}:
+				case <-stop:
+				}
+				return
+			}
+		}
+	}()
+	for c := range q {
+		if d := time.Until(c.due); d > 0 {
+			time.Sleep(d)
+		}
+		if c.b == nil {
+			return c.err
+		}
+		if _, err := dst.Write(c.b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // proxyMain is "popbench proxy".
 func proxyMain(args []string) error {
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
@@ -193,6 +259,7 @@ func proxyMain(args []string) error {
 	stats := fs.String("stats", "", "file the counters are written to, after each connection and every second (required)")
 	maxConns := fs.Int("max-conns", 2000, "connections at once; more are refused")
 	maxTime := fs.Duration("max-time", 2*time.Hour, "exit after this long")
+	delay := fs.Duration("delay", 0, "emulated latency: forward each chunk this long after it arrived, in each direction, in order (a round trip gains twice this; the throughput is not limited)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -207,7 +274,7 @@ func proxyMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	p := &counter{to: *to, stats: stf}
+	p := &counter{to: *to, stats: stf, delay: *delay}
 	p.written = proxyStats{Conns: -1}
 	if err := p.flush(); err != nil {
 		return err
@@ -228,7 +295,7 @@ func proxyMain(args []string) error {
 			}
 		}
 	}()
-	fmt.Fprintf(os.Stderr, "popbench proxy: %s -> %s, counters in %s\n", ln.Addr(), *to, stf)
+	fmt.Fprintf(os.Stderr, "popbench proxy: %s -> %s, counters in %s, delay %v each way\n", ln.Addr(), *to, stf, *delay)
 	err = p.serve(ctx, ln, *maxConns)
 	p.flush()
 	return err
