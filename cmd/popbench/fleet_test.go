@@ -471,7 +471,9 @@ func TestSettle(t *testing.T) {
 	if err != nil || !quiet {
 		t.Errorf("an idle tree: quiet %v, %v", quiet, err)
 	}
-	busy := exec.Command(sh, "-c", "while :; do :; done")
+	// The loop ends by itself after 20 s, so that a test binary killed
+	// before it kills the loop leaves nothing spinning.
+	busy := exec.Command(sh, "-c", `end=$(( $(date +%s) + 20 )); while [ "$(date +%s)" -lt "$end" ]; do :; done`)
 	if err := busy.Start(); err != nil {
 		t.Fatal(err)
 	}
