@@ -144,6 +144,11 @@ func (b *Bridge) reconfigured(cfg Config) (*Bridge, error) {
 		}
 	}
 	nb.warm = b.warm
+	if o, n := b.cfg.Upstream, cfg.Upstream; !warmOn(n) || o.Address != n.Address || o.Security != n.Security {
+		// No parked connection can serve a login of the new
+		// configuration: log them out now rather than at their TTL.
+		nb.warm.drain()
+	}
 	nb.prov.setEvict(b.warm.evictAccount)
 	nb.records = b.records
 	nb.now = b.now

@@ -296,6 +296,14 @@ func (p *warmPool) dropKey(key string, keep *warmCred) {
 func (p *warmPool) closeAll() {
 	p.mu.Lock()
 	p.closed = true
+	p.mu.Unlock()
+	p.drain()
+}
+
+// drain logs out of every parked connection (a reload that turns warm
+// connections off or moves the upstream: none of them may serve again).
+func (p *warmPool) drain() {
+	p.mu.Lock()
 	out := p.entries
 	for _, e := range out {
 		e.timer.Stop()

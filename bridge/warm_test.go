@@ -298,6 +298,11 @@ func TestWarmReloadTurnsOff(t *testing.T) {
 	if err := e.srv.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
+	// The connection parked before the reload is logged out by it, not
+	// kept until its TTL or the account's next login.
+	if got := len(up.mem.CommandsNamed("LOGOUT")); got != 1 {
+		t.Errorf("%d LOGOUTs once the reload returned, want 1", got)
+	}
 	poll(t, e, up.user, up.pass, nil)
 	poll(t, e, up.user, up.pass, nil)
 	if got := logins(up.mem); got != 3 {
