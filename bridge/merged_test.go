@@ -274,7 +274,7 @@ func TestMergedSourceDown(t *testing.T) {
 			case "missing":
 				up.mem.Create("Junk")
 				for _, m := range before["Junk"] {
-					up.mem.Append("Junk", m.Raw, m.Flags...)
+					up.mem.AppendAt("Junk", m.Raw, m.Date, m.Flags...)
 				}
 			case "refused":
 				up.mem.Fail("SELECT Junk", nil)
@@ -298,6 +298,44 @@ func TestMergedSourceDown(t *testing.T) {
 	assertSubjects(t, "Junk", up.box.Messages("Junk"), "Junk 2")
 }
 
+// TestMergedSourceGone: on every upstream, a source mailbox that is gone
+// fails the login with [SYS/TEMP] and changes nothing; once it is back, the
+// merged maildrop is served again.
+func TestMergedSourceGone(t *testing.T) {
+	forEachUpstream(t, func(t *testing.T, up *upstreamEnv) {
+		up.box.Create("Junk")
+		seedBox(up, "INBOX", 2)
+		junk := seedBox(up, "Junk", 1)
+		e := newEnv(t, up, mergeSources(up, false, "INBOX", "Junk"), func(c *Config) { c.Delete.Policy = PolicyExpunge })
+		c := e.session("")
+		if n := len(c.uidls()); n != 3 {
+			t.Fatalf("%d messages listed, want 3", n)
+		}
+		c.quit()
+		inbox := up.box.Messages("INBOX")
+		up.box.Delete("Junk")
+		p := dialPOP(t, e.addr)
+		p.ok("USER %s", up.user)
+		if r := p.cmd("PASS %s", up.pass); !strings.HasPrefix(r, "-ERR [SYS/TEMP]") {
+			t.Errorf("login with the Junk source gone = %q, want -ERR [SYS/TEMP]", r)
+		}
+		p.drop()
+		if got := up.box.Messages("INBOX"); !sameMessages(got, inbox) {
+			t.Errorf("INBOX changed while a source was gone:\n%v\nwas\n%v", got, inbox)
+		}
+		up.box.Create("Junk")
+		up.box.Append("Junk", junk[0])
+		c = e.session("")
+		if n := len(c.uidls()); n != 3 {
+			t.Errorf("with Junk back: %d messages listed, want 3", n)
+		}
+		if got := c.retr(3); !bytes.Equal(got, junk[0]) {
+			t.Errorf("RETR 3 = %q, want the Junk message", got)
+		}
+		c.quit()
+	})
+}
+
 // sameMessages compares UIDs, flags and contents.
 func sameMessages(a, b []imaptest.Message) bool {
 	return slices.EqualFunc(a, b, func(x, y imaptest.Message) bool {
@@ -309,50 +347,54 @@ func sameMessages(a, b []imaptest.Message) bool {
 // its messages by fingerprint and keeps their UIDLs; the other sources keep
 // theirs, and DELE still reaches the right message.
 func TestMergedUIDVALIDITYChange(t *testing.T) {
-	up := memUpstream(t)
-	up.box.Create("Junk")
-	seedBox(up, "INBOX", 2)
-	junk := seedBox(up, "Junk", 2)
-	e := newEnv(t, up, mergeSources(up, false, "INBOX", "Junk"), func(c *Config) { c.Delete.Policy = PolicyExpunge })
-	c := e.session("")
-	before := c.uidls()
-	c.quit()
-	uv := up.mem.UIDValidity("Junk")
-	up.mem.Recreate("Junk")
-	if up.mem.UIDValidity("Junk") == uv {
-		t.Fatal("Recreate kept the UIDVALIDITY")
-	}
-	up.mem.Append("Junk", message("junk-new", "Junk new", "new\r\n"))
-	up.mem.Append("Junk", junk[1])
-	up.mem.Append("Junk", junk[0])
-	c = e.session("")
-	l := c.list()
-	if len(l) != 5 {
-		t.Fatalf("after the UIDVALIDITY change of Junk: %d messages", len(l))
-	}
-	// INBOX first, untouched; then Junk in its new UID order.
-	want := []string{before[0], before[1], "", before[3], before[2]}
-	for i, m := range l {
-		if i == 2 {
-			if slices.Contains(before, m.uidl) {
-				t.Errorf("the new Junk message got an old UIDL %s", m.uidl)
+	forEachUpstream(t, func(t *testing.T, up *upstreamEnv) {
+		up.box.Create("Junk")
+		seedBox(up, "INBOX", 2)
+		junk := seedBox(up, "Junk", 2)
+		e := newEnv(t, up, mergeSources(up, false, "INBOX", "Junk"), func(c *Config) { c.Delete.Policy = PolicyExpunge })
+		c := e.session("")
+		before := c.uidls()
+		c.quit()
+		// A rebuilt mailbox keeps each message's INTERNALDATE (part of
+		// the fingerprint): appended again, they get their old dates.
+		old := up.box.Messages("Junk")
+		uv := up.box.UIDValidity("Junk")
+		up.box.Recreate("Junk")
+		if up.box.UIDValidity("Junk") == uv {
+			t.Fatal("Recreate kept the UIDVALIDITY")
+		}
+		up.box.Append("Junk", message("junk-new", "Junk new", "new\r\n"))
+		up.box.AppendAt("Junk", junk[1], old[1].Date)
+		up.box.AppendAt("Junk", junk[0], old[0].Date)
+		c = e.session("")
+		l := c.list()
+		if len(l) != 5 {
+			t.Fatalf("after the UIDVALIDITY change of Junk: %d messages", len(l))
+		}
+		// INBOX first, untouched; then Junk in its new UID order.
+		want := []string{before[0], before[1], "", before[3], before[2]}
+		for i, m := range l {
+			if i == 2 {
+				if slices.Contains(before, m.uidl) {
+					t.Errorf("the new Junk message got an old UIDL %s", m.uidl)
+				}
+				continue
 			}
-			continue
+			if m.uidl != want[i] {
+				t.Errorf("message %d: UIDL %s, want %s", i+1, m.uidl, want[i])
+			}
 		}
-		if m.uidl != want[i] {
-			t.Errorf("message %d: UIDL %s, want %s", i+1, m.uidl, want[i])
+		checkUIDLs(t, c.uidls())
+		if got := c.retr(5); !bytes.Equal(got, junk[0]) {
+			t.Errorf("RETR 5 = %q, want Junk 1", got)
 		}
-	}
-	checkUIDLs(t, c.uidls())
-	if got := c.retr(5); !bytes.Equal(got, junk[0]) {
-		t.Errorf("RETR 5 = %q, want Junk 1", got)
-	}
-	c.ok("DELE 5")
-	if q := c.quit(); !strings.HasPrefix(q, "+OK") {
-		t.Fatalf("QUIT = %q", q)
-	}
-	assertSubjects(t, "Junk", up.box.Messages("Junk"), "Junk new", "Junk 2")
-	assertSubjects(t, "INBOX", up.box.Messages("INBOX"), "INBOX 1", "INBOX 2")
+		c.ok("DELE 5")
+		if q := c.quit(); !strings.HasPrefix(q, "+OK") {
+			t.Fatalf("QUIT = %q", q)
+		}
+		assertSubjects(t, "Junk", up.box.Messages("Junk"), "Junk new", "Junk 2")
+		assertSubjects(t, "INBOX", up.box.Messages("INBOX"), "INBOX 1", "INBOX 2")
+	})
 }
 
 // TestMergedDedup: with dedup, a message whose Message-ID an earlier source

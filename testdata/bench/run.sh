@@ -30,7 +30,9 @@
 # POPBENCH_WARM='warm_ttl = "60s"' (TOML lines for [upstream]) adds a
 # popbridge with those settings to the fleet and wan parts ("popbridge
 # warm"); when the build refuses them, those columns say so and the rest
-# runs.
+# runs. A build with warm upstream connections runs every other popbridge
+# with them off (warm_ttl = "0s"), and POPBENCH_WARM defaults to
+# warm_ttl = "60s" for it.
 #
 # Options (environment): BENCH_REV=COMMIT builds popbridge from that commit
 # (git archive) instead of the working tree; BENCH_PASSES (3) passes of the
@@ -78,6 +80,10 @@ wanproxy_port="${BENCH_PROXY_WAN_PORT:-${pp}146}"
 parts=" ${BENCH_PARTS:-classic cold fleet wan} "
 want() { [[ "$parts" == *" $1 "* ]]; }
 warm_toml="${POPBENCH_WARM:-}"
+# off_toml turns warm upstream connections off in the plain popbridge
+# instances (set below for builds that have them), so that "popbridge"
+# and "popbridge warm" compare the same build with and without them.
+off_toml=""
 
 if ((quick)); then
 	n1k=200 n20k=2000 n100k=10000 nuv=50
@@ -397,8 +403,12 @@ proxy_start proxy-pb "$pbproxy_port"
 proxy_start proxy-imapc "$imapcproxy_port"
 imapc_start "$work/imapc" "$imapc_port" "$imap_port"
 imapc_start "$work/imapcb" "$imapcb_port" "$imapcproxy_port"
-popbridge_start popbridge "$pb_port" "$imap_port" || die "popbridge did not start"
-popbridge_start popbridge-bytes "$pbb_port" "$pbproxy_port" || die "popbridge did not start"
+if grep -Eq '^#? *warm_ttl *=' "$pb_src/config.toml.example" 2>/dev/null; then
+	off_toml='warm_ttl = "0s"'
+	[[ -n "$warm_toml" ]] || warm_toml='warm_ttl = "60s"'
+fi
+popbridge_start popbridge "$pb_port" "$imap_port" "$off_toml" || die "popbridge did not start"
+popbridge_start popbridge-bytes "$pbb_port" "$pbproxy_port" "$off_toml" || die "popbridge did not start"
 imapc_master=$(cat "$work/imapc/run/master.pid")
 pb_pid=$(cat "$work/popbridge/pid")
 # With POPBENCH_WARM: a popbridge with those [upstream] settings, for the
@@ -416,7 +426,7 @@ if want wan; then
 	log "starting the WAN proxy (:$wanproxy_port, $wan_delay each way), pop3+imapc (:$wanimapc_port) and popbridge (:$wanpb_port) behind it"
 	proxy_start proxy-wan "$wanproxy_port" -delay "$wan_delay"
 	imapc_start "$work/imapcw" "$wanimapc_port" "$wanproxy_port"
-	popbridge_start popbridge-wan "$wanpb_port" "$wanproxy_port" || die "popbridge did not start"
+	popbridge_start popbridge-wan "$wanpb_port" "$wanproxy_port" "$off_toml" || die "popbridge did not start"
 	wan_warm_state="POPBENCH_WARM unset"
 	if [[ -n "$warm_toml" ]]; then
 		if popbridge_start popbridge-wan-warm "$wanpbw_port" "$wanproxy_port" "$warm_toml"; then
@@ -616,7 +626,7 @@ if want cold; then
 		# popbridge: a new instance with an empty state file.
 		if [[ -s "$work/popbridge-cold/pid" ]]; then popbridge_stop popbridge-cold; fi
 		rm -rf "${work:?}/popbridge-cold"
-		popbridge_start popbridge-cold "$pbc_port" "$imap_port" || die "popbridge did not start"
+		popbridge_start popbridge-cold "$pbc_port" "$imap_port" "$off_toml" || die "popbridge did not start"
 		pbc_pid=$(cat "$work/popbridge-cold/pid")
 		make_cold "$u"
 		c0=$(cpu_ticks "$pbc_pid") t0=$(now)
@@ -743,7 +753,7 @@ mbk() { awk -v k="$1" 'BEGIN { if (k == "n/a" || k == "") print "n/a"; else prin
 	if want fleet; then
 		echo
 		echo "Fleet: $fleet_n accounts of $fleet_msgs messages, $fleet_conc sessions at once for $fleet_duration, each session the next account not in session (POP3 login, STAT, UIDL, QUIT)."
-		echo "popbridge warm: $([[ "$warm_state" == ok ]] && echo "POPBENCH_WARM = $warm_toml" || echo "$warm_state")."
+		echo "popbridge: $([[ -n "$off_toml" ]] && echo "$off_toml" || echo "this build has no warm connections"); popbridge warm: $([[ "$warm_state" == ok ]] && echo "POPBENCH_WARM = $warm_toml" || echo "$warm_state")."
 		echo
 		echo "| fleet | native POP3 | pop3+imapc | popbridge | popbridge warm |"
 		echo "|---|---|---|---|---|"
