@@ -8,7 +8,7 @@
 #
 # It writes the mailboxes straight into the upstream's maildirs (popbench
 # gen-maildir), starts everything, runs popbench against each server, and
-# prints Markdown tables with the ratios the issue's targets ask for.
+# prints Markdown tables with the ratios popbridge's speed targets are stated in.
 #
 #   sudo testdata/bench/run.sh              # as root (Dovecot needs it); ~8 minutes on 2 cores
 #   BENCH_QUICK=1 testdata/bench/run.sh     # small mailboxes, a smoke test of the script
@@ -683,7 +683,7 @@ mbs() { med "$1" retr_mb_s_session_p50; }
 if want classic; then
 {
 	echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(dovecot --version | cut -d' ' -f1) (Debian), popbridge $rev$( ((dirty + untracked > 0)) && echo " + uncommitted changes ($dirty files changed, $untracked new)")"
-	((quick)) && echo "BENCH_QUICK=1: small mailboxes ($n1k, $n20k, $n100k): not the issue's sizes"
+	((quick)) && echo "BENCH_QUICK=1: small mailboxes ($n1k, $n20k, $n100k): not the sizes of the targets"
 	echo
 	echo "| measure | native POP3 | pop3+imapc | popbridge | popbridge / imapc | popbridge / native | target | |"
 	echo "|---|---|---|---|---|---|---|---|"
@@ -734,7 +734,7 @@ secs() { awk -v m="$1" 'BEGIN { if (m == "n/a") print "n/a"; else printf "%.3f",
 mbk() { awk -v k="$1" 'BEGIN { if (k == "n/a" || k == "") print "n/a"; else printf "%.0f", k / 1024 }'; }
 {
 	echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores, $(dovecot --version | cut -d' ' -f1) (Debian), popbridge $rev$( ((dirty + untracked > 0)) && echo " + uncommitted changes")"
-	((quick)) && echo "BENCH_QUICK=1: small sizes, not the issue's"
+	((quick)) && echo "BENCH_QUICK=1: small sizes, not those of the targets"
 	if want cold; then
 		echo
 		echo "Cold first poll ($cold_note; each measurement on a cold upstream; popbridge with an empty state file):"
