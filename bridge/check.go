@@ -154,7 +154,45 @@ func Check(ctx context.Context, cfg Config, account, password string, w io.Write
 		advise("%s allows about %d connections per account; limits.max_sessions_per_account is %d: logins beyond the budget wait briefly and are refused with [SYS/TEMP]", p.Name, p.MaxConnections, sess)
 	}
 	fmt.Fprintf(w, "delete policy %s: ok\n", cfg.Delete.Policy)
-	return nil
+	return checkMaildrops(ctx, cfg, conn, account, maxConnections(cfg.Upstream.MaxConnectionsPerAccount, p), w, advise)
+}
+
+// checkMaildrops selects every source of the account's merged
+// maildrops ([[maildrops]]) that is a mailbox of its own, and reports
+// each; a source of another enrolled account is named, not opened (it
+// logs in with that account's grant: popbridge account test checks it).
+// A merged maildrop holds one upstream connection per source of the
+// account, which budget (0: no limit) must leave room for.
+func checkMaildrops(ctx context.Context, cfg Config, conn *upstream.Conn, account string, budget int, w io.Writer, advise func(string, ...any)) error {
+	var failed error
+	acct := cfg.foldName(account)
+	for _, md := range cfg.Maildrops {
+		if cfg.foldName(md.Account) != acct {
+			continue
+		}
+		own := 0
+		for _, src := range md.Sources {
+			if src.Account != "" {
+				fmt.Fprintf(w, "maildrop source %s: another account's (popbridge account test %s checks it)\n", src, src.Account)
+				continue
+			}
+			own++
+			st, err := conn.Select(ctx, src.Mailbox)
+			if err != nil {
+				fmt.Fprintf(w, "maildrop source %s: FAILED: %v\n", src.Mailbox, err)
+				advise("the merged maildrop's source %q cannot be opened: every login of it fails with [SYS/TEMP] until the mailbox exists (or remove it from sources)", src.Mailbox)
+				if failed == nil {
+					failed = fmt.Errorf("maildrop source %s: %w", src.Mailbox, err)
+				}
+				continue
+			}
+			fmt.Fprintf(w, "maildrop source %s: %d messages, UIDVALIDITY %d\n", src.Mailbox, st.NumMessages, st.UIDValidity)
+		}
+		if budget > 0 && own > budget {
+			advise("the merged maildrop holds %d upstream connections (one per source) and the budget is %d per account: its logins are refused with [SYS/TEMP]; raise upstream.max_connections_per_account or use fewer sources", own, budget)
+		}
+	}
+	return failed
 }
 
 // CheckUpstreams writes one line per [[upstreams]] entry of cfg: the

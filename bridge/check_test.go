@@ -53,3 +53,42 @@ func TestCheck(t *testing.T) {
 		t.Errorf("Check of expunge without UIDPLUS: %v", err)
 	}
 }
+
+// TestCheckMergedSources: check opens every source of the account's
+// merged maildrops and fails, with advice, on one that is missing.
+func TestCheckMergedSources(t *testing.T) {
+	mem := imaptest.NewMemServer(t)
+	mem.Create("Trash", imap.MailboxAttrTrash)
+	mem.Create("Junk")
+	mem.Append("Junk", message("j1", "junk", "x\r\n"))
+	cfg := DefaultConfig()
+	cfg.Upstream.Address = mem.Addr
+	cfg.Upstream.Security = upstream.SecurityNone
+	cfg.Upstream.MaxConnectionsPerAccount = 2
+	cfg.Maildrops = []MaildropConfig{{Account: mem.User, Sources: []MaildropSource{{Mailbox: "INBOX"}, {Mailbox: "Junk"}}}}
+
+	var out strings.Builder
+	if err := Check(t.Context(), cfg, mem.User, mem.Pass, &out, nil); err != nil {
+		t.Fatalf("Check: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "maildrop source Junk: 1 messages") {
+		t.Errorf("Check does not report the Junk source:\n%s", out.String())
+	}
+	if strings.Contains(out.String(), "advice:") {
+		t.Errorf("advice for a merged maildrop that works:\n%s", out.String())
+	}
+
+	cfg.Maildrops[0].Sources = append(cfg.Maildrops[0].Sources, MaildropSource{Mailbox: "Projects"})
+	out.Reset()
+	if err := Check(t.Context(), cfg, mem.User, mem.Pass, &out, nil); err == nil {
+		t.Fatalf("Check with a missing source succeeded:\n%s", out.String())
+	}
+	for _, want := range []string{"maildrop source Projects: FAILED", `advice: the merged maildrop's source "Projects"`, "advice: the merged maildrop holds 3 upstream connections"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("Check output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if got := mem.CommandsNamed("CREATE"); len(got) != 0 {
+		t.Errorf("Check created a mailbox: %v", got)
+	}
+}
