@@ -204,7 +204,7 @@ func (b *Bridge) connectSource(ctx context.Context, log *zap.Logger, account, de
 	if key.Mailbox != t.mailboxKey {
 		// The merged maildrop's own view of this source: never the
 		// record of another login of that mailbox.
-		key.Client = device + "/" + t.mailboxKey
+		key.Client = mergedClient(device, t.mailboxKey)
 	}
 	deps := b.drops
 	if st.timeout > 0 && st.timeout != deps.timeout {
@@ -325,6 +325,11 @@ func (b *Bridge) sourceNumbers(ctx context.Context, owner string, keys []string)
 	})
 	return out, err
 }
+
+// mergedClient is the device of the client record a merged maildrop of
+// owner (the record of the login's own mailbox) keeps in another source's
+// mailbox record for device: its own view, never another login's.
+func mergedClient(device, owner string) string { return device + "/" + owner }
 
 // maxUIDL is the longest UIDL RFC 1939 §7 allows.
 const maxUIDL = 70

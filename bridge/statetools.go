@@ -25,3 +25,16 @@ func StateKey(cfg Config, login string) (key state.ClientKey, tagged bool, err e
 	tagged = cfg.Auth.DeviceSeparator != "" && strings.Contains(login, cfg.Auth.DeviceSeparator)
 	return state.ClientKey{Mailbox: b.mailboxKey(account), Client: device}, tagged, nil
 }
+
+// MergedSources returns the name of the record of the source numbers of
+// the merged maildrops whose own mailbox record is owner: its entries map
+// a number (UID) to a source's mailbox record (UIDL).
+func MergedSources(owner string) string { return sourcesRecord(owner) }
+
+// MergedUIDL is the UIDL a merged maildrop lists for the message whose
+// plain UIDL is uidl in the source numbered number.
+func MergedUIDL(number uint32, uidl string) string { return mergedUIDL(number, uidl) }
+
+// MergedClient is the device under which a merged maildrop of owner keeps
+// device's client record in another source's mailbox record.
+func MergedClient(device, owner string) string { return mergedClient(device, owner) }

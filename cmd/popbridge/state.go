@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -200,44 +201,59 @@ func stateShow(ctx context.Context, cfg bridge.Config, st state.Store, ex state.
 	if err != nil {
 		return err
 	}
-	var hidden map[string]bool
-	if tagged {
-		c, err := st.LoadClient(ctx, key)
-		if err != nil {
-			return err
-		}
-		hidden = c.Hidden
-	}
-	found := false
-	err = ex.ForEachMailbox(ctx, func(name string, version uint64, mk state.Markers) error {
-		if name != key.Mailbox {
-			return nil
-		}
-		found = true
-		fmt.Fprintf(w, "mailbox %s\n  uidvalidity=%d uidnext=%d messages=%d version=%d\n", name, mk.UIDValidity, mk.UIDNext, mk.NumMessages, version)
-		if tagged {
-			fmt.Fprintf(w, "UIDLs as device %q sees them (UID UIDL SIZE):\n", key.Client)
-		} else {
-			fmt.Fprintln(w, "UIDLs (UID UIDL SIZE):")
-		}
-		return ex.ForEachEntry(ctx, name, func(e state.Entry) error {
-			if !hidden[e.UIDL] {
-				fmt.Fprintf(w, "  %d %s %d\n", e.UID, e.UIDL, e.Size)
-			}
-			return nil
-		})
-	})
-	if err != nil {
+	// A merged maildrop: the other sources' records, by number, and the
+	// device under which this maildrop keeps its records there.
+	sources := map[string]uint32{}
+	var order []string
+	merged := bridge.MergedSources(key.Mailbox)
+	names := map[string]bool{}
+	if err := ex.ForEachMailbox(ctx, func(name string, _ uint64, _ state.Markers) error { names[name] = true; return nil }); err != nil {
 		return err
 	}
-	if !found {
+	if names[merged] {
+		if err := ex.ForEachEntry(ctx, merged, func(e state.Entry) error {
+			sources[e.UIDL], order = e.UID, append(order, e.UIDL)
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	if !names[key.Mailbox] {
 		fmt.Fprintf(w, "mailbox %s: no record\n", key.Mailbox)
 	}
-	return ex.ForEachClient(ctx, func(k state.ClientKey, p *state.Pending, lastLogin time.Time) error {
-		if k.Mailbox != key.Mailbox || (tagged && k.Client != key.Client) {
+	if err := showRecord(ctx, st, ex, key, key.Client, tagged, 0, "mailbox "+key.Mailbox, w); err != nil {
+		return err
+	}
+	for _, rec := range order {
+		if !names[rec] {
+			continue
+		}
+		n := sources[rec]
+		k := state.ClientKey{Mailbox: rec, Client: bridge.MergedClient(key.Client, key.Mailbox)}
+		if err := showRecord(ctx, st, ex, k, key.Client, tagged, n, fmt.Sprintf("merged source %d: mailbox %s", n, rec), w); err != nil {
+			return err
+		}
+	}
+	// The client records: the own mailbox's first, then each source's, in
+	// the order of the sources' numbers.
+	suffix := "/" + key.Mailbox
+	blocks := map[uint32]*strings.Builder{}
+	err = ex.ForEachClient(ctx, func(k state.ClientKey, p *state.Pending, lastLogin time.Time) error {
+		var title string
+		n, ok := sources[k.Mailbox]
+		switch {
+		case k.Mailbox == key.Mailbox && (!tagged || k.Client == key.Client):
+			n, title = 0, fmt.Sprintf("device %q:", k.Client)
+		case ok && strings.HasSuffix(k.Client, suffix) && (!tagged || k.Client == bridge.MergedClient(key.Client, key.Mailbox)):
+			title = fmt.Sprintf("device %q in merged source %d:", strings.TrimSuffix(k.Client, suffix), n)
+		default:
 			return nil
 		}
-		fmt.Fprintf(w, "device %q:\n  last login: %s\n  pending: %s\n", k.Client, describeLastLogin(lastLogin), describePending(p))
+		if blocks[n] == nil {
+			blocks[n] = &strings.Builder{}
+		}
+		w := blocks[n]
+		fmt.Fprintf(w, "%s\n  last login: %s\n  pending: %s\n", title, describeLastLogin(lastLogin), describePending(p))
 		if p != nil {
 			for i, u := range p.UIDLs {
 				fmt.Fprintf(w, "    %d %s\n", p.UIDs[min(i, len(p.UIDs)-1)], u)
@@ -253,6 +269,45 @@ func stateShow(ctx context.Context, cfg bridge.Config, st state.Store, ex state.
 			fmt.Fprintf(w, "    %s\n", u)
 		}
 		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, n := range slices.Sorted(maps.Keys(blocks)) {
+		io.WriteString(w, blocks[n].String())
+	}
+	return nil
+}
+
+// showRecord writes the mailbox record of key under title: its markers
+// and its UIDLs, as the merged maildrop lists them for a source numbered
+// number (0: the login's own mailbox), less what device (whose client
+// record there is key's) hid when tagged.
+func showRecord(ctx context.Context, st state.Store, ex state.Exporter, key state.ClientKey, device string, tagged bool, number uint32, title string, w io.Writer) error {
+	var hidden map[string]bool
+	if tagged {
+		c, err := st.LoadClient(ctx, key)
+		if err != nil {
+			return err
+		}
+		hidden = c.Hidden
+	}
+	return ex.ForEachMailbox(ctx, func(name string, version uint64, mk state.Markers) error {
+		if name != key.Mailbox {
+			return nil
+		}
+		fmt.Fprintf(w, "%s\n  uidvalidity=%d uidnext=%d messages=%d version=%d\n", title, mk.UIDValidity, mk.UIDNext, mk.NumMessages, version)
+		if tagged {
+			fmt.Fprintf(w, "UIDLs as device %q sees them (UID UIDL SIZE):\n", device)
+		} else {
+			fmt.Fprintln(w, "UIDLs (UID UIDL SIZE):")
+		}
+		return ex.ForEachEntry(ctx, name, func(e state.Entry) error {
+			if !hidden[e.UIDL] {
+				fmt.Fprintf(w, "  %d %s %d\n", e.UID, bridge.MergedUIDL(number, e.UIDL), e.Size)
+			}
+			return nil
+		})
 	})
 }
 
