@@ -97,12 +97,31 @@ func (b *Bridge) openMerged(ctx context.Context, log *zap.Logger, account, devic
 		m.Close()
 		return nil, err
 	}
-	// Connect every source before anything is synced or replayed: a
-	// source that cannot be reached changes nothing.
-	keys := map[string]bool{}
-	for _, src := range mc.Sources {
+	// Connect every source, all at once, before anything is synced or
+	// replayed: a source that cannot be reached changes nothing.
+	type connected struct {
+		p   *mergedPart
+		own bool
+		err error
+	}
+	conns := make([]connected, len(mc.Sources))
+	var wg sync.WaitGroup
+	for i, src := range mc.Sources {
 		own := src.Account == "" || b.accountKey(src.Account) == b.accountKey(account)
-		p, err := b.connectSource(ctx, log, account, device, t, src, own)
+		wg.Go(func() {
+			p, err := b.connectSource(ctx, log, account, device, t, src, own)
+			conns[i] = connected{p, own, err}
+		})
+	}
+	wg.Wait()
+	for _, c := range conns {
+		if c.p != nil {
+			m.parts = append(m.parts, c.p) // released by fail, whatever failed
+		}
+	}
+	keys := map[string]bool{}
+	for i, src := range mc.Sources {
+		p, own, err := conns[i].p, conns[i].own, conns[i].err
 		if err != nil {
 			var pe *pop3.Error
 			if own && errors.As(err, &pe) && (pe.Code == pop3.CodeAuth || pe.Code == pop3.CodeLoginDelay) {
@@ -113,7 +132,6 @@ func (b *Bridge) openMerged(ctx context.Context, log *zap.Logger, account, devic
 			log.Warn("a source of the merged maildrop cannot be reached; the login fails", zap.Stringer("source", src), zap.Error(err))
 			return fail(sourceUnavailable(src, err))
 		}
-		m.parts = append(m.parts, p)
 		if keys[p.md.key.Mailbox] {
 			log.Error("the merged maildrop names one mailbox twice", zap.Stringer("source", src))
 			return fail(errMergedSame)

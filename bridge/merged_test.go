@@ -797,3 +797,48 @@ func TestMergedTrashAsSource(t *testing.T) {
 		t.Errorf("Trash holds %q, want Trash 1 as it was, then INBOX 1", subjects(got))
 	}
 }
+
+// TestMergedSourcesConnectAtOnce: the sources of a merged maildrop are
+// connected together, not one after another: while the first source's
+// SELECT hangs, the second source is selected all the same.
+func TestMergedSourcesConnectAtOnce(t *testing.T) {
+	up := memUpstream(t)
+	up.box.Create("Junk")
+	seedBox(up, "INBOX", 1)
+	seedBox(up, "Junk", 1)
+	e := newEnv(t, up, mergeSources(up, false, "Junk", "INBOX"))
+	release := up.mem.Block("SELECT Junk")
+	defer release()
+	type result struct {
+		c    *popConn
+		resp string
+	}
+	done := make(chan result, 1)
+	go func() {
+		c := dialPOP(t, e.addr)
+		c.send("USER %s", up.user)
+		c.line()
+		c.send("PASS %s", up.pass)
+		done <- result{c, c.line()}
+	}()
+	// Each source has a connection of its own (Junk's selects INBOX at
+	// its login, then Junk): two LOGINs mean the second source did not
+	// wait for the first.
+	selected := func() bool { return len(up.mem.CommandsNamed("LOGIN")) >= 2 }
+	deadline := time.Now().Add(10 * time.Second)
+	for !selected() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !selected() {
+		t.Error("INBOX's source did not log in while Junk's SELECT hung: the sources connect one after another")
+	}
+	release()
+	r := <-done
+	if !strings.HasPrefix(r.resp, "+OK") {
+		t.Fatalf("PASS = %q", r.resp)
+	}
+	if n := len(r.c.uidls()); n != 2 {
+		t.Errorf("%d messages listed, want 2", n)
+	}
+	r.c.quit()
+}
