@@ -12,6 +12,7 @@ import (
 
 	"github.com/popbridge/popbridge/state"
 	"github.com/popbridge/popbridge/state/pgstore/pgtest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // The cold first poll: a large mailbox seen for the first time is listed
@@ -411,5 +412,27 @@ func TestColdCompletionTwoInstances(t *testing.T) {
 		if e.UIDL != served[i] {
 			t.Errorf("entry %d has UIDL %s, served %s", i, e.UIDL, served[i])
 		}
+	}
+}
+
+// TestColdCompletionCounted: the background completion is counted in the
+// metrics, by how it ended, with the fingerprints it stored.
+func TestColdCompletionCounted(t *testing.T) {
+	up := memUpstream(t)
+	up.box.Create(coldMailbox)
+	coldMessages(up, 5, "m", time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC))
+	e := startBridge(t, up, withConfig(func(c *Config) { c.Upstream.Mailbox = coldMailbox }), withCold(3, 2, nil))
+	c := e.session("")
+	c.quit()
+	e.srv.Bridge.records.bg.wait()
+	m := e.srv.metrics
+	if got := testutil.ToFloat64(m.completions.WithLabelValues("done")); got != 1 {
+		t.Errorf("completions{result=done} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.completedFingerprints); got != 5 {
+		t.Errorf("completed fingerprints = %v, want 5", got)
+	}
+	if got := testutil.ToFloat64(m.completions.WithLabelValues("stopped")); got != 0 {
+		t.Errorf("completions{result=stopped} = %v, want 0", got)
 	}
 }

@@ -148,6 +148,7 @@ func (r *records) complete(ctx context.Context, mbox string, rec *state.Mailbox,
 	if err != nil {
 		c.mu.Unlock()
 		fps, digests, err := r.completeSlices(ctx, via.conn, mbox, rec.UIDValidity, 1)
+		r.m.completed("", fps)
 		if err != nil {
 			log.Info("fingerprint completion: a slice on the session's connection failed; the next login goes on with it",
 				zap.String("mailbox", mbox), zap.Int("fingerprints", fps), zap.Int("digests", digests), zap.Error(err))
@@ -219,10 +220,13 @@ func (r *records) runCompletion(ctx context.Context, mbox string, log *zap.Logge
 	fields := []zap.Field{zap.Int("fingerprints", fps), zap.Int("digests", digests), zap.Duration("took", time.Since(start).Round(time.Millisecond))}
 	switch {
 	case err == nil:
+		r.m.completed("done", fps)
 		log.Info("fingerprints completed in the background", fields...)
 	case errors.Is(err, errStale):
+		r.m.completed("uidvalidity", fps)
 		log.Info("fingerprint completion stopped: the upstream UIDVALIDITY changed", fields...)
 	default:
+		r.m.completed("stopped", fps)
 		log.Info("fingerprint completion stopped; a later login goes on with it", append(fields, zap.Error(err))...)
 	}
 }

@@ -35,6 +35,9 @@ type metrics struct {
 	locksHeld          prometheus.Gauge
 	loggedIn           prometheus.Gauge
 
+	completions           *prometheus.CounterVec // result (complete.go)
+	completedFingerprints prometheus.Counter
+
 	warmReuses prometheus.Counter     // warm.go
 	warmMisses *prometheus.CounterVec // reason
 	warmHeld   prometheus.Gauge
@@ -114,11 +117,23 @@ func newMetrics() (*metrics, *prometheus.Registry) {
 		Name: "popbridge_pop3_sessions_logged_in",
 		Help: "POP3 sessions past their login (TRANSACTION state, or logging in upstream) now.",
 	})
+	m.completions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "popbridge_fingerprint_completions_total",
+		Help: "Background completions of the fingerprints of a mailbox record listed cheaply at a first poll, by how they ended: done, uidvalidity (the upstream UIDVALIDITY changed; stopped), stopped (an error or shutdown; a later login goes on).",
+	}, []string{"result"})
+	m.completedFingerprints = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "popbridge_fingerprints_completed_total",
+		Help: "Fingerprints of messages stored after their first listing (in the background, or a slice at a login when the connection budget is full).",
+	})
 	for _, r := range []string{"ok", "reconsent", "error"} {
 		m.oauthRefreshes.WithLabelValues(r)
 	}
+	for _, r := range []string{"done", "uidvalidity", "stopped"} {
+		m.completions.WithLabelValues(r)
+	}
 	reg.MustRegister(m.sessions, m.sessionsOpen, m.commands, m.logins, m.sentBytes, m.upstreamTime, m.upstreamError, m.limiterRefusals,
-		m.oauthRefreshes, m.deletes, m.replays, m.uidvalidityChanges, m.rematched, m.storeTime, m.locksHeld, m.loggedIn)
+		m.oauthRefreshes, m.deletes, m.replays, m.uidvalidityChanges, m.rematched, m.storeTime, m.locksHeld, m.loggedIn,
+		m.completions, m.completedFingerprints)
 	m.registerWarm(reg)
 	return m, reg
 }
@@ -206,6 +221,18 @@ func (m *metrics) uidvalidityChanged(s state.RematchStats) {
 	m.rematched.WithLabelValues("new").Add(float64(s.New))
 	m.rematched.WithLabelValues("ambiguous").Add(float64(s.Ambiguous))
 	m.rematched.WithLabelValues("gone").Add(float64(s.Gone))
+}
+
+// completed counts fingerprints stored by a completion, and, when result
+// is set, a background completion that ended so.
+func (m *metrics) completed(result string, fingerprints int) {
+	if m == nil {
+		return
+	}
+	m.completedFingerprints.Add(float64(fingerprints))
+	if result != "" {
+		m.completions.WithLabelValues(result).Inc()
+	}
 }
 
 // lockTaken counts a maildrop lock taken and returns its release, which
