@@ -769,9 +769,42 @@ func scriptedIMAP(t *testing.T, unsolicited string) (addr string, bodies []strin
 // unsolicited FETCH that took the place of a message's answer; popbridge
 // asks again instead of failing the login, and lists both messages.
 func TestUnsolicitedFetchDuringListing(t *testing.T) {
-	for _, when := range []string{"before", "after", "rolling"} {
+	for _, when := range []string{"before", "after", "rolling", "queued"} {
 		t.Run(when, func(t *testing.T) { testUnsolicitedFetch(t, when) })
 	}
+}
+
+// TestLateFlagUpdateOfExpunged: the listing has no answer for a message
+// that another session expunged meanwhile, and then meets that message's
+// flag update; once UID SEARCH finds it gone, the login succeeds without it.
+func TestLateFlagUpdateOfExpunged(t *testing.T) {
+	addr, bodies := scriptedIMAP(t, "late")
+	e := newEnv(t, &upstreamEnv{name: "scripted", addr: addr, user: "alice", pass: "pass"})
+	c := dialPOP(t, e.addr)
+	c.ok("USER alice")
+	if r := c.cmd("PASS pass"); !strings.HasPrefix(r, "+OK") {
+		t.Fatalf("login with a late flag update of an expunged message = %q", r)
+	}
+	l := c.list()
+	if len(l) != 1 || l[0].uidl != "0000000200000007" {
+		t.Fatalf("listing %+v, want only UID 2", l)
+	}
+	if got := string(c.retr(1)); got != bodies[1] {
+		t.Errorf("RETR 1 = %q, want %q", got, bodies[1])
+	}
+	c.quit()
+
+	// The same, but the message is still there: its answer was lost, and
+	// a listing without it would drop it from the record, so the login
+	// fails for now.
+	addr, _ = scriptedIMAP(t, "late-alive")
+	e = newEnv(t, &upstreamEnv{name: "scripted", addr: addr, user: "alice", pass: "pass"})
+	c = dialPOP(t, e.addr)
+	c.ok("USER alice")
+	if r := c.cmd("PASS pass"); !strings.HasPrefix(r, "-ERR [SYS/TEMP]") {
+		t.Errorf("login when the message without an answer is still there = %q, want -ERR [SYS/TEMP]", r)
+	}
+	c.drop()
 }
 
 // testUnsolicitedFetch logs in to a listing that meets an unsolicited

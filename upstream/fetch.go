@@ -97,6 +97,7 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 		retries := 0
 		progress := uint32(0)     // last, at the latest retry
 		var delivered []uint32    // the UIDs fn was called for, ascending
+		var gone []uint32         // UIDs skipped by the server, to be found expunged
 		sets = slices.Clone(sets) // a set may be narrowed for a retry
 		for i := 0; i < len(sets); i++ {
 			set := sets[i]
@@ -127,6 +128,13 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 					}
 					retries++
 					again = uidsAbove(set, last)
+				case errors.As(rerr, &inc) && inc.uid < last && set.Contains(imap.UID(inc.uid)):
+					// A flag update of a message asked for, after the
+					// answers for messages beyond it: the server did not
+					// answer for it, most likely because another session
+					// expunged it meanwhile. Checked once the listing is
+					// done (gone).
+					gone = append(gone, inc.uid)
 				case errors.As(rerr, &inc):
 					err = tempError(op, "incomplete FETCH response for UID %d", inc.uid)
 				case rerr != nil:
@@ -158,12 +166,51 @@ func (c *Conn) fetchMsgs(ctx context.Context, sets []imap.UIDSet, from uint32, d
 				break
 			}
 			if len(again) > 0 {
+				// A server holds a session's flag updates until its next
+				// command, and delivers them ahead of that command's
+				// answers: a NOOP takes those still queued, so that they
+				// do not take the place of the answers asked for again
+				// (a busy mailbox would otherwise use up the retries).
+				w.touch()
+				if err := c.client.Noop().Wait(); err != nil {
+					return err
+				}
 				sets[i] = again
 				i--
 			}
 		}
+		if err == nil && len(gone) > 0 {
+			err = c.checkGone(w, op, gone)
+		}
 		return err
 	})
+}
+
+// checkGone makes sure that the messages whose answers a listing lacked
+// (uids) are no longer in the mailbox: NOOP (after which a server shows
+// this session the expunges of others), then UID SEARCH. One still there
+// fails the listing as a temporary error, as its answer was lost: the
+// listing must never leave out a message that exists.
+func (c *Conn) checkGone(w *watch, op string, uids []uint32) error {
+	w.touch()
+	if err := c.client.Noop().Wait(); err != nil {
+		return err
+	}
+	w.touch()
+	set := imap.UIDSet{}
+	for _, u := range uids {
+		set.AddNum(imap.UID(u))
+	}
+	data, err := c.client.UIDSearch(&imap.SearchCriteria{UID: []imap.UIDSet{set}}, nil).Wait()
+	if err != nil {
+		return err
+	}
+	for _, u := range data.AllUIDs() {
+		if slices.Contains(uids, uint32(u)) {
+			return tempError(op, "incomplete FETCH response for UID %d", u)
+		}
+	}
+	return nil
 }
 
 // maxIncompleteRetries bounds how often in a row, without a message

@@ -29,6 +29,19 @@ const (
 	// update of the k-th message ahead of its answer, so that every retry
 	// gets one message further.
 	UnsolicitedRolling Unsolicited = "rolling"
+	// UnsolicitedQueued has five flag updates of the first message
+	// queued, as a busy server holds them for a session until its next
+	// command: each listing meets one ahead of the first answer (which
+	// imapclient then drops), and a NOOP delivers all that are left.
+	UnsolicitedQueued Unsolicited = "queued"
+	// UnsolicitedLate answers no listing for the first message, as when
+	// another session expunged it meanwhile, and sends its flag update
+	// (that session's \Deleted) after the other answers; UID SEARCH then
+	// finds it no more.
+	UnsolicitedLate Unsolicited = "late"
+	// UnsolicitedLateAlive is UnsolicitedLate with the first message
+	// still there: UID SEARCH finds it, so its answer was lost.
+	UnsolicitedLateAlive Unsolicited = "late-alive"
 )
 
 // Scripted is a minimal IMAP server, written line by line rather than
@@ -43,6 +56,8 @@ type Scripted struct {
 	when   Unsolicited
 	// listings counts the listing FETCHes, over all connections.
 	listings atomic.Int32
+	// queued is what is left of UnsolicitedQueued's updates.
+	queued atomic.Int32
 }
 
 const scriptedCaps = "IMAP4rev1 UIDPLUS MOVE"
@@ -54,6 +69,9 @@ func NewScripted(t testing.TB, when Unsolicited) *Scripted {
 		"Message-ID: <s1@example.com>\r\nSubject: one\r\n\r\nfirst\r\n",
 		"Message-ID: <s2@example.com>\r\nSubject: two\r\n\r\nsecond\r\n",
 	}}
+	if when == UnsolicitedQueued {
+		s.queued.Store(5)
+	}
 	if when == UnsolicitedRolling {
 		for i := 3; i <= 6; i++ {
 			s.Bodies = append(s.Bodies, fmt.Sprintf("Message-ID: <s%d@example.com>\r\nSubject: %d\r\n\r\nbody %d\r\n", i, i, i))
@@ -104,7 +122,11 @@ func (s *Scripted) serve(c net.Conn) {
 				if uid < from {
 					continue
 				}
-				if s.when == UnsolicitedBefore && n == 1 && uid == 1 || s.when == UnsolicitedRolling && uid == n {
+				if (s.when == UnsolicitedLate || s.when == UnsolicitedLateAlive) && uid == 1 {
+					continue
+				}
+				if s.when == UnsolicitedBefore && n == 1 && uid == 1 || s.when == UnsolicitedRolling && uid == n ||
+					s.when == UnsolicitedQueued && uid == from && s.queued.Add(-1) >= 0 {
 					fmt.Fprintf(c, "* %d FETCH (UID %d FLAGS (\\Flagged))\r\n", uid, uid)
 				}
 				hdr := b[:strings.Index(b, "\r\n")+2] + "\r\n"
@@ -114,7 +136,16 @@ func (s *Scripted) serve(c net.Conn) {
 					fmt.Fprintf(c, "* 1 FETCH (UID 1 FLAGS (\\Flagged))\r\n")
 				}
 			}
+			if (s.when == UnsolicitedLate || s.when == UnsolicitedLateAlive) && from <= 1 {
+				fmt.Fprintf(c, "* 1 FETCH (UID 1 FLAGS (\\Deleted))\r\n")
+			}
 			fmt.Fprintf(c, "%s OK fetched\r\n", tag)
+		case strings.HasPrefix(cmd, "UID SEARCH "):
+			if s.when == UnsolicitedLateAlive {
+				fmt.Fprintf(c, "* SEARCH 1\r\n%s OK searched\r\n", tag)
+			} else {
+				fmt.Fprintf(c, "* SEARCH\r\n%s OK searched\r\n", tag)
+			}
 		case strings.HasPrefix(cmd, "UID FETCH "):
 			uid, _ := strconv.Atoi(strings.Fields(cmd)[2])
 			if uid >= 1 && uid <= len(bodies) {
@@ -122,6 +153,11 @@ func (s *Scripted) serve(c net.Conn) {
 				fmt.Fprintf(c, "* %d FETCH (UID %d BODY[] {%d}\r\n%s)\r\n", uid, uid, len(b), b)
 			}
 			fmt.Fprintf(c, "%s OK fetched\r\n", tag)
+		case cmd == "NOOP":
+			for s.queued.Add(-1) >= 0 {
+				fmt.Fprintf(c, "* 1 FETCH (UID 1 FLAGS (\\Flagged))\r\n")
+			}
+			fmt.Fprintf(c, "%s OK noop\r\n", tag)
 		case cmd == "LOGOUT":
 			fmt.Fprintf(c, "* BYE bye\r\n%s OK bye\r\n", tag)
 			return
