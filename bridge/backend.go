@@ -103,6 +103,17 @@ type maildropDeps struct {
 	metrics  *metrics // nil: nothing counted
 }
 
+// withTimeout returns d with the upstream timeout of a target (an
+// [[upstreams]] entry's) where it differs; d itself otherwise.
+func (d *maildropDeps) withTimeout(timeout time.Duration) *maildropDeps {
+	if timeout <= 0 || timeout == d.timeout {
+		return d
+	}
+	own := *d
+	own.timeout = timeout
+	return &own
+}
+
 // loadClient is store.LoadClient, timed.
 func (d *maildropDeps) loadClient(ctx context.Context, k state.ClientKey) (*state.Client, error) {
 	defer d.metrics.timeStore("load_client")()
@@ -359,14 +370,8 @@ func (b *Bridge) openMaildrop(ctx context.Context, log *zap.Logger, account, dev
 		}
 		return nil, &pop3.Error{Code: pop3.CodeSysTemp, Text: "state store unavailable, try again later", Err: err}
 	}
-	deps := b.drops
-	if t.timeout > 0 && t.timeout != deps.timeout {
-		own := *deps
-		own.timeout = t.timeout
-		deps = &own
-	}
 	md := &maildrop{
-		d: deps, prov: t.prov, log: log, key: key, account: account, acct: t.acct, reopen: open,
+		d: b.drops.withTimeout(t.timeout), prov: t.prov, log: log, key: key, account: account, acct: t.acct, reopen: open,
 		conn: conn, status: st, release: release, measured: map[string]int64{},
 	}
 	if t.warm.on {

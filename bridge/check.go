@@ -119,14 +119,8 @@ func Check(ctx context.Context, cfg Config, account, password string, w io.Write
 	}
 	switch cfg.Delete.Policy {
 	case PolicyMove:
-		tc, err := findTrash(ctx, conn, cfg.Delete.MoveTo, p)
-		if err != nil {
+		if err := reportTrash(ctx, w, conn, cfg.Delete.MoveTo, p); err != nil {
 			return err
-		}
-		if tc.Create {
-			fmt.Fprintf(w, "trash: %s (none found; created at the first deletion)\n", tc.Name)
-		} else {
-			fmt.Fprintf(w, "trash: %s (%s)\n", tc.Name, tc.How)
 		}
 	case PolicyExpunge:
 		if p.ExpungeArchives {
@@ -155,6 +149,22 @@ func Check(ctx context.Context, cfg Config, account, password string, w io.Write
 	}
 	fmt.Fprintf(w, "delete policy %s: ok\n", cfg.Delete.Policy)
 	return checkMaildrops(ctx, cfg, conn, account, maxConnections(cfg.Upstream.MaxConnectionsPerAccount, p), w, advise)
+}
+
+// reportTrash writes the trash: line of check and account test: the
+// mailbox the move policy would use with profile p, and how it was found
+// (or that it is created at the first deletion). It creates nothing.
+func reportTrash(ctx context.Context, w io.Writer, conn *upstream.Conn, moveTo string, p *Profile) error {
+	tc, err := findTrash(ctx, conn, moveTo, p)
+	if err != nil {
+		return err
+	}
+	if tc.Create {
+		fmt.Fprintf(w, "trash: %s (none found; created at the first deletion)\n", tc.Name)
+	} else {
+		fmt.Fprintf(w, "trash: %s (%s)\n", tc.Name, tc.How)
+	}
+	return nil
 }
 
 // checkMaildrops selects every source of the account's merged

@@ -292,14 +292,8 @@ func (b *Bridge) checkProfile(ctx context.Context, w io.Writer, up *oauthUpstrea
 	fmt.Fprintf(w, "profile: %s (%s)\n", p.Name, up.prov.how)
 	switch b.cfg.Delete.Policy {
 	case PolicyMove:
-		tc, err := findTrash(ctx, conn, b.cfg.Delete.MoveTo, p)
-		if err != nil {
+		if err := reportTrash(ctx, w, conn, b.cfg.Delete.MoveTo, p); err != nil {
 			return err
-		}
-		if tc.Create {
-			fmt.Fprintf(w, "trash: %s (none found; created at the first deletion)\n", tc.Name)
-		} else {
-			fmt.Fprintf(w, "trash: %s (%s)\n", tc.Name, tc.How)
 		}
 	case PolicyExpunge:
 		if p.ExpungeArchives {

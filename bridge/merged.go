@@ -224,14 +224,8 @@ func (b *Bridge) connectSource(ctx context.Context, log *zap.Logger, account, de
 		// record of another login of that mailbox.
 		key.Client = mergedClient(device, t.mailboxKey)
 	}
-	deps := b.drops
-	if st.timeout > 0 && st.timeout != deps.timeout {
-		own := *deps
-		own.timeout = st.timeout
-		deps = &own
-	}
 	md := &maildrop{
-		d: deps, prov: st.prov, log: log.With(zap.Stringer("source", src)), key: key, account: acct, acct: st.acct, reopen: open,
+		d: b.drops.withTimeout(st.timeout), prov: st.prov, log: log.With(zap.Stringer("source", src)), key: key, account: acct, acct: st.acct, reopen: open,
 		conn: conn, status: status, measured: map[string]int64{},
 		release: func() {
 			freeSlot()
